@@ -1,0 +1,42 @@
+# Developer entry points. `make test` on a fresh machine installs what it needs.
+
+VENV        := .venv
+PYTHON      := $(VENV)/bin/python
+STAMP       := $(VENV)/.stamp
+PYTEST_ARGS ?=
+# Root installs packages directly; everyone else goes through sudo.
+SUDO        := $(if $(filter 0,$(shell id -u)),,sudo)
+
+.PHONY: setup system-packages test demo lint
+
+setup: system-packages $(STAMP)
+
+# Real servers used by the tests; installed only when a binary is missing.
+system-packages:
+	@missing=""; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
+		echo "Installing Debian packages:$$missing"; \
+		$(SUDO) apt-get update && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
+	fi
+
+$(PYTHON):
+	python3 -m venv $(VENV)
+
+# torch is pinned first: an unpinned resolve would pull the multi-GB CUDA build.
+$(STAMP): pyproject.toml | $(PYTHON)
+	$(PYTHON) -m pip install torch==2.13.0
+	$(PYTHON) -m pip install -e '.[dev]'
+	touch $@
+
+test: setup
+	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+demo: setup
+	$(VENV)/bin/tsops demo
+
+lint: setup
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/mypy src

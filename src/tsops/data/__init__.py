@@ -1,0 +1,1 @@
+"""History loading and cleaning, the bundled weather data, and the synthetic generator."""

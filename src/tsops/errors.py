@@ -1,0 +1,51 @@
+"""Typed errors. Each carries what caused it (a field, a file, a column, a row) so the CLI,
+the HTTP layer and the dead-letter sink can report it in one format."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class TsopsError(Exception):
+    """Base class: a problem the user can fix. Rendered without a traceback."""
+
+    message: str
+    where: str | None = None  # a field path, file, column or row that caused it
+    details: list[str] = field(default_factory=list)
+
+    exit_code = 2
+    kind = "error"
+
+    def __str__(self) -> str:
+        head = f"{self.where}: {self.message}" if self.where else self.message
+        return "\n".join([head, *(f"  - {d}" for d in self.details)])
+
+    def as_dict(self) -> dict[str, Any]:
+        """The one error body used by HTTP responses and dead-letter records."""
+        return {"error": self.kind, "detail": str(self), "where": self.where}
+
+
+class ConfigError(TsopsError):
+    """tsops.yaml (or an environment override) is invalid."""
+
+    kind = "config_error"
+
+
+class DataError(TsopsError):
+    """Input data is missing or malformed: names the file, column or row."""
+
+    kind = "data_error"
+
+
+class ModelError(TsopsError):
+    """A model is missing from the registry or cannot be used."""
+
+    kind = "model_error"
+
+
+class StoreError(TsopsError):
+    """A feature store or tracking store cannot be reached or is empty."""
+
+    kind = "store_error"

@@ -1,0 +1,1 @@
+"""Feature definitions, the batch and incremental engines, and the Feast repo built from settings."""

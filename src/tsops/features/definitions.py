@@ -1,0 +1,169 @@
+"""Each feature is defined once, with two methods: a vectorised one over an entity's regular
+history (batch: training, backfill) and an incremental one over the entity's state after one
+new observation (stream). Both must agree to 1e-6; `tests/test_feature_parity.py` checks it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+
+from tsops.settings import FeatureSettings
+
+
+@dataclass
+class EntityState:
+    """What the incremental engine keeps per entity: the last `lookback` values, oldest first."""
+
+    lookback: int
+    values: deque[float] = field(default_factory=deque)
+    last_time: pd.Timestamp | None = None
+
+    def __post_init__(self) -> None:
+        self.values = deque(self.values, maxlen=self.lookback)
+
+    def push(self, time: pd.Timestamp, value: float) -> None:
+        self.values.append(float(value))
+        self.last_time = time
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "values": list(self.values),
+            "last_time": None if self.last_time is None else self.last_time.isoformat(),
+        }
+
+    @classmethod
+    def from_dict(cls, lookback: int, raw: dict[str, object]) -> EntityState:
+        last = raw.get("last_time")
+        return cls(lookback, deque(raw.get("values") or []), None if last is None else pd.Timestamp(last))
+
+
+class Feature(Protocol):
+    """One feature family. `names` are its output columns, `lookback` how many observations
+    (the current one included) it reads."""
+
+    names: tuple[str, ...]
+    lookback: int
+
+    def batch(self, values: np.ndarray, times: pd.DatetimeIndex) -> dict[str, np.ndarray]: ...
+
+    def incremental(self, state: EntityState) -> dict[str, float]: ...
+
+
+@dataclass(frozen=True)
+class Lag:
+    """The value k steps before the current one (k=0 is the current observation)."""
+
+    k: int
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (f"lag_{self.k}",)
+
+    @property
+    def lookback(self) -> int:
+        return self.k + 1
+
+    def batch(self, values: np.ndarray, times: pd.DatetimeIndex) -> dict[str, np.ndarray]:
+        out = np.full(len(values), np.nan)
+        out[self.k :] = values[: len(values) - self.k]
+        return {self.names[0]: out}
+
+    def incremental(self, state: EntityState) -> dict[str, float]:
+        v = state.values
+        return {self.names[0]: v[-1 - self.k] if len(v) > self.k else math.nan}
+
+
+@dataclass(frozen=True)
+class Rolling:
+    """Mean and sample standard deviation of the last n observations (current included)."""
+
+    n: int
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (f"roll_mean_{self.n}", f"roll_std_{self.n}")
+
+    @property
+    def lookback(self) -> int:
+        return self.n
+
+    def batch(self, values: np.ndarray, times: pd.DatetimeIndex) -> dict[str, np.ndarray]:
+        out_mean = np.full(len(values), np.nan)
+        out_std = np.full(len(values), np.nan)
+        if len(values) >= self.n:
+            # Exact windowed moments (no running sums), so batch and stream agree bit for bit.
+            windows = np.lib.stride_tricks.sliding_window_view(values, self.n)
+            out_mean[self.n - 1 :] = windows.mean(axis=1)
+            out_std[self.n - 1 :] = windows.std(axis=1, ddof=1)
+        return dict(zip(self.names, (out_mean, out_std), strict=True))
+
+    def incremental(self, state: EntityState) -> dict[str, float]:
+        if len(state.values) < self.n:
+            return dict.fromkeys(self.names, math.nan)
+        w = np.fromiter(state.values, float, len(state.values))[-self.n :]
+        return dict(zip(self.names, (float(w.mean()), float(w.std(ddof=1))), strict=True))
+
+
+_CALENDAR_PERIODS = {"hour": 24.0, "dayofweek": 7.0, "dayofyear": 365.25, "month": 12.0}
+
+
+@dataclass(frozen=True)
+class Calendar:
+    """A cyclic calendar term of the observation's time, as sine and cosine."""
+
+    term: str
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (f"{self.term}_sin", f"{self.term}_cos")
+
+    @property
+    def lookback(self) -> int:
+        return 1
+
+    def _angle(self, raw: np.ndarray | float) -> np.ndarray | float:
+        return 2.0 * np.pi * np.asarray(raw, dtype=float) / _CALENDAR_PERIODS[self.term]
+
+    def batch(self, values: np.ndarray, times: pd.DatetimeIndex) -> dict[str, np.ndarray]:
+        angle = self._angle(np.asarray(getattr(times, self.term)))
+        return dict(zip(self.names, (np.sin(angle), np.cos(angle)), strict=True))
+
+    def incremental(self, state: EntityState) -> dict[str, float]:
+        assert state.last_time is not None
+        angle = float(self._angle(getattr(state.last_time, self.term)))
+        return dict(zip(self.names, (math.sin(angle), math.cos(angle)), strict=True))
+
+
+class FeatureSet:
+    """The project's features in a fixed column order, built from settings."""
+
+    def __init__(self, settings: FeatureSettings):
+        self.settings = settings
+        window = [Lag(k) for k in range(settings.window)]
+        extra = [Lag(k) for k in settings.lags if k >= settings.window]
+        self.features: list[Feature] = [
+            *window,
+            *extra,
+            *(Rolling(n) for n in settings.rolling),
+            *(Calendar(t) for t in settings.calendar),
+        ]
+        self.names: list[str] = [n for f in self.features for n in f.names]
+        self.window_names: list[str] = [f"lag_{k}" for k in range(settings.window)]
+        self.context_names: list[str] = [n for n in self.names if n not in set(self.window_names)]
+        self.lookback: int = max(f.lookback for f in self.features)
+
+    def definition_hash(self) -> str:
+        """Changes exactly when the feature definition changes (a lineage tag on every model)."""
+        spec = json.dumps({"names": self.names, "settings": self.settings.model_dump()}, sort_keys=True)
+        return hashlib.sha256(spec.encode()).hexdigest()[:16]
+
+    def new_state(self) -> EntityState:
+        return EntityState(self.lookback)

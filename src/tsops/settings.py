@@ -1,0 +1,268 @@
+"""`tsops.yaml` as typed pydantic settings, read once at start.
+
+Every section forbids unknown keys, so a typo is refused instead of silently ignored.
+Environment variables override the file: ``TSOPS_MODEL__EPOCHS=3`` sets ``model.epochs``
+(``__`` separates nesting levels; values are parsed as YAML scalars).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tsops.errors import ConfigError
+
+CONFIG_FILE = "tsops.yaml"
+ENV_PREFIX = "TSOPS_"
+SINGLE_SERIES_ENTITY = "series_id"  # entity column added when the data has none
+SINGLE_SERIES_VALUE = "series"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class DriftSettings(Strict):
+    at: str = Field(description="time from which the drift applies")
+    level_shift: float = 0.0
+    amplitude_scale: float = 1.0
+    noise_scale: float = 1.0
+
+
+class SyntheticSettings(Strict):
+    """How the synthetic example's history was generated (kept so the stream can continue it)."""
+
+    entities: int = Field(50, ge=1)
+    start: str = "2024-01-01"
+    periods: int = Field(24 * 120, ge=48)
+    seed: int = 42
+    drift: DriftSettings | None = None
+
+
+class DataSettings(Strict):
+    path: str = Field(description="history file (CSV or Parquet), relative to the project")
+    format: Literal["csv", "parquet"] | None = None
+    synthetic: SyntheticSettings | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _known_suffix(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+
+class SeriesSettings(Strict):
+    """Column names shared by history and stream events, and the series' regular interval."""
+
+    entity: str | None = None
+    time: str
+    target: str
+    freq: str = "1h"
+    gaps: Literal["interpolate", "ffill", "refuse"] = "interpolate"
+    duplicates: Literal["last", "first", "mean", "refuse"] = "last"
+
+    @field_validator("freq")
+    @classmethod
+    def _valid_freq(cls, v: str) -> str:
+        try:
+            delta = pd.Timedelta(pd.tseries.frequencies.to_offset(v))
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"not a pandas frequency ({e})") from None
+        if delta <= pd.Timedelta(0):
+            raise ValueError("must be a positive interval such as '1h' or '5min'")
+        return v
+
+    @model_validator(mode="after")
+    def _distinct_columns(self) -> SeriesSettings:
+        cols = [c for c in (self.entity, self.time, self.target) if c]
+        if len(set(cols)) != len(cols):
+            raise ValueError(f"entity, time and target must be different columns, got {cols}")
+        return self
+
+    @property
+    def entity_col(self) -> str:
+        return self.entity or SINGLE_SERIES_ENTITY
+
+    @property
+    def step(self) -> pd.Timedelta:
+        return pd.Timedelta(pd.tseries.frequencies.to_offset(self.freq))
+
+
+CalendarTerm = Literal["hour", "dayofweek", "dayofyear", "month"]
+
+
+class FeatureSettings(Strict):
+    """The one feature definition used by batch and stream engines."""
+
+    window: int = Field(48, ge=2, le=1024, description="model input: the last W observations")
+    lags: list[int] = Field(default_factory=lambda: [168], description="extra lags beyond the window")
+    rolling: list[int] = Field(default_factory=lambda: [24, 168], description="rolling mean/std sizes")
+    calendar: list[CalendarTerm] = Field(default_factory=lambda: ["hour", "dayofweek"])
+    ttl_steps: int = Field(
+        2, ge=1, description="historical joins use a feature row at most this many steps old"
+    )
+
+    @field_validator("lags", "rolling")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        bad = [x for x in v if x < 1]
+        if bad:
+            raise ValueError(f"must be positive step counts, got {bad}")
+        return sorted(set(v))
+
+    @field_validator("rolling")
+    @classmethod
+    def _rolling_at_least_two(cls, v: list[int]) -> list[int]:
+        if any(x < 2 for x in v):
+            raise ValueError("rolling windows need at least 2 observations (std)")
+        return v
+
+
+class ModelSettings(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    horizon: int = Field(24, ge=1, le=1000)
+    season: int = Field(24, ge=1, description="seasonal-naive period in steps")
+    hidden_size: int = Field(64, ge=4, le=1024)
+    num_layers: int = Field(1, ge=1, le=4)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    learning_rate: float = Field(2e-3, gt=0.0, le=1.0)
+    batch_size: int = Field(128, ge=1)
+    epochs: int = Field(30, ge=1)
+    quick_epochs: int = Field(8, ge=1)
+    patience: int = Field(5, ge=1, description="early-stopping patience in epochs")
+    threads: int = Field(2, ge=1)
+    seed: int = 0
+
+
+class BacktestSettings(Strict):
+    holdout: int = Field(24 * 30, ge=1, description="steps per entity held out at the tail")
+    stride: int = Field(24, ge=1, description="steps between rolling forecast origins")
+    validation: float = Field(0.1, gt=0.0, lt=0.5, description="share of training origins for early stopping")
+
+
+class OnlineStoreSettings(Strict):
+    type: Literal["sqlite", "redis"] = "sqlite"
+    connection_string: str = "127.0.0.1:6379"
+
+
+class StoreSettings(Strict):
+    online: OnlineStoreSettings = OnlineStoreSettings()
+
+
+class TrackingSettings(Strict):
+    uri: str | None = Field(None, description="MLflow tracking URI; default SQLite under .tsops/")
+    experiment: str | None = None
+
+
+class Settings(Strict):
+    version: Literal[1] = 1
+    project: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="Feast project name")
+    data: DataSettings
+    series: SeriesSettings = Field(alias="schema")
+    features: FeatureSettings = FeatureSettings()
+    model: ModelSettings
+    backtest: BacktestSettings = BacktestSettings()
+    stores: StoreSettings = StoreSettings()
+    tracking: TrackingSettings = TrackingSettings()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.features.window < self.model.season:
+            raise ValueError(
+                f"features.window ({self.features.window}) must be at least model.season "
+                f"({self.model.season}): the seasonal-naive baseline reads it from the window"
+            )
+        return self
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX) or key == "TSOPS_PROJECT_DIR":
+            continue
+        path = key[len(ENV_PREFIX) :].lower().split("__")
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = yaml.safe_load(raw) if raw != "" else None
+    return tree
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def validate(raw: dict[str, Any], source: str) -> Settings:
+    """Validate a raw mapping, turning pydantic's errors into one ConfigError naming each field."""
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as e:
+        details = []
+        for err in e.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            msg = "unknown field (typo?)" if err["type"] == "extra_forbidden" else err["msg"]
+            details.append(f"{loc}: {msg}")
+        raise ConfigError(f"invalid configuration ({len(details)} problem(s))", source, details) from None
+
+
+class Project:
+    """A project folder: its settings and where its embedded state lives."""
+
+    def __init__(self, root: Path, settings: Settings):
+        self.root = root.resolve()
+        self.settings = settings
+
+    @classmethod
+    def load(cls, root: str | Path | None = None, environ: dict[str, str] | None = None) -> Project:
+        env = dict(os.environ if environ is None else environ)
+        root = Path(root or env.get("TSOPS_PROJECT_DIR") or ".")
+        path = root / CONFIG_FILE
+        if not path.is_file():
+            raise ConfigError(f"no {CONFIG_FILE} here; create a project with `tsops init`", str(path))
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"not valid YAML: {e}", str(path)) from None
+        if not isinstance(raw, dict):
+            raise ConfigError("must be a mapping of sections", str(path))
+        return cls(root, validate(_merge(raw, _env_overrides(env)), str(path)))
+
+    # Embedded state, all under DIR/.tsops/
+    @property
+    def state_dir(self) -> Path:
+        return self.root / ".tsops"
+
+    @property
+    def data_path(self) -> Path:
+        p = Path(self.settings.data.path).expanduser()
+        return p if p.is_absolute() else self.root / p
+
+    @property
+    def offline_path(self) -> Path:
+        return self.state_dir / "offline" / "features.parquet"
+
+    @property
+    def feature_repo(self) -> Path:
+        return self.root / "feature_repo"
+
+    @cached_property
+    def tracking_uri(self) -> str:
+        return self.settings.tracking.uri or f"sqlite:///{self.state_dir / 'mlflow.db'}"
+
+    @property
+    def artifact_root(self) -> Path:
+        return self.state_dir / "mlartifacts"
+
+    @property
+    def experiment(self) -> str:
+        return self.settings.tracking.experiment or self.settings.project

@@ -1,0 +1,333 @@
+"""Real Redis and PostgreSQL servers on free loopback ports, for tests.
+
+Each server runs in its own directory under /tmp (not pytest's tmp_path: when
+tests run as root, PostgreSQL must run as an unprivileged user, who cannot
+enter pytest's 0700 directories). A server that cannot start raises
+`ServerStartError` carrying the tail of its log, so a fixture fails with the
+reason instead of hanging or skipping.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import redis
+from psycopg2 import sql
+
+LOOPBACK = "127.0.0.1"
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 15.0
+START_ATTEMPTS = 3  # a free port can be taken by someone else before we bind it
+UNPRIVILEGED_USER = "nobody"
+
+
+class ServerStartError(RuntimeError):
+    """A test server did not come up; the message holds its log tail."""
+
+
+def free_port() -> int:
+    """Return a TCP port on the loopback interface that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        return f"<no log: {exc}>"
+    return "\n".join(text.splitlines()[-lines:]) or "<empty log>"
+
+
+def _make_server_dir(prefix: str, owner_uid: int | None, owner_gid: int | None) -> Path:
+    directory = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    directory.chmod(0o755)
+    if owner_uid is not None and owner_gid is not None:
+        os.chown(directory, owner_uid, owner_gid)
+    return directory
+
+
+def _stop_process(proc: subprocess.Popen[bytes] | None, stop_signal: int) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(stop_signal)
+    try:
+        proc.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=STOP_TIMEOUT_S)
+
+
+def _wait_until_ready(
+    name: str,
+    proc: subprocess.Popen[bytes],
+    log_path: Path,
+    probe: Callable[[], None],
+) -> None:
+    """Call `probe` until it stops raising; fail fast if the process dies."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ServerStartError(
+                f"{name} exited with code {proc.returncode} during start-up.\n"
+                f"--- {log_path} ---\n{_tail(log_path)}"
+            )
+        try:
+            probe()
+            return
+        except Exception as exc:  # any failure means "not ready yet"
+            last_error = exc
+            time.sleep(0.1)
+    raise ServerStartError(
+        f"{name} did not answer within {START_TIMEOUT_S:.0f}s (last error: {last_error}).\n"
+        f"--- {log_path} ---\n{_tail(log_path)}"
+    )
+
+
+class RedisServer:
+    """A throw-away `redis-server` without persistence, bound to loopback."""
+
+    def __init__(self) -> None:
+        self.host = LOOPBACK
+        self.port = 0
+        self.directory: Path | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}"
+
+    def client(self, **kwargs: Any) -> redis.Redis:
+        """A client for database 0 of this server."""
+        return redis.Redis(host=self.host, port=self.port, **kwargs)
+
+    def start(self) -> RedisServer:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise ServerStartError("redis-server is not installed (run `make setup`)")
+        self.directory = _make_server_dir("tsops-redis-", None, None)
+        log_path = self.directory / "redis.log"
+        error: ServerStartError | None = None
+        for _ in range(START_ATTEMPTS):
+            self.port = free_port()
+            with open(log_path, "ab") as log:
+                self._proc = subprocess.Popen(
+                    [
+                        binary,
+                        "--port", str(self.port),
+                        "--bind", self.host,
+                        "--save", "",
+                        "--appendonly", "no",
+                        "--dir", str(self.directory),
+                        "--daemonize", "no",
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=self.directory,
+                )
+            try:
+                _wait_until_ready("redis-server", self._proc, log_path, self._ping)
+                return self
+            except ServerStartError as exc:
+                error = exc
+                _stop_process(self._proc, signal.SIGKILL)
+        self.stop()
+        assert error is not None
+        raise error
+
+    def _ping(self) -> None:
+        with self.client(socket_connect_timeout=1, socket_timeout=1) as client:
+            client.ping()
+
+    def stop(self) -> None:
+        _stop_process(self._proc, signal.SIGTERM)
+        self._proc = None
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            self.directory = None
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def find_postgres_bindir() -> Path:
+    """The `bin` directory of the newest PostgreSQL under /usr/lib/postgresql."""
+    candidates = glob.glob("/usr/lib/postgresql/*/bin/initdb")
+    if not candidates:
+        raise ServerStartError(
+            "PostgreSQL is not installed: no /usr/lib/postgresql/*/bin/initdb (run `make setup`)"
+        )
+
+    def version(path: str) -> tuple[int, ...]:
+        number = Path(path).parent.parent.name
+        return tuple(int(part) for part in re.findall(r"\d+", number))
+
+    return Path(max(candidates, key=version)).parent
+
+
+class PostgresServer:
+    """A throw-away PostgreSQL cluster with password auth on loopback.
+
+    As root, the cluster is created and run as `nobody`, since PostgreSQL
+    refuses to run as root.
+    """
+
+    def __init__(self, user: str = "tsops") -> None:
+        self.host = LOOPBACK
+        self.port = 0
+        self.user = user
+        self.password = secrets.token_hex(12)
+        self.directory: Path | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._run_as: list[str] = []
+        self._uid: int | None = None
+        self._gid: int | None = None
+        if os.geteuid() == 0:
+            entry = pwd.getpwnam(UNPRIVILEGED_USER)
+            self._uid, self._gid = entry.pw_uid, entry.pw_gid
+            self._run_as = [
+                "setpriv",
+                f"--reuid={self._uid}",
+                f"--regid={self._gid}",
+                "--clear-groups",
+                "--",
+            ]
+
+    @property
+    def url(self) -> str:
+        """URL of the default `postgres` database."""
+        return self.url_for("postgres")
+
+    def url_for(self, database: str) -> str:
+        return (
+            f"postgresql+psycopg2://{self.user}:{self.password}"
+            f"@{self.host}:{self.port}/{database}"
+        )
+
+    def connect(self, database: str = "postgres", **kwargs: Any) -> Any:
+        """A raw psycopg2 connection to `database`."""
+        return psycopg2.connect(
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            password=self.password,
+            dbname=database,
+            **kwargs,
+        )
+
+    def create_database(self, name: str) -> str:
+        """Create database `name` unless it exists; return its SQLAlchemy URL."""
+        conn = self.connect(connect_timeout=5)
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+                if cur.fetchone() is None:
+                    cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        finally:
+            conn.close()
+        return self.url_for(name)
+
+    def start(self) -> PostgresServer:
+        bindir = find_postgres_bindir()
+        self.directory = _make_server_dir("tsops-pg-", self._uid, self._gid)
+        self._initdb(bindir)
+        log_path = self.directory / "postgres.log"
+        error: ServerStartError | None = None
+        for _ in range(START_ATTEMPTS):
+            self.port = free_port()
+            with open(log_path, "ab") as log:
+                self._proc = subprocess.Popen(
+                    [
+                        *self._run_as,
+                        str(bindir / "postgres"),
+                        "-D", str(self.directory / "data"),
+                        "-p", str(self.port),
+                        "-k", str(self.directory),
+                        "-c", f"listen_addresses={self.host}",
+                        "-c", "fsync=off",
+                        "-c", "synchronous_commit=off",
+                        "-c", "full_page_writes=off",
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=self.directory,
+                )
+            try:
+                _wait_until_ready("postgres", self._proc, log_path, self._probe)
+                return self
+            except ServerStartError as exc:
+                error = exc
+                _stop_process(self._proc, signal.SIGKILL)
+        self.stop()
+        assert error is not None
+        raise error
+
+    def _initdb(self, bindir: Path) -> None:
+        assert self.directory is not None
+        password_file = self.directory / "pwfile"
+        password_file.write_text(self.password + "\n")
+        if self._uid is not None and self._gid is not None:
+            os.chown(password_file, self._uid, self._gid)
+        password_file.chmod(0o600)
+        result = subprocess.run(
+            [
+                *self._run_as,
+                str(bindir / "initdb"),
+                "-D", str(self.directory / "data"),
+                "-U", self.user,
+                f"--pwfile={password_file}",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-sync",
+            ],
+            cwd=self.directory,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        password_file.unlink()
+        if result.returncode != 0:
+            output = (result.stdout + result.stderr).strip().splitlines()[-30:]
+            self.stop()
+            raise ServerStartError(
+                f"initdb failed with code {result.returncode}:\n" + "\n".join(output)
+            )
+
+    def _probe(self) -> None:
+        self.connect(connect_timeout=1).close()
+
+    def stop(self) -> None:
+        # SIGINT is PostgreSQL's "fast" shutdown: abort sessions, then exit cleanly.
+        _stop_process(self._proc, signal.SIGINT)
+        self._proc = None
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            self.directory = None
+
+    def __enter__(self) -> PostgresServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
