@@ -130,7 +130,8 @@ class FeatureStoreClient:
         tmp = path.with_suffix(".parquet.tmp")
         frame = features.copy()
         time = self.project.settings.series.time
-        frame[time] = pd.to_datetime(frame[time]).dt.tz_localize("UTC")
+        # Microsecond UTC: DuckDB cannot cast nanosecond TIMESTAMPTZ in Feast's queries.
+        frame[time] = pd.to_datetime(frame[time]).dt.tz_localize("UTC").astype("datetime64[us, UTC]")
         frame.to_parquet(tmp, index=False)
         os.replace(tmp, path)
         return path

@@ -1,0 +1,202 @@
+"""The `tsops` command: parses arguments, then calls the packages. Errors the user can fix
+(`TsopsError`) print one clear message and exit with code 2, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tsops.errors import TsopsError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Time-series forecasting from history to live predictions.")
+console = Console()
+err_console = Console(stderr=True)
+
+ProjectOpt = Annotated[Path, typer.Option("--project", "-p", help="project folder (tsops.yaml)",
+                                          envvar="TSOPS_PROJECT_DIR")]
+
+
+def _quiet_libraries() -> None:
+    warnings.filterwarnings("ignore")
+    for name in ("feast", "mlflow", "alembic", "urllib3", "ibis"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+
+
+def _load(project: Path):  # type: ignore[no-untyped-def]
+    from tsops.settings import Project
+
+    return Project.load(project)
+
+
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="folder to create the project in")],
+    example: Annotated[str | None, typer.Option(help="weather | synthetic")] = None,
+    data: Annotated[Path | None, typer.Option(help="your CSV or Parquet history")] = None,
+    time: Annotated[str | None, typer.Option(help="time column of --data")] = None,
+    target: Annotated[str | None, typer.Option(help="target column of --data")] = None,
+    entity: Annotated[str | None, typer.Option(help="entity column (omit for one series)")] = None,
+    freq: Annotated[str | None, typer.Option(help="interval such as 1h (inferred if omitted)")] = None,
+    entities: Annotated[int, typer.Option(help="synthetic example: number of entities")] = 50,
+    seed: Annotated[int, typer.Option(help="synthetic example: random seed")] = 42,
+) -> None:
+    """Write a ready project: an example, or one for your own data."""
+    from tsops import scaffold
+    from tsops.errors import ConfigError
+    from tsops.features.store import FeatureStoreClient
+
+    if (example is None) == (data is None):
+        raise ConfigError("give exactly one of --example NAME or --data FILE", "tsops init")
+    if data is not None:
+        if not time or not target:
+            raise ConfigError("--data needs --time COL and --target COL", "tsops init")
+        project = scaffold.init_from_data(directory, data, time=time, target=target, entity=entity,
+                                          freq=freq)
+    else:
+        assert example is not None
+        project = scaffold.init_example(directory, example, entities=entities, seed=seed)
+    FeatureStoreClient(project).apply()
+    console.print(f"[green]project written[/] to {project.root} (tsops.yaml, feature_repo/)")
+    console.print(f"next: tsops ingest --project {directory}")
+
+
+@app.command()
+def ingest(project: ProjectOpt = Path(".")) -> None:
+    """Load history into the offline store and materialize the online store."""
+    from tsops.features.ingest import ingest as run
+
+    result = run(_load(project))
+    c = result.cleaning
+    console.print(
+        f"ingested {c.rows_read} rows → {result.offline_rows} regular rows for {c.entities} "
+        f"entities; duplicates {c.duplicates}, gaps filled {c.gaps}, missing values filled "
+        f"{c.missing_values}, realigned {c.realigned}; online rows {result.online_rows}"
+    )
+
+
+@app.command()
+def train(
+    project: ProjectOpt = Path("."),
+    quick: Annotated[bool, typer.Option(help="few epochs, for a first look")] = False,
+) -> None:
+    """Backtest baselines and the LSTM, log to MLflow, register, alias `challenger`."""
+    from tsops.models.pipeline import train as run
+
+    outcome = run(_load(project), quick=quick)
+    table = Table(title=f"Backtest on the held-out tail ({outcome.report.origins} origins)")
+    for col in ("model", "MAE", "RMSE", "MASE"):
+        table.add_column(col, justify="right" if col != "model" else "left")
+    for name, m in sorted(outcome.report.overall.items(), key=lambda kv: kv[1]["mae"]):
+        table.add_row(name, f"{m['mae']:.4f}", f"{m['rmse']:.4f}", f"{m['mase']:.4f}")
+    console.print(table)
+    console.print(f"registered version {outcome.version} as [bold]challenger[/] "
+                  f"(run {outcome.run_id}, {outcome.epochs_run} epochs, {outcome.seconds:.1f} s)")
+
+
+@app.command()
+def promote(
+    project: ProjectOpt = Path("."),
+    version: Annotated[int | None, typer.Option(help="version to promote (default: challenger)")] = None,
+    force: Annotated[bool, typer.Option(help="skip the gate (recorded as an audit tag)")] = False,
+) -> None:
+    """Move `champion` to the challenger if it beats the champion on the same backtest window."""
+    from tsops.lifecycle.promotion import promote as run
+
+    d = run(_load(project), version, force=force)
+    colour = "green" if d.promoted else "yellow"
+    console.print(f"[{colour}]{'promoted' if d.promoted else 'not promoted'}[/] v{d.version}: {d.reason}")
+
+
+@app.command()
+def rollback(project: ProjectOpt = Path(".")) -> None:
+    """Move `champion` back to the previous champion."""
+    from tsops.lifecycle.promotion import rollback as run
+
+    d = run(_load(project))
+    console.print(f"[green]champion[/] is v{d.version} again ({d.reason})")
+
+
+@app.command()
+def status(
+    project: ProjectOpt = Path("."),
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Models, versions, aliases and metrics; feature views; online rows."""
+    from tsops.status import collect
+
+    info = collect(_load(project))
+    if as_json:
+        print(json.dumps(info, indent=1, default=str))
+        return
+    table = Table(title=f"models of {info['project']}")
+    for col in ("name", "version", "aliases", "LSTM MAE", "MASE", "seasonal naive MAE"):
+        table.add_column(col)
+    for m in info["models"]:
+        met = m["metrics"]
+        table.add_row(m["name"], str(m["version"]), ", ".join(m["aliases"]),
+                      *(f"{met[k]:.4f}" if k in met else "-"
+                        for k in ("lstm_mae", "lstm_mase", "seasonal_naive_mae")))
+    console.print(table)
+    s = info["schema"]
+    console.print(f"schema: entity={s['entity']} time={s['time']} target={s['target']} freq={s['freq']}")
+    for v in info["feature_views"]:
+        console.print(f"feature view {v['name']}: {v['features']} features, entities {v['entities']}")
+    console.print(f"entities: {info['entity_count']}; online store ({info['online_store']}) "
+                  f"rows: {info['online_rows']}")
+
+
+@app.command()
+def demo(
+    directory: Annotated[Path, typer.Option(help="where the demo project lives")] = Path("demo-project"),
+    example: Annotated[str, typer.Option(help="weather | synthetic")] = "weather",
+) -> None:
+    """Create the example project, ingest, train quickly, promote, and show the status."""
+    from tsops.settings import CONFIG_FILE
+
+    if not (directory / CONFIG_FILE).exists():
+        init(directory, example=example)
+    ingest(directory)
+    train(directory, quick=True)
+    promote(directory)
+    status(directory)
+
+
+def main() -> None:
+    _quiet_libraries()
+    code = 0
+    try:
+        app(standalone_mode=False)
+    except TsopsError as e:
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False)
+        code = e.exit_code
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        code = 130
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except Exception as e:  # click usage errors and the like
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            code = e.exit_code
+        elif isinstance(e, click.exceptions.Abort):
+            code = 130
+        else:
+            raise
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip interpreter teardown: duckdb's bindings print spurious "leaked" warnings there.
+    os._exit(code)

@@ -1,0 +1,1 @@
+"""Continual learning: gates, promotion and rollback of the `champion` alias."""

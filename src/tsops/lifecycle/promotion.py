@@ -1,0 +1,87 @@
+"""Gated alias moves. The challenger becomes champion only if it beats the champion's MAE on
+the same backtest window, both re-evaluated now on the project's current data."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from tsops import registry
+from tsops.errors import ModelError
+from tsops.features.store import FeatureStoreClient
+from tsops.models import backtest, dataset
+from tsops.settings import Project
+
+
+@dataclass
+class PromotionDecision:
+    promoted: bool
+    version: int
+    previous: int | None
+    reason: str
+    challenger_mae: float | None = None
+    champion_mae: float | None = None
+
+
+def _compare(project: Project, challenger: int, champion: int) -> tuple[float, float, str]:
+    model = project.settings.model
+    store = FeatureStoreClient(project)
+    data = dataset.build(store, model.horizon)
+    names = store.features.names
+
+    def predictor(version: int) -> backtest.Predictor:
+        pyfunc = registry.load(project, version=version)
+        return lambda features: pyfunc.predict(features[names]).to_numpy()
+
+    predictors = {str(v): predictor(v) for v in (challenger, champion)}
+    report = backtest.run(data, predictors, model.horizon, model.season)
+    window = f"{data.test_window[0]}..{data.test_window[1]}"
+    return report.overall[str(challenger)]["mae"], report.overall[str(champion)]["mae"], window
+
+
+def promote(project: Project, version: int | None = None, *, force: bool = False) -> PromotionDecision:
+    """Move `champion` to `version` (default: the `challenger`) if it passes the gate."""
+    client = registry.connect(project)
+    name = project.settings.model.name
+    candidate = version or registry.version_for_alias(client, name, registry.CHALLENGER)
+    if candidate is None:
+        raise ModelError("no challenger to promote; run `tsops train` first", name)
+    try:
+        client.get_model_version(name, str(candidate))
+    except Exception:
+        raise ModelError(f"version {candidate} does not exist", f"{name}/{candidate}") from None
+    current = registry.version_for_alias(client, name, registry.CHAMPION)
+    if current == candidate:
+        return PromotionDecision(False, candidate, current, "already champion")
+    if current is None:
+        registry.move_champion(client, name, candidate, "first model")
+        return PromotionDecision(True, candidate, None, "first model")
+    if force:
+        registry.move_champion(client, name, candidate, "forced", forced="true", forced_over=str(current))
+        return PromotionDecision(True, candidate, current, "forced (gate skipped)")
+    new_mae, old_mae, window = _compare(project, candidate, current)
+    if new_mae < old_mae:
+        reason = f"backtest MAE {new_mae:.4f} < champion v{current} {old_mae:.4f} on {window}"
+        registry.move_champion(client, name, candidate, reason, gate_mae=repr(new_mae),
+                               gate_champion_mae=repr(old_mae))
+        return PromotionDecision(True, candidate, current, reason, new_mae, old_mae)
+    reason = f"backtest MAE {new_mae:.4f} ≥ champion v{current} {old_mae:.4f} on {window}"
+    client.set_model_version_tag(name, str(candidate), "tsops.gate_rejected", reason)
+    return PromotionDecision(False, candidate, current, reason, new_mae, old_mae)
+
+
+def rollback(project: Project) -> PromotionDecision:
+    """Move `champion` back to the version that held it before the current one."""
+    client = registry.connect(project)
+    name = project.settings.model.name
+    current = registry.version_for_alias(client, name, registry.CHAMPION)
+    history = registry.champion_history(client, name)
+    previous = [v for v in history[:-1] if v != current]
+    if current is None or not previous:
+        raise ModelError("nothing to roll back to: no earlier champion", name)
+    target = previous[-1]
+    client.set_registered_model_alias(name, registry.CHAMPION, str(target))
+    client.set_model_version_tag(name, str(current), "tsops.rolled_back", "true")
+    # The history drops the rolled-back entry, so a second rollback goes one further back.
+    client.set_registered_model_tag(name, registry.HISTORY_TAG, json.dumps(history[:-1]))
+    return PromotionDecision(True, target, current, f"rolled back from v{current}")

@@ -1,0 +1,1 @@
+"""The LSTM forecaster, baselines, windowing, training, backtests and the MLflow pyfunc wrapper."""

@@ -1,0 +1,102 @@
+"""Training and backtest examples: forecast origins, their point-in-time features from Feast,
+and their labels (the next H observations).
+
+Split per entity by time: the last `backtest.holdout` steps are the held-out tail. Backtest
+origins sit in front of and inside the tail every `backtest.stride` steps; training origins
+only where every label lies before the tail starts, so nothing from the tail leaks into
+training. The last `backtest.validation` share of training origins is used for early stopping.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from tsops.errors import DataError
+from tsops.features.engines import future_targets
+from tsops.features.store import FeatureStoreClient
+
+
+@dataclass
+class Examples:
+    features: pd.DataFrame  # entity, time, feature columns
+    labels: np.ndarray  # (rows, horizon)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, mask: np.ndarray) -> Examples:
+        return Examples(self.features[mask].reset_index(drop=True), self.labels[mask])
+
+
+@dataclass
+class TrainingData:
+    train: Examples
+    val: Examples
+    test: Examples
+    train_history: list[np.ndarray]  # per entity target values before the tail (MASE scale)
+    test_window: tuple[pd.Timestamp, pd.Timestamp]  # first and last forecast origin
+    data_hash: str
+
+
+def data_snapshot_hash(history: pd.DataFrame) -> str:
+    digest = hashlib.sha256(pd.util.hash_pandas_object(history, index=False).to_numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def select_origins(
+    history: pd.DataFrame, *, entity: str, horizon: int, lookback: int, holdout: int, stride: int,
+    validation: float,
+) -> pd.Series:
+    """Label each history row 'train', 'val', 'test' or '' (not an origin)."""
+    role = pd.Series("", index=history.index, dtype=object)
+    for _, group in history.groupby(entity, sort=False):
+        n = len(group)
+        tail_start = n - holdout
+        if tail_start - horizon - lookback < 10:
+            raise DataError(
+                f"entity {group[entity].iloc[0]!r} has {n} steps: too short for window/lags "
+                f"({lookback}), horizon ({horizon}) and backtest.holdout ({holdout})",
+                "backtest.holdout",
+            )
+        idx = group.index.to_numpy()
+        train_pos = np.arange(lookback - 1, tail_start - horizon)
+        n_val = max(1, int(len(train_pos) * validation))
+        role.loc[idx[train_pos[:-n_val]]] = "train"
+        role.loc[idx[train_pos[-n_val:]]] = "val"
+        test_pos = np.arange(tail_start - 1, n - horizon, stride)
+        role.loc[idx[test_pos]] = "test"
+    return role
+
+
+def build(client: FeatureStoreClient, horizon: int) -> TrainingData:
+    """Assemble examples with features from Feast's point-in-time join."""
+    settings = client.project.settings
+    series = settings.series
+    ent, time, target = series.entity_col, series.time, series.target
+    history = client.read_offline()[[ent, time, target]].sort_values([ent, time]).reset_index(drop=True)
+    labels = future_targets(history, horizon, entity=ent, target=target).to_numpy()
+    role = select_origins(
+        history, entity=ent, horizon=horizon, lookback=client.features.lookback,
+        holdout=settings.backtest.holdout, stride=settings.backtest.stride,
+        validation=settings.backtest.validation,
+    )
+    origins = history[role != ""]
+    features = client.historical(origins[[ent, time]])
+    examples = Examples(features, labels[(role != "").to_numpy()])
+    roles = role[role != ""].to_numpy()
+    test = examples.subset(roles == "test")
+    train_history = [
+        g[target].to_numpy()[: len(g) - settings.backtest.holdout] for _, g in history.groupby(ent)
+    ]
+    return TrainingData(
+        train=examples.subset(roles == "train"),
+        val=examples.subset(roles == "val"),
+        test=test,
+        train_history=train_history,
+        test_window=(test.features[time].min(), test.features[time].max()),
+        data_hash=data_snapshot_hash(history),
+    )

@@ -1,0 +1,129 @@
+"""The LSTM forecaster: an LSTM over the input window plus context features, predicting the
+next H steps as a correction to the seasonal-naive forecast. Inputs are made scale-free per
+row (relative to the last observation, divided by one training scale) so one model serves
+entities of different levels; the output layer starts at zero, so an untrained network is
+exactly seasonal naive and training can only learn what that baseline misses."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from tsops.errors import ModelError
+from tsops.models.baselines import seasonal_naive
+
+
+@dataclass(frozen=True)
+class ForecasterConfig:
+    window_names: list[str]  # lag_0 .. lag_{W-1}
+    context_names: list[str]  # extra lags, rolling stats, calendar terms
+    horizon: int
+    hidden_size: int
+    num_layers: int
+    dropout: float
+    season: int
+    scale: float  # input scale: std of (label - last observation) in training
+    residual_scale: float  # output scale: std of (label - seasonal naive) in training
+
+    @property
+    def input_names(self) -> list[str]:
+        return [*self.window_names, *self.context_names]
+
+
+class LSTMNet(nn.Module):
+    def __init__(self, cfg: ForecasterConfig):
+        super().__init__()
+        self.lstm = nn.LSTM(
+            input_size=1,
+            hidden_size=cfg.hidden_size,
+            num_layers=cfg.num_layers,
+            dropout=cfg.dropout if cfg.num_layers > 1 else 0.0,
+            batch_first=True,
+        )
+        self.head = nn.Sequential(
+            nn.Linear(cfg.hidden_size + len(cfg.context_names), cfg.hidden_size),
+            nn.ReLU(),
+            nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.hidden_size, cfg.horizon),
+        )
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+
+    def forward(self, seq: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        _, (h, _) = self.lstm(seq)
+        return self.head(torch.cat([h[-1], ctx], dim=1))
+
+
+def _context_kind(name: str) -> str:
+    if name.startswith("lag_") or name.startswith("roll_mean_"):
+        return "level"
+    if name.startswith("roll_std_"):
+        return "spread"
+    return "raw"
+
+
+class Forecaster:
+    """The network plus the preprocessing that turns feature rows into its tensors and back."""
+
+    def __init__(self, cfg: ForecasterConfig, net: LSTMNet | None = None):
+        self.cfg = cfg
+        self.net = net or LSTMNet(cfg)
+        kinds = [_context_kind(n) for n in cfg.context_names]
+        self._level = np.array([k == "level" for k in kinds])
+        self._spread = np.array([k == "spread" for k in kinds])
+
+    def tensors(self, features: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """(sequence, context, base forecast) for feature rows; the window runs oldest → newest."""
+        missing = [c for c in self.cfg.input_names if c not in features.columns]
+        if missing:
+            raise ModelError(f"input lacks feature column(s) {missing[:5]}", "input")
+        window = features[self.cfg.window_names].to_numpy(dtype=np.float64)
+        context = features[self.cfg.context_names].to_numpy(dtype=np.float64)
+        bad = ~np.isfinite(window).all(axis=1) | ~np.isfinite(context).all(axis=1)
+        if bad.any():
+            row = int(np.argmax(bad))
+            cols = [c for c in self.cfg.input_names if not np.isfinite(float(features[c].iloc[row]))]
+            raise ModelError(f"row {row}: non-finite value(s) in {cols[:5]}", "input")
+        anchor = window[:, 0].copy()
+        seq = (window[:, ::-1] - anchor[:, None]) / self.cfg.scale
+        context[:, self._level] = (context[:, self._level] - anchor[:, None]) / self.cfg.scale
+        context[:, self._spread] = context[:, self._spread] / self.cfg.scale
+        return (
+            torch.from_numpy(np.ascontiguousarray(seq, dtype=np.float32)).unsqueeze(-1),
+            torch.from_numpy(context.astype(np.float32)),
+            seasonal_naive(features, self.cfg.horizon, self.cfg.season),
+        )
+
+    def targets(self, labels: np.ndarray, base: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(((labels - base) / self.cfg.residual_scale).astype(np.float32))
+
+    def predict(self, features: pd.DataFrame, batch_size: int = 4096) -> np.ndarray:
+        """Forecasts of shape (rows, horizon) in the target's units."""
+        seq, ctx, base = self.tensors(features)
+        self.net.eval()
+        outs = []
+        with torch.inference_mode():
+            for i in range(0, len(seq), batch_size):
+                outs.append(self.net(seq[i : i + batch_size], ctx[i : i + batch_size]).numpy())
+        delta = np.concatenate(outs) if outs else np.zeros((0, self.cfg.horizon), np.float32)
+        return base + delta.astype(np.float64) * self.cfg.residual_scale
+
+    def save(self, folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.json").write_text(json.dumps(asdict(self.cfg), indent=1))
+        torch.save(self.net.state_dict(), folder / "weights.pt")
+        return folder
+
+    @classmethod
+    def load(cls, folder: Path) -> Forecaster:
+        cfg = ForecasterConfig(**json.loads((folder / "config.json").read_text()))
+        net = LSTMNet(cfg)
+        net.load_state_dict(torch.load(folder / "weights.pt", weights_only=True))
+        net.eval()
+        return cls(cfg, net)
