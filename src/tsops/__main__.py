@@ -1,0 +1,3 @@
+from tsops.cli import main
+
+main()
