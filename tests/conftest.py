@@ -59,12 +59,14 @@ from pathlib import Path  # noqa: E402
 TSOPS = [sys.executable, "-m", "tsops"]
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-            timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
     """Run the real `tsops` command line in a subprocess."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([*TSOPS, *args], cwd=cwd, env=full_env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [*TSOPS, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture(scope="session")

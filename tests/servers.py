@@ -130,12 +130,18 @@ class RedisServer:
                 self._proc = subprocess.Popen(
                     [
                         binary,
-                        "--port", str(self.port),
-                        "--bind", self.host,
-                        "--save", "",
-                        "--appendonly", "no",
-                        "--dir", str(self.directory),
-                        "--daemonize", "no",
+                        "--port",
+                        str(self.port),
+                        "--bind",
+                        self.host,
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                        "--dir",
+                        str(self.directory),
+                        "--daemonize",
+                        "no",
                     ],
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -219,8 +225,7 @@ class PostgresServer:
 
     def url_for(self, database: str) -> str:
         return (
-            f"postgresql+psycopg2://{self.user}:{self.password}"
-            f"@{self.host}:{self.port}/{database}"
+            f"postgresql+psycopg2://{self.user}:{self.password}@{self.host}:{self.port}/{database}"
         )
 
     def connect(self, database: str = "postgres", **kwargs: Any) -> Any:
@@ -260,13 +265,20 @@ class PostgresServer:
                     [
                         *self._run_as,
                         str(bindir / "postgres"),
-                        "-D", str(self.directory / "data"),
-                        "-p", str(self.port),
-                        "-k", str(self.directory),
-                        "-c", f"listen_addresses={self.host}",
-                        "-c", "fsync=off",
-                        "-c", "synchronous_commit=off",
-                        "-c", "full_page_writes=off",
+                        "-D",
+                        str(self.directory / "data"),
+                        "-p",
+                        str(self.port),
+                        "-k",
+                        str(self.directory),
+                        "-c",
+                        f"listen_addresses={self.host}",
+                        "-c",
+                        "fsync=off",
+                        "-c",
+                        "synchronous_commit=off",
+                        "-c",
+                        "full_page_writes=off",
                     ],
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -293,8 +305,10 @@ class PostgresServer:
             [
                 *self._run_as,
                 str(bindir / "initdb"),
-                "-D", str(self.directory / "data"),
-                "-U", self.user,
+                "-D",
+                str(self.directory / "data"),
+                "-U",
+                self.user,
                 f"--pwfile={password_file}",
                 "--auth-local=trust",
                 "--auth-host=scram-sha-256",

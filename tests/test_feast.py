@@ -31,8 +31,9 @@ def test_no_training_row_uses_an_observation_after_its_cutoff(weather_project) -
     for i in rng.choice(len(data.train), 25, replace=False):
         row = data.train.features.iloc[i]
         seen = history[(history[ent] == row[ent]) & (history[time] <= row[time])]
-        expected = batch_features(seen.reset_index(drop=True), client.features, entity=ent,
-                                  time=time, target=target).iloc[-1]
+        expected = batch_features(
+            seen.reset_index(drop=True), client.features, entity=ent, time=time, target=target
+        ).iloc[-1]
         got = row[client.features.names].to_numpy(float)
         assert np.allclose(got, expected[client.features.names].to_numpy(float), atol=1e-9)
         # The label for step h is the observation h steps after the origin.
@@ -51,11 +52,15 @@ def test_point_in_time_join_never_looks_ahead(weather_project) -> None:
     assert np.allclose(got[client.features.names].to_numpy(float), expected)
 
 
-def test_redis_online_store_serves_the_latest_features(weather_project, redis_server, tmp_path) -> None:
+def test_redis_online_store_serves_the_latest_features(
+    weather_project, redis_server, tmp_path
+) -> None:
     raw = yaml.safe_load((weather_project.root / "tsops.yaml").read_text())
     raw["project"] = "weather_redis"
     raw["data"]["path"] = str(weather_project.data_path)
-    raw["stores"] = {"online": {"type": "redis", "connection_string": f"127.0.0.1:{redis_server.port}"}}
+    raw["stores"] = {
+        "online": {"type": "redis", "connection_string": f"127.0.0.1:{redis_server.port}"}
+    }
     (tmp_path / "tsops.yaml").write_text(yaml.safe_dump(raw))
     project = Project.load(tmp_path, environ={})
     result = ingest(project, quiet=True)
@@ -67,7 +72,9 @@ def test_redis_online_store_serves_the_latest_features(weather_project, redis_se
     offline = client.read_offline()
     for i, city in enumerate(["seattle", "san_francisco"]):
         last = offline[offline["city"] == city].iloc[-1]
-        assert np.allclose(online.iloc[i][client.features.names].to_numpy(float),
-                           last[client.features.names].to_numpy(float))
+        assert np.allclose(
+            online.iloc[i][client.features.names].to_numpy(float),
+            last[client.features.names].to_numpy(float),
+        )
     assert online.iloc[2][client.features.names].isna().all()
     assert "redis" in (project.feature_repo / "feature_store.yaml").read_text()

@@ -13,8 +13,9 @@ from tsops.features.engines import batch_features, update
 from tsops.settings import FeatureSettings, SeriesSettings
 
 SERIES = SeriesSettings(entity="city", time="date", target="temp")
-FEATURES = FeatureSettings(window=48, lags=[168], rolling=[24, 168],
-                           calendar=["hour", "dayofweek", "dayofyear", "month"])
+FEATURES = FeatureSettings(
+    window=48, lags=[168], rolling=[24, 168], calendar=["hour", "dayofweek", "dayofyear", "month"]
+)
 
 
 def test_incremental_replay_equals_batch_on_the_weather_history() -> None:

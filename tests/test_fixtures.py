@@ -42,9 +42,7 @@ def test_postgres_database_round_trips_rows(postgres_server: PostgresServer) -> 
                 [{"entity": "a", "value": 1.5}, {"entity": "b", "value": 2.5}],
             )
         with engine.connect() as conn:
-            rows = conn.execute(
-                sa.text("SELECT entity, value FROM readings ORDER BY entity")
-            ).all()
+            rows = conn.execute(sa.text("SELECT entity, value FROM readings ORDER BY entity")).all()
         assert [tuple(row) for row in rows] == [("a", 1.5), ("b", 2.5)]
     finally:
         engine.dispose()

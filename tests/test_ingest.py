@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_cli
 
+from conftest import run_cli
 from tsops.data.history import clean_history
 from tsops.errors import DataError
 from tsops.settings import SeriesSettings
@@ -69,8 +69,19 @@ def test_cli_ingest_of_non_numeric_target_exits_2(tmp_path: Path) -> None:
     t = pd.date_range("2024-01-01", periods=400, freq="1h")
     data = pd.DataFrame({"t": t, "y": np.arange(400.0)})
     data.to_csv(tmp_path / "h.csv", index=False)
-    assert run_cli("init", str(tmp_path / "p"), "--data", str(tmp_path / "h.csv"),
-                   "--time", "t", "--target", "y").returncode == 0
+    assert (
+        run_cli(
+            "init",
+            str(tmp_path / "p"),
+            "--data",
+            str(tmp_path / "h.csv"),
+            "--time",
+            "t",
+            "--target",
+            "y",
+        ).returncode
+        == 0
+    )
     data["y"] = data["y"].astype(object)
     data.loc[10, "y"] = "oops"
     data.to_csv(tmp_path / "h.csv", index=False)
@@ -80,7 +91,9 @@ def test_cli_ingest_of_non_numeric_target_exits_2(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_interrupted_offline_write_leaves_previous_store_intact(weather_project, monkeypatch) -> None:
+def test_interrupted_offline_write_leaves_previous_store_intact(
+    weather_project, monkeypatch
+) -> None:
     from tsops.features.store import FeatureStoreClient
 
     client = FeatureStoreClient(weather_project)

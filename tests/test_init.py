@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-from conftest import run_cli
 
+from conftest import run_cli
 from tsops.settings import Project
 
 
@@ -27,8 +27,12 @@ def run_cli_feast(repo: Path) -> str:
     import sys
 
     feast = Path(sys.executable).parent / "feast"
-    out = subprocess.run([str(feast), "-c", str(repo), "feature-views", "list"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [str(feast), "-c", str(repo), "feature-views", "list"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout
 
@@ -47,8 +51,16 @@ def test_synthetic_example_has_50_reproducible_entities(tmp_path: Path) -> None:
 def test_own_csv_without_entity_becomes_a_single_series_with_inferred_freq(tmp_path: Path) -> None:
     times = pd.date_range("2024-01-01", periods=500, freq="15min")
     pd.DataFrame({"when": times, "kw": range(500)}).to_csv(tmp_path / "load.csv", index=False)
-    result = run_cli("init", str(tmp_path / "p"), "--data", str(tmp_path / "load.csv"),
-                     "--time", "when", "--target", "kw")
+    result = run_cli(
+        "init",
+        str(tmp_path / "p"),
+        "--data",
+        str(tmp_path / "load.csv"),
+        "--time",
+        "when",
+        "--target",
+        "kw",
+    )
     assert result.returncode == 0, result.stderr
     series = Project.load(tmp_path / "p", environ={}).settings.series
     assert series.freq == "15min" and series.entity is None and series.entity_col == "series_id"
@@ -58,8 +70,18 @@ def test_own_parquet_with_entity_column(tmp_path: Path) -> None:
     times = pd.date_range("2024-01-01", periods=100, freq="1h")
     frame = pd.concat([pd.DataFrame({"shop": s, "t": times, "sales": 1.0}) for s in "xy"])
     frame.to_parquet(tmp_path / "sales.parquet")
-    result = run_cli("init", str(tmp_path / "p"), "--data", str(tmp_path / "sales.parquet"),
-                     "--time", "t", "--target", "sales", "--entity", "shop")
+    result = run_cli(
+        "init",
+        str(tmp_path / "p"),
+        "--data",
+        str(tmp_path / "sales.parquet"),
+        "--time",
+        "t",
+        "--target",
+        "sales",
+        "--entity",
+        "shop",
+    )
     assert result.returncode == 0, result.stderr
     assert Project.load(tmp_path / "p", environ={}).settings.series.freq == "h"
 
@@ -72,8 +94,16 @@ def test_unknown_example_is_refused(tmp_path: Path) -> None:
 
 
 def test_missing_data_file_is_named(tmp_path: Path) -> None:
-    result = run_cli("init", str(tmp_path / "x"), "--data", str(tmp_path / "nope.csv"),
-                     "--time", "t", "--target", "y")
+    result = run_cli(
+        "init",
+        str(tmp_path / "x"),
+        "--data",
+        str(tmp_path / "nope.csv"),
+        "--time",
+        "t",
+        "--target",
+        "y",
+    )
     assert result.returncode == 2
     assert "nope.csv" in result.stderr and "not found" in result.stderr
     assert "Traceback" not in result.stderr
@@ -81,8 +111,16 @@ def test_missing_data_file_is_named(tmp_path: Path) -> None:
 
 def test_csv_without_the_time_column_is_refused_naming_it(tmp_path: Path) -> None:
     pd.DataFrame({"ts": ["2024-01-01"], "y": [1]}).to_csv(tmp_path / "h.csv", index=False)
-    result = run_cli("init", str(tmp_path / "x"), "--data", str(tmp_path / "h.csv"),
-                     "--time", "timestamp", "--target", "y")
+    result = run_cli(
+        "init",
+        str(tmp_path / "x"),
+        "--data",
+        str(tmp_path / "h.csv"),
+        "--time",
+        "timestamp",
+        "--target",
+        "y",
+    )
     assert result.returncode == 2
     assert "['timestamp']" in result.stderr
     assert not (tmp_path / "x").exists()

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import run_cli
 
+from conftest import run_cli
 from tsops.errors import ConfigError
 from tsops.settings import Project
 
@@ -54,8 +54,10 @@ def test_window_shorter_than_season_is_refused(tmp_path: Path) -> None:
 
 
 def test_environment_overrides_the_file(tmp_path: Path) -> None:
-    p = Project.load(write(tmp_path, VALID), environ={"TSOPS_MODEL__EPOCHS": "3",
-                                                     "TSOPS_STORES__ONLINE__TYPE": "redis"})
+    p = Project.load(
+        write(tmp_path, VALID),
+        environ={"TSOPS_MODEL__EPOCHS": "3", "TSOPS_STORES__ONLINE__TYPE": "redis"},
+    )
     assert p.settings.model.epochs == 3
     assert p.settings.stores.online.type == "redis"
 

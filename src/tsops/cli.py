@@ -17,13 +17,19 @@ from rich.table import Table
 
 from tsops.errors import TsopsError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Time-series forecasting from history to live predictions.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Time-series forecasting from history to live predictions.",
+)
 console = Console()
 err_console = Console(stderr=True)
 
-ProjectOpt = Annotated[Path, typer.Option("--project", "-p", help="project folder (tsops.yaml)",
-                                          envvar="TSOPS_PROJECT_DIR")]
+ProjectOpt = Annotated[
+    Path,
+    typer.Option("--project", "-p", help="project folder (tsops.yaml)", envvar="TSOPS_PROJECT_DIR"),
+]
 
 
 def _quiet_libraries() -> None:
@@ -48,7 +54,9 @@ def init(
     time: Annotated[str | None, typer.Option(help="time column of --data")] = None,
     target: Annotated[str | None, typer.Option(help="target column of --data")] = None,
     entity: Annotated[str | None, typer.Option(help="entity column (omit for one series)")] = None,
-    freq: Annotated[str | None, typer.Option(help="interval such as 1h (inferred if omitted)")] = None,
+    freq: Annotated[
+        str | None, typer.Option(help="interval such as 1h (inferred if omitted)")
+    ] = None,
     entities: Annotated[int, typer.Option(help="synthetic example: number of entities")] = 50,
     seed: Annotated[int, typer.Option(help="synthetic example: random seed")] = 42,
 ) -> None:
@@ -62,8 +70,9 @@ def init(
     if data is not None:
         if not time or not target:
             raise ConfigError("--data needs --time COL and --target COL", "tsops init")
-        project = scaffold.init_from_data(directory, data, time=time, target=target, entity=entity,
-                                          freq=freq)
+        project = scaffold.init_from_data(
+            directory, data, time=time, target=target, entity=entity, freq=freq
+        )
     else:
         assert example is not None
         project = scaffold.init_example(directory, example, entities=entities, seed=seed)
@@ -101,14 +110,18 @@ def train(
     for name, m in sorted(outcome.report.overall.items(), key=lambda kv: kv[1]["mae"]):
         table.add_row(name, f"{m['mae']:.4f}", f"{m['rmse']:.4f}", f"{m['mase']:.4f}")
     console.print(table)
-    console.print(f"registered version {outcome.version} as [bold]challenger[/] "
-                  f"(run {outcome.run_id}, {outcome.epochs_run} epochs, {outcome.seconds:.1f} s)")
+    console.print(
+        f"registered version {outcome.version} as [bold]challenger[/] "
+        f"(run {outcome.run_id}, {outcome.epochs_run} epochs, {outcome.seconds:.1f} s)"
+    )
 
 
 @app.command()
 def promote(
     project: ProjectOpt = Path("."),
-    version: Annotated[int | None, typer.Option(help="version to promote (default: challenger)")] = None,
+    version: Annotated[
+        int | None, typer.Option(help="version to promote (default: challenger)")
+    ] = None,
     force: Annotated[bool, typer.Option(help="skip the gate (recorded as an audit tag)")] = False,
 ) -> None:
     """Move `champion` to the challenger if it beats the champion on the same backtest window."""
@@ -116,7 +129,9 @@ def promote(
 
     d = run(_load(project), version, force=force)
     colour = "green" if d.promoted else "yellow"
-    console.print(f"[{colour}]{'promoted' if d.promoted else 'not promoted'}[/] v{d.version}: {d.reason}")
+    console.print(
+        f"[{colour}]{'promoted' if d.promoted else 'not promoted'}[/] v{d.version}: {d.reason}"
+    )
 
 
 @app.command()
@@ -145,21 +160,35 @@ def status(
         table.add_column(col)
     for m in info["models"]:
         met = m["metrics"]
-        table.add_row(m["name"], str(m["version"]), ", ".join(m["aliases"]),
-                      *(f"{met[k]:.4f}" if k in met else "-"
-                        for k in ("lstm_mae", "lstm_mase", "seasonal_naive_mae")))
+        table.add_row(
+            m["name"],
+            str(m["version"]),
+            ", ".join(m["aliases"]),
+            *(
+                f"{met[k]:.4f}" if k in met else "-"
+                for k in ("lstm_mae", "lstm_mase", "seasonal_naive_mae")
+            ),
+        )
     console.print(table)
     s = info["schema"]
-    console.print(f"schema: entity={s['entity']} time={s['time']} target={s['target']} freq={s['freq']}")
+    console.print(
+        f"schema: entity={s['entity']} time={s['time']} target={s['target']} freq={s['freq']}"
+    )
     for v in info["feature_views"]:
-        console.print(f"feature view {v['name']}: {v['features']} features, entities {v['entities']}")
-    console.print(f"entities: {info['entity_count']}; online store ({info['online_store']}) "
-                  f"rows: {info['online_rows']}")
+        console.print(
+            f"feature view {v['name']}: {v['features']} features, entities {v['entities']}"
+        )
+    console.print(
+        f"entities: {info['entity_count']}; online store ({info['online_store']}) "
+        f"rows: {info['online_rows']}"
+    )
 
 
 @app.command()
 def demo(
-    directory: Annotated[Path, typer.Option(help="where the demo project lives")] = Path("demo-project"),
+    directory: Annotated[Path, typer.Option(help="where the demo project lives")] = Path(
+        "demo-project"
+    ),
     example: Annotated[str, typer.Option(help="weather | synthetic")] = "weather",
 ) -> None:
     """Create the example project, ingest, train quickly, promote, and show the status."""

@@ -36,17 +36,22 @@ def connect(project: Project) -> MlflowClient:
     client = MlflowClient(project.tracking_uri, project.tracking_uri)
     try:
         if client.get_experiment_by_name(project.experiment) is None:
-            client.create_experiment(project.experiment, artifact_location=project.artifact_root.as_uri())
+            client.create_experiment(
+                project.experiment, artifact_location=project.artifact_root.as_uri()
+            )
     except MlflowException as e:
-        raise StoreError(f"cannot use the MLflow tracking store: {e.message}", project.tracking_uri) from None
+        raise StoreError(
+            f"cannot use the MLflow tracking store: {e.message}", project.tracking_uri
+        ) from None
     mlflow.set_experiment(project.experiment)
     return client
 
 
 def git_commit(path: Path) -> str | None:
     try:
-        out = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
@@ -135,8 +140,12 @@ def versions(project: Project) -> list[ModelVersionInfo]:
         run_metrics = client.get_run(mv.run_id).data.metrics if mv.run_id else {}
         out.append(
             ModelVersionInfo(
-                name=name, version=int(mv.version), aliases=sorted(aliases_of.get(int(mv.version), [])),
-                run_id=mv.run_id or "", metrics=dict(run_metrics), tags=dict(mv.tags or {}),
+                name=name,
+                version=int(mv.version),
+                aliases=sorted(aliases_of.get(int(mv.version), [])),
+                run_id=mv.run_id or "",
+                metrics=dict(run_metrics),
+                tags=dict(mv.tags or {}),
                 created=datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC),
             )
         )

@@ -26,7 +26,12 @@ def _base(project: str, data_path: str, schema: dict[str, Any], model_name: str)
         "project": project,
         "data": {"path": data_path},
         "schema": {**schema, "gaps": "interpolate", "duplicates": "last"},
-        "features": {"window": 48, "lags": [168], "rolling": [24, 168], "calendar": ["hour", "dayofweek"]},
+        "features": {
+            "window": 48,
+            "lags": [168],
+            "rolling": [24, 168],
+            "calendar": ["hour", "dayofweek"],
+        },
         "model": {"name": model_name, "horizon": 24, "season": 24},
         "backtest": {"holdout": 720, "stride": 24},
         "stores": {"online": {"type": "sqlite"}},
@@ -41,21 +46,29 @@ def _write(root: Path, raw: dict[str, Any]) -> Project:
 
 def _prepare(root: Path) -> None:
     if (root / CONFIG_FILE).exists():
-        raise ConfigError("a project already exists here; choose another folder", str(root / CONFIG_FILE))
+        raise ConfigError(
+            "a project already exists here; choose another folder", str(root / CONFIG_FILE)
+        )
     (root / "data").mkdir(parents=True, exist_ok=True)
 
 
 def init_example(root: Path, example: str, *, entities: int = 50, seed: int = 42) -> Project:
     """Write the weather (real 2010 temperatures, two cities) or synthetic example project."""
     if example not in EXAMPLES:
-        raise ConfigError(f"unknown example {example!r}; choose one of {list(EXAMPLES)}", "--example")
+        raise ConfigError(
+            f"unknown example {example!r}; choose one of {list(EXAMPLES)}", "--example"
+        )
     _prepare(root)
     if example == "weather":
         from tsops.data.weather import load_weather
 
         load_weather().to_parquet(root / "data" / "history.parquet", index=False)
-        raw = _base("weather", "data/history.parquet",
-                    {"entity": "city", "time": "date", "target": "temp", "freq": "1h"}, "weather")
+        raw = _base(
+            "weather",
+            "data/history.parquet",
+            {"entity": "city", "time": "date", "target": "temp", "freq": "1h"},
+            "weather",
+        )
         raw["features"]["calendar"] = ["hour", "dayofweek", "dayofyear"]
         return _write(root, raw)
 
@@ -63,23 +76,43 @@ def init_example(root: Path, example: str, *, entities: int = 50, seed: int = 42
 
     spec = SyntheticSpec(entities=entities, seed=seed)
     generate(spec).to_parquet(root / "data" / "history.parquet", index=False)
-    raw = _base("synthetic", "data/history.parquet",
-                {"entity": "entity_id", "time": "timestamp", "target": "value", "freq": "1h"}, "synthetic")
-    raw["data"]["synthetic"] = {"entities": entities, "start": spec.start, "periods": spec.periods, "seed": seed}
+    raw = _base(
+        "synthetic",
+        "data/history.parquet",
+        {"entity": "entity_id", "time": "timestamp", "target": "value", "freq": "1h"},
+        "synthetic",
+    )
+    raw["data"]["synthetic"] = {
+        "entities": entities,
+        "start": spec.start,
+        "periods": spec.periods,
+        "seed": seed,
+    }
     return _write(root, raw)
 
 
 def init_from_data(
-    root: Path, data: Path, *, time: str, target: str, entity: str | None = None, freq: str | None = None
+    root: Path,
+    data: Path,
+    *,
+    time: str,
+    target: str,
+    entity: str | None = None,
+    freq: str | None = None,
 ) -> Project:
     """Write a project for the user's own CSV or Parquet file (referenced, not copied)."""
     frame = read_table(data)
     missing = [c for c in (time, target, entity) if c and c not in frame.columns]
     if missing:
-        raise DataError(f"missing column(s) {missing}; the file has {list(frame.columns)}", str(data))
+        raise DataError(
+            f"missing column(s) {missing}; the file has {list(frame.columns)}", str(data)
+        )
     freq = freq or infer_freq(frame, time, entity)
     _prepare(root)
-    name = "".join(c if c.isalnum() else "_" for c in root.resolve().name.lower()).strip("_") or "project"
+    name = (
+        "".join(c if c.isalnum() else "_" for c in root.resolve().name.lower()).strip("_")
+        or "project"
+    )
     if not name[0].isalpha():
         name = f"p_{name}"
     schema: dict[str, Any] = {"entity": entity, "time": time, "target": target, "freq": freq}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import pandas as pd
 import yaml
@@ -102,9 +102,15 @@ class FeatureSettings(Strict):
     """The one feature definition used by batch and stream engines."""
 
     window: int = Field(48, ge=2, le=1024, description="model input: the last W observations")
-    lags: list[int] = Field(default_factory=lambda: [168], description="extra lags beyond the window")
-    rolling: list[int] = Field(default_factory=lambda: [24, 168], description="rolling mean/std sizes")
-    calendar: list[CalendarTerm] = Field(default_factory=lambda: ["hour", "dayofweek"])
+    lags: list[int] = Field(
+        default_factory=lambda: [168], description="extra lags beyond the window"
+    )
+    rolling: list[int] = Field(
+        default_factory=lambda: [24, 168], description="rolling mean/std sizes"
+    )
+    calendar: list[CalendarTerm] = Field(
+        default_factory=lambda: cast(list[CalendarTerm], ["hour", "dayofweek"])
+    )
     ttl_steps: int = Field(
         2, ge=1, description="historical joins use a feature row at most this many steps old"
     )
@@ -144,7 +150,9 @@ class ModelSettings(Strict):
 class BacktestSettings(Strict):
     holdout: int = Field(24 * 30, ge=1, description="steps per entity held out at the tail")
     stride: int = Field(24, ge=1, description="steps between rolling forecast origins")
-    validation: float = Field(0.1, gt=0.0, lt=0.5, description="share of training origins for early stopping")
+    validation: float = Field(
+        0.1, gt=0.0, lt=0.5, description="share of training origins for early stopping"
+    )
 
 
 class OnlineStoreSettings(Strict):
@@ -212,7 +220,9 @@ def validate(raw: dict[str, Any], source: str) -> Settings:
             loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
             msg = "unknown field (typo?)" if err["type"] == "extra_forbidden" else err["msg"]
             details.append(f"{loc}: {msg}")
-        raise ConfigError(f"invalid configuration ({len(details)} problem(s))", source, details) from None
+        raise ConfigError(
+            f"invalid configuration ({len(details)} problem(s))", source, details
+        ) from None
 
 
 class Project:
@@ -228,7 +238,9 @@ class Project:
         root = Path(root or env.get("TSOPS_PROJECT_DIR") or ".")
         path = root / CONFIG_FILE
         if not path.is_file():
-            raise ConfigError(f"no {CONFIG_FILE} here; create a project with `tsops init`", str(path))
+            raise ConfigError(
+                f"no {CONFIG_FILE} here; create a project with `tsops init`", str(path)
+            )
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:

@@ -38,8 +38,12 @@ def collect(project: Project) -> dict[str, Any]:
     return {
         "project": project.settings.project,
         "models": models,
-        "schema": {"entity": series.entity_col, "time": series.time, "target": series.target,
-                   "freq": series.freq},
+        "schema": {
+            "entity": series.entity_col,
+            "time": series.time,
+            "target": series.target,
+            "freq": series.freq,
+        },
         "entities": entities[:MAX_ENTITIES],
         "entity_count": len(entities),
         "feature_views": views,

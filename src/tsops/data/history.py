@@ -74,9 +74,7 @@ def clean_history(
     needed = [c for c in (series.entity, time, target) if c]
     missing = [c for c in needed if c not in frame.columns]
     if missing:
-        raise DataError(
-            f"missing column(s) {missing}; the file has {list(frame.columns)}", source
-        )
+        raise DataError(f"missing column(s) {missing}; the file has {list(frame.columns)}", source)
     summary = CleaningSummary(rows_read=len(frame))
     out = pd.DataFrame(
         {
@@ -128,7 +126,11 @@ def clean_history(
                 "(schema.gaps is 'refuse')",
                 source,
             )
-        regular = regular.interpolate(limit_direction="both") if series.gaps == "interpolate" else regular.ffill().bfill()
+        regular = (
+            regular.interpolate(limit_direction="both")
+            if series.gaps == "interpolate"
+            else regular.ffill().bfill()
+        )
         if regular.isna().all():
             raise DataError(f"entity {key!r} has no numeric target values", source)
         parts.append(pd.DataFrame({entity: key, time: grid, target: regular.to_numpy()}))

@@ -1,1 +1,1 @@
-"""Feature definitions, the batch and incremental engines, and the Feast repo built from settings."""
+"""Feature definitions, batch and incremental engines, the Feast repo built from settings."""

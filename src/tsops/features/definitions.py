@@ -10,7 +10,7 @@ import json
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, cast
 
 import numpy as np
 import pandas as pd
@@ -42,15 +42,19 @@ class EntityState:
     @classmethod
     def from_dict(cls, lookback: int, raw: dict[str, object]) -> EntityState:
         last = raw.get("last_time")
-        return cls(lookback, deque(raw.get("values") or []), None if last is None else pd.Timestamp(last))
+        values = cast(list[float], raw.get("values") or [])
+        return cls(lookback, deque(values), None if last is None else pd.Timestamp(str(last)))
 
 
 class Feature(Protocol):
     """One feature family. `names` are its output columns, `lookback` how many observations
     (the current one included) it reads."""
 
-    names: tuple[str, ...]
-    lookback: int
+    @property
+    def names(self) -> tuple[str, ...]: ...
+
+    @property
+    def lookback(self) -> int: ...
 
     def batch(self, values: np.ndarray, times: pd.DatetimeIndex) -> dict[str, np.ndarray]: ...
 
@@ -162,7 +166,9 @@ class FeatureSet:
 
     def definition_hash(self) -> str:
         """Changes exactly when the feature definition changes (a lineage tag on every model)."""
-        spec = json.dumps({"names": self.names, "settings": self.settings.model_dump()}, sort_keys=True)
+        spec = json.dumps(
+            {"names": self.names, "settings": self.settings.model_dump()}, sort_keys=True
+        )
         return hashlib.sha256(spec.encode()).hexdigest()[:16]
 
     def new_state(self) -> EntityState:

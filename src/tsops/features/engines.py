@@ -40,7 +40,9 @@ def future_targets(
     return pd.DataFrame({f"y_{h}": grouped.shift(-h) for h in range(1, horizon + 1)})
 
 
-def update(fs: FeatureSet, state: EntityState, time: pd.Timestamp, value: float) -> dict[str, float]:
+def update(
+    fs: FeatureSet, state: EntityState, time: pd.Timestamp, value: float
+) -> dict[str, float]:
     """Apply one observation to the entity's state and return its features."""
     state.push(time, value)
     out: dict[str, float] = {}

@@ -23,7 +23,11 @@ class IngestResult:
 def ingest(project: Project, *, quiet: bool = False) -> IngestResult:
     series = project.settings.series
     with Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), disable=quiet, transient=False
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        disable=quiet,
+        transient=False,
     ) as progress:
         task = progress.add_task("reading history", total=5)
         raw = read_table(project.data_path, project.settings.data.format)
@@ -31,7 +35,11 @@ def ingest(project: Project, *, quiet: bool = False) -> IngestResult:
         progress.update(task, advance=1, description="computing features (batch engine)")
         client = FeatureStoreClient(project)
         features = batch_features(
-            history, client.features, entity=series.entity_col, time=series.time, target=series.target
+            history,
+            client.features,
+            entity=series.entity_col,
+            time=series.time,
+            target=series.target,
         )
         progress.update(task, advance=1, description="writing offline store")
         client.write_offline(features)

@@ -39,7 +39,9 @@ def _compare(project: Project, challenger: int, champion: int) -> tuple[float, f
     return report.overall[str(challenger)]["mae"], report.overall[str(champion)]["mae"], window
 
 
-def promote(project: Project, version: int | None = None, *, force: bool = False) -> PromotionDecision:
+def promote(
+    project: Project, version: int | None = None, *, force: bool = False
+) -> PromotionDecision:
     """Move `champion` to `version` (default: the `challenger`) if it passes the gate."""
     client = registry.connect(project)
     name = project.settings.model.name
@@ -57,13 +59,16 @@ def promote(project: Project, version: int | None = None, *, force: bool = False
         registry.move_champion(client, name, candidate, "first model")
         return PromotionDecision(True, candidate, None, "first model")
     if force:
-        registry.move_champion(client, name, candidate, "forced", forced="true", forced_over=str(current))
+        registry.move_champion(
+            client, name, candidate, "forced", forced="true", forced_over=str(current)
+        )
         return PromotionDecision(True, candidate, current, "forced (gate skipped)")
     new_mae, old_mae, window = _compare(project, candidate, current)
     if new_mae < old_mae:
         reason = f"backtest MAE {new_mae:.4f} < champion v{current} {old_mae:.4f} on {window}"
-        registry.move_champion(client, name, candidate, reason, gate_mae=repr(new_mae),
-                               gate_champion_mae=repr(old_mae))
+        registry.move_champion(
+            client, name, candidate, reason, gate_mae=repr(new_mae), gate_champion_mae=repr(old_mae)
+        )
         return PromotionDecision(True, candidate, current, reason, new_mae, old_mae)
     reason = f"backtest MAE {new_mae:.4f} ≥ champion v{current} {old_mae:.4f} on {window}"
     client.set_model_version_tag(name, str(candidate), "tsops.gate_rejected", reason)

@@ -37,7 +37,9 @@ class BacktestReport:
         return pd.DataFrame(rows, index=[*range(1, horizon + 1), "all"])
 
 
-def run(data: TrainingData, models: dict[str, Predictor], horizon: int, season: int) -> BacktestReport:
+def run(
+    data: TrainingData, models: dict[str, Predictor], horizon: int, season: int
+) -> BacktestReport:
     scale = metrics.seasonal_scale(data.train_history, season)
     truth = data.test.labels
     predictions = {name: predict(data.test.features) for name, predict in models.items()}
@@ -52,7 +54,12 @@ def run(data: TrainingData, models: dict[str, Predictor], horizon: int, season: 
 
 
 def plot(
-    report: BacktestReport, data: TrainingData, path: Path, *, entity_col: str, time_col: str,
+    report: BacktestReport,
+    data: TrainingData,
+    path: Path,
+    *,
+    entity_col: str,
+    time_col: str,
     step: pd.Timedelta,
 ) -> Path:
     """PNG: MAE by horizon step for every model, and one entity's forecasts against actuals."""
@@ -72,11 +79,22 @@ def plot(
     for k, row in enumerate(np.flatnonzero((feats[entity_col] == first).to_numpy())[-4:]):
         origin = pd.Timestamp(feats[time_col].iloc[row])
         target_times = [origin + step * h for h in range(1, horizon + 1)]
-        ax2.plot(target_times, data.test.labels[row], color="black", lw=1.2,
-                 label="actual" if k == 0 else None)
+        ax2.plot(
+            target_times,
+            data.test.labels[row],
+            color="black",
+            lw=1.2,
+            label="actual" if k == 0 else None,
+        )
         for i, (name, pred) in enumerate(report.predictions.items()):
-            ax2.plot(target_times, pred[row], lw=1, alpha=0.8, color=f"C{i}",
-                     label=name if k == 0 else None)
+            ax2.plot(
+                target_times,
+                pred[row],
+                lw=1,
+                alpha=0.8,
+                color=f"C{i}",
+                label=name if k == 0 else None,
+            )
     ax2.set(title=f"Forecasts for {first} (last origins)")
     ax2.legend(fontsize=8)
     fig.autofmt_xdate()

@@ -48,7 +48,13 @@ def data_snapshot_hash(history: pd.DataFrame) -> str:
 
 
 def select_origins(
-    history: pd.DataFrame, *, entity: str, horizon: int, lookback: int, holdout: int, stride: int,
+    history: pd.DataFrame,
+    *,
+    entity: str,
+    horizon: int,
+    lookback: int,
+    holdout: int,
+    stride: int,
     validation: float,
 ) -> pd.Series:
     """Label each history row 'train', 'val', 'test' or '' (not an origin)."""
@@ -77,11 +83,17 @@ def build(client: FeatureStoreClient, horizon: int) -> TrainingData:
     settings = client.project.settings
     series = settings.series
     ent, time, target = series.entity_col, series.time, series.target
-    history = client.read_offline()[[ent, time, target]].sort_values([ent, time]).reset_index(drop=True)
+    history = (
+        client.read_offline()[[ent, time, target]].sort_values([ent, time]).reset_index(drop=True)
+    )
     labels = future_targets(history, horizon, entity=ent, target=target).to_numpy()
     role = select_origins(
-        history, entity=ent, horizon=horizon, lookback=client.features.lookback,
-        holdout=settings.backtest.holdout, stride=settings.backtest.stride,
+        history,
+        entity=ent,
+        horizon=horizon,
+        lookback=client.features.lookback,
+        holdout=settings.backtest.holdout,
+        stride=settings.backtest.stride,
         validation=settings.backtest.validation,
     )
     origins = history[role != ""]

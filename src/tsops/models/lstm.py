@@ -46,14 +46,15 @@ class LSTMNet(nn.Module):
             dropout=cfg.dropout if cfg.num_layers > 1 else 0.0,
             batch_first=True,
         )
+        out = nn.Linear(cfg.hidden_size, cfg.horizon)
+        nn.init.zeros_(out.weight)
+        nn.init.zeros_(out.bias)
         self.head = nn.Sequential(
             nn.Linear(cfg.hidden_size + len(cfg.context_names), cfg.hidden_size),
             nn.ReLU(),
             nn.Dropout(cfg.dropout),
-            nn.Linear(cfg.hidden_size, cfg.horizon),
+            out,
         )
-        nn.init.zeros_(self.head[-1].weight)
-        nn.init.zeros_(self.head[-1].bias)
 
     def forward(self, seq: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
         _, (h, _) = self.lstm(seq)
@@ -88,7 +89,9 @@ class Forecaster:
         bad = ~np.isfinite(window).all(axis=1) | ~np.isfinite(context).all(axis=1)
         if bad.any():
             row = int(np.argmax(bad))
-            cols = [c for c in self.cfg.input_names if not np.isfinite(float(features[c].iloc[row]))]
+            cols = [
+                c for c in self.cfg.input_names if not np.isfinite(float(features[c].iloc[row]))
+            ]
             raise ModelError(f"row {row}: non-finite value(s) in {cols[:5]}", "input")
         anchor = window[:, 0].copy()
         seq = (window[:, ::-1] - anchor[:, None]) / self.cfg.scale

@@ -37,28 +37,41 @@ def train(project: Project, *, quick: bool = False, show_progress: bool = True) 
     store = FeatureStoreClient(project)
     data = dataset.build(store, model.horizon)
     commit = registry.git_commit(project.root)
+    first, last = (t.isoformat() for t in data.test_window)
     tags = {
         "tsops.data_hash": data.data_hash,
         "tsops.feature_hash": store.features.definition_hash(),
         "tsops.quick": str(quick).lower(),
-        "tsops.backtest_window": f"{data.test_window[0].isoformat()}/{data.test_window[1].isoformat()}",
+        "tsops.backtest_window": f"{first}/{last}",
         **({"tsops.git_commit": commit} if commit else {}),
     }
     with mlflow.start_run(run_name=f"train{'-quick' if quick else ''}", tags=tags) as run:
-        mlflow.log_params({
-            **{f"model.{k}": v for k, v in model.model_dump().items()},
-            **{f"features.{k}": v for k, v in settings.features.model_dump().items()},
-            "backtest.holdout": settings.backtest.holdout,
-            "backtest.stride": settings.backtest.stride,
-            "train_rows": len(data.train), "val_rows": len(data.val), "test_origins": len(data.test),
-        })
+        mlflow.log_params(
+            {
+                **{f"model.{k}": v for k, v in model.model_dump().items()},
+                **{f"features.{k}": v for k, v in settings.features.model_dump().items()},
+                "backtest.holdout": settings.backtest.holdout,
+                "backtest.stride": settings.backtest.stride,
+                "train_rows": len(data.train),
+                "val_rows": len(data.val),
+                "test_origins": len(data.test),
+            }
+        )
 
         def log_epoch(epoch: int, loss: float, val_mae: float) -> None:
             mlflow.log_metrics({"train_loss": loss, "val_mae": val_mae}, step=epoch)
 
-        result = training.fit(data, store.features, model, quick=quick, on_epoch=log_epoch,
-                              show_progress=show_progress)
-        report = backtest.run(data, {"lstm": result.forecaster.predict}, model.horizon, model.season)
+        result = training.fit(
+            data,
+            store.features,
+            model,
+            quick=quick,
+            on_epoch=log_epoch,
+            show_progress=show_progress,
+        )
+        report = backtest.run(
+            data, {"lstm": result.forecaster.predict}, model.horizon, model.season
+        )
         for name, values in report.overall.items():
             mlflow.log_metrics({f"{name}_{metric}": v for metric, v in values.items()})
         for h, mae in enumerate(report.by_step["lstm"]["mae"], start=1):
@@ -68,22 +81,38 @@ def train(project: Project, *, quick: bool = False, show_progress: bool = True) 
             table = report.table()
             table.columns = [f"{m}_{k}" for m, k in table.columns]
             table.to_csv(folder / "backtest.csv", index_label="step")
-            backtest.plot(report, data, folder / "backtest.png", entity_col=series.entity_col,
-                          time_col=series.time, step=series.step)
-            (folder / "features.json").write_text(json.dumps({
-                "names": store.features.names,
-                "definition_hash": store.features.definition_hash(),
-                "settings": settings.features.model_dump(),
-            }, indent=1))
+            backtest.plot(
+                report,
+                data,
+                folder / "backtest.png",
+                entity_col=series.entity_col,
+                time_col=series.time,
+                step=series.step,
+            )
+            (folder / "features.json").write_text(
+                json.dumps(
+                    {
+                        "names": store.features.names,
+                        "definition_hash": store.features.definition_hash(),
+                        "settings": settings.features.model_dump(),
+                    },
+                    indent=1,
+                )
+            )
             mlflow.log_artifacts(str(folder), artifact_path="backtest")
             forecaster_dir = result.forecaster.save(folder / "forecaster")
             example = data.test.features[store.features.names].head(2).reset_index(drop=True)
-            output = pd.DataFrame(result.forecaster.predict(example), columns=output_columns(model.horizon))
+            output = pd.DataFrame(
+                result.forecaster.predict(example), columns=output_columns(model.horizon)
+            )
             info = registry.log_model(project, forecaster_dir, example, output)
         version = int(info.registered_model_version)
         for key, value in tags.items():
             client.set_model_version_tag(model.name, str(version), key, value)
-        client.set_model_version_tag(model.name, str(version), "tsops.backtest_mae",
-                                     repr(report.overall["lstm"]["mae"]))
+        client.set_model_version_tag(
+            model.name, str(version), "tsops.backtest_mae", repr(report.overall["lstm"]["mae"])
+        )
         registry.set_challenger(client, model.name, version)
-    return TrainOutcome(version, run.info.run_id, report, time.perf_counter() - started, result.epochs_run)
+    return TrainOutcome(
+        version, run.info.run_id, report, time.perf_counter() - started, result.epochs_run
+    )

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import mlflow.pyfunc
 import pandas as pd
+from mlflow.pyfunc import PythonModel
 
 from tsops.models.lstm import Forecaster
 
@@ -18,7 +18,7 @@ def output_columns(horizon: int) -> list[str]:
     return [f"yhat_{h}" for h in range(1, horizon + 1)]
 
 
-class ForecasterModel(mlflow.pyfunc.PythonModel):
+class ForecasterModel(PythonModel):
     def load_context(self, context):  # type: ignore[no-untyped-def]
         import torch
 

@@ -68,8 +68,12 @@ def fit(
     best_mae, best_state, stale = math.inf, None, 0
     n = len(target)
     with Progress(
-        TextColumn("training LSTM"), BarColumn(), TextColumn("{task.completed}/{task.total} epochs"),
-        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), disable=not show_progress,
+        TextColumn("training LSTM"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} epochs"),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        disable=not show_progress,
     ) as progress:
         task = progress.add_task("train", total=epochs, info="")
         for epoch in range(1, epochs + 1):
@@ -81,8 +85,10 @@ def fit(
                 optimizer.zero_grad()
                 loss = loss_fn(forecaster.net(seq[batch], ctx[batch]), target[batch])
                 if not torch.isfinite(loss):
-                    raise ModelError(f"training diverged at epoch {epoch} (loss {loss.item()})",
-                                     "model.learning_rate")
+                    raise ModelError(
+                        f"training diverged at epoch {epoch} (loss {loss.item()})",
+                        "model.learning_rate",
+                    )
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(forecaster.net.parameters(), 1.0)
                 optimizer.step()

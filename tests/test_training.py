@@ -1,0 +1,193 @@
+"""Training, tracking and the registry on the weather example (one quick training per session)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from mlflow import MlflowClient
+
+from conftest import run_cli
+from servers import free_port
+from tsops import registry
+from tsops.features.store import FeatureStoreClient
+from tsops.lifecycle.promotion import promote, rollback
+from tsops.models import dataset
+from tsops.models.pipeline import train
+from tsops.settings import Project
+
+
+def test_lstm_beats_both_baselines_on_the_held_out_tail(trained_weather) -> None:
+    overall = trained_weather.report.overall
+    assert overall["lstm"]["mae"] < overall["seasonal_naive"]["mae"]
+    assert overall["lstm"]["mae"] < overall["persistence"]["mae"]
+    by_step = trained_weather.report.by_step["lstm"]
+    assert set(by_step) == {"mae", "rmse", "mase"} and len(by_step["mae"]) == 24
+
+
+def test_training_run_is_tracked_with_lineage(weather_project, trained_weather) -> None:
+    client = MlflowClient(weather_project.tracking_uri)
+    run = client.get_run(trained_weather.run_id)
+    assert run.data.params["model.horizon"] == "24"
+    assert {"lstm_mae", "seasonal_naive_mae", "persistence_mase"} <= set(run.data.metrics)
+    losses = client.get_metric_history(run.info.run_id, "train_loss")
+    assert [m.step for m in losses] == list(range(1, trained_weather.epochs_run + 1))
+    tags = run.data.tags
+    assert len(tags["tsops.data_hash"]) == 16 and len(tags["tsops.feature_hash"]) == 16
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "backtest")}
+    assert {"backtest/backtest.png", "backtest/features.json", "backtest/backtest.csv"} <= artifacts
+    local = Path(client.download_artifacts(run.info.run_id, "backtest/backtest.png"))
+    assert local.read_bytes()[:4] == b"\x89PNG"
+    names = json.loads(
+        Path(client.download_artifacts(run.info.run_id, "backtest/features.json")).read_text()
+    )["names"]
+    assert names == FeatureStoreClient(weather_project).features.names
+
+
+def test_model_is_registered_with_signature_and_aliases(weather_project, trained_weather) -> None:
+    client = MlflowClient(weather_project.tracking_uri)
+    name = weather_project.settings.model.name
+    mv = client.get_model_version_by_alias(name, "challenger")
+    assert int(mv.version) == trained_weather.version
+    assert client.get_model_version_by_alias(name, "champion").version == mv.version
+    model = registry.load(weather_project, "champion")
+    inputs = [c.name for c in model.metadata.get_input_schema().inputs]
+    assert inputs == FeatureStoreClient(weather_project).features.names
+    assert model.metadata.get_output_schema().input_names()[0] == "yhat_1"
+
+
+def test_mlflow_models_serve_returns_the_in_process_numbers(
+    weather_project, trained_weather
+) -> None:
+    store = FeatureStoreClient(weather_project)
+    rows = dataset.build(store, 24).test.features[store.features.names].head(3)
+    expected = registry.load(weather_project, "champion").predict(rows).to_numpy()
+    port = free_port()
+    mlflow_bin = str(Path(sys.executable).parent / "mlflow")
+    env = {
+        "MLFLOW_TRACKING_URI": weather_project.tracking_uri,
+        "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin",
+    }
+    proc = subprocess.Popen(
+        [
+            mlflow_bin,
+            "models",
+            "serve",
+            "-m",
+            f"models:/{weather_project.settings.model.name}@champion",
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                pytest.fail(f"mlflow models serve did not start:\n{proc.communicate()[0][-3000:]}")
+            time.sleep(0.5)
+        body = {"dataframe_split": json.loads(rows.to_json(orient="split", index=False))}
+        answer = requests.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=30)
+        assert answer.status_code == 200, answer.text
+        served = np.array(
+            [[r[f"yhat_{h}"] for h in range(1, 25)] for r in answer.json()["predictions"]]
+        )
+        assert np.allclose(served, expected, atol=1e-5)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_gate_refuses_a_worse_challenger_force_overrides_rollback_restores(
+    weather_project, trained_weather
+) -> None:
+    s = weather_project.settings
+    weak = Project(
+        weather_project.root,
+        s.model_copy(
+            update={"model": s.model.model_copy(update={"quick_epochs": 1, "learning_rate": 1e-7})}
+        ),
+    )
+    worse = train(weak, quick=True, show_progress=False)
+    assert worse.version == trained_weather.version + 1
+
+    refused = promote(weather_project)
+    assert not refused.promoted and refused.challenger_mae > refused.champion_mae
+    client = MlflowClient(weather_project.tracking_uri)
+    name = s.model.name
+    assert (
+        int(client.get_model_version_by_alias(name, "champion").version) == trained_weather.version
+    )
+    assert "tsops.gate_rejected" in client.get_model_version(name, str(worse.version)).tags
+
+    forced = promote(weather_project, force=True)
+    assert forced.promoted
+    tags = client.get_model_version(name, str(worse.version)).tags
+    assert tags["tsops.forced"] == "true" and tags["tsops.forced_over"] == str(
+        trained_weather.version
+    )
+
+    back = rollback(weather_project)
+    assert back.version == trained_weather.version
+    assert (
+        int(client.get_model_version_by_alias(name, "champion").version) == trained_weather.version
+    )
+
+
+def test_status_json_lists_models_schema_entities_and_online_rows(
+    weather_project, trained_weather
+) -> None:
+    result = run_cli("status", "--json", "--project", str(weather_project.root))
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["schema"] == {"entity": "city", "time": "date", "target": "temp", "freq": "1h"}
+    assert info["entities"] == ["san_francisco", "seattle"]
+    assert info["online_rows"] == 2
+    assert info["feature_views"][0]["name"] == "series_features"
+    first = next(m for m in info["models"] if m["version"] == trained_weather.version)
+    assert "champion" in first["aliases"] and first["metrics"]["lstm_mae"] > 0
+
+
+def test_tracking_on_postgresql(postgres_server, tmp_path) -> None:
+    from tsops.features.ingest import ingest
+    from tsops.scaffold import init_example
+
+    init_example(tmp_path / "syn", "synthetic", entities=3)
+    url = postgres_server.create_database("mlflow_tsops")
+    project = Project.load(
+        tmp_path / "syn",
+        environ={
+            "TSOPS_TRACKING__URI": url,
+            "TSOPS_MODEL__QUICK_EPOCHS": "1",
+            "TSOPS_BACKTEST__HOLDOUT": "168",
+        },
+    )
+    ingest(project, quiet=True)
+    outcome = train(project, quick=True, show_progress=False)
+    assert promote(project).promoted
+    client = MlflowClient(url)
+    assert (
+        int(client.get_model_version_by_alias("synthetic", "champion").version) == outcome.version
+    )
+    with postgres_server.connect("mlflow_tsops") as conn, conn.cursor() as cur:
+        cur.execute("select count(*) from registered_model_aliases")
+        assert cur.fetchone()[0] == 2  # champion and challenger live in PostgreSQL
