@@ -163,5 +163,19 @@ def load(project: Project, alias: str = CHAMPION, version: int | None = None) ->
         raise ModelError(f"cannot load {uri}: {e.message}", uri) from None
 
 
+def load_forecaster(
+    project: Project, alias: str = CHAMPION, version: int | None = None
+) -> tuple[int, Any]:
+    """(version, Forecaster) for hot paths: resolved once, predicting on arrays without the
+    pyfunc's per-call schema checks. Raises ModelError when the alias is not set."""
+    client = connect(project)
+    name = project.settings.model.name
+    resolved = version or version_for_alias(client, name, alias)
+    if resolved is None:
+        raise ModelError(f"no version has the alias {alias!r}; run tsops train / promote", name)
+    model = load(project, version=resolved)
+    return resolved, model.unwrap_python_model().forecaster
+
+
 def artifact_tmpdir() -> tempfile.TemporaryDirectory[str]:
     return tempfile.TemporaryDirectory(prefix="tsops-")

@@ -169,6 +169,21 @@ class TrackingSettings(Strict):
     experiment: str | None = None
 
 
+class ServingSettings(Strict):
+    """`tsops serve`: the HTTP server."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+    max_batch_size: int = Field(64, ge=1, description="adaptive batching: most rows per model call")
+    max_batch_wait_ms: float = Field(2.0, ge=0.0, description="adaptive batching: longest wait")
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="larger request bodies get 413")
+    admin_token: str | None = Field(None, description="bearer token for admin endpoints")
+    reload_interval_s: float = Field(2.0, gt=0.0, description="how often to check the champion")
+    canary_percent: float = Field(0.0, ge=0.0, le=100.0, description="share routed to challenger")
+    shadow: bool = Field(False, description="mirror requests to the challenger, return champion")
+
+
 class Settings(Strict):
     version: Literal[1] = 1
     project: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="Feast project name")
@@ -179,6 +194,7 @@ class Settings(Strict):
     backtest: BacktestSettings = BacktestSettings()
     stores: StoreSettings = StoreSettings()
     tracking: TrackingSettings = TrackingSettings()
+    serving: ServingSettings = ServingSettings()
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
