@@ -184,6 +184,69 @@ class ServingSettings(Strict):
     shadow: bool = Field(False, description="mirror requests to the challenger, return champion")
 
 
+class KafkaSettings(Strict):
+    """Broker connection shared by the kafka source and sinks."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    events_topic: str = "tsops.events"
+    group_id: str = "tsops-stream"
+    session_timeout_ms: int = Field(2000, ge=1000)
+    heartbeat_interval_ms: int = Field(400, ge=100)
+    extra: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="more librdkafka settings, e.g. security"
+    )
+
+
+class SinkSettings(Strict):
+    """Where prediction or dead-letter records go: `file` (JSONL/Parquet), `kafka`, `sql`."""
+
+    type: Literal["file", "kafka", "sql"] = "file"
+    path: str | None = Field(None, description="file: output path (.jsonl or .parquet)")
+    topic: str | None = Field(None, description="kafka: topic")
+    url: str | None = Field(None, description="sql: SQLAlchemy URL")
+    table: str | None = Field(None, description="sql: table name")
+
+    @model_validator(mode="after")
+    def _required_per_type(self) -> SinkSettings:
+        need = {"file": ["path"], "kafka": ["topic"], "sql": ["url", "table"]}[self.type]
+        missing = [f for f in need if getattr(self, f) in (None, "")]
+        if missing:
+            raise ValueError(f"a {self.type} sink needs {missing}")
+        return self
+
+
+class StreamSettings(Strict):
+    """`tsops stream`: where events come from, where records go, and the policies."""
+
+    source: Literal["file", "kafka"] = "file"
+    path: str | None = Field(None, description="file source: CSV or JSONL of events")
+    speedup: float = Field(0.0, ge=0.0, description="file replay: event-time speed-up, 0 = max")
+    sinks: list[SinkSettings] = Field(
+        default_factory=lambda: [SinkSettings(type="file", path=".tsops/predictions.jsonl")]
+    )
+    dead_letter: SinkSettings = SinkSettings(type="file", path=".tsops/dead_letters.jsonl")
+    batch_size: int = Field(500, ge=1, description="most events per poll (one micro-batch)")
+    poll_timeout_ms: int = Field(100, ge=1)
+    duplicates: Literal["dead_letter", "drop"] = Field(
+        "dead_letter", description="events at or before an entity's last applied time"
+    )
+    unknown_entities: Literal["accept", "dead_letter"] = "accept"
+    max_future: str = Field("1d", description="events later than now + this are dead letters")
+    max_gap_steps: int = Field(
+        168, ge=1, description="a jump of more steps than this is refused, not filled"
+    )
+    kafka: KafkaSettings = KafkaSettings()
+
+    @field_validator("max_future")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        try:
+            pd.Timedelta(v)
+        except ValueError as e:
+            raise ValueError(f"not a duration ({e})") from None
+        return v
+
+
 class Settings(Strict):
     version: Literal[1] = 1
     project: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="Feast project name")
@@ -195,6 +258,7 @@ class Settings(Strict):
     stores: StoreSettings = StoreSettings()
     tracking: TrackingSettings = TrackingSettings()
     serving: ServingSettings = ServingSettings()
+    stream: StreamSettings = StreamSettings()
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
@@ -212,6 +276,8 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
         if not key.startswith(ENV_PREFIX) or key == "TSOPS_PROJECT_DIR":
             continue
         path = key[len(ENV_PREFIX) :].lower().split("__")
+        if path[0] not in _SECTIONS:
+            continue  # not a settings variable (e.g. TSOPS_ADMIN_TOKEN is read elsewhere)
         node = tree
         for part in path[:-1]:
             node = node.setdefault(part, {})
@@ -219,11 +285,20 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
     return tree
 
 
+def _section_names() -> set[str]:
+    return {(f.alias or name) for name, f in Settings.model_fields.items()} | set(
+        Settings.model_fields
+    )
+
+
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in over.items():
         out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
+
+_SECTIONS = _section_names()
 
 
 def validate(raw: dict[str, Any], source: str) -> Settings:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pandas as pd
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from tsops.data.history import CleaningSummary, clean_history, read_table
+from tsops.features.definitions import EntityState
 from tsops.features.engines import batch_features
 from tsops.features.store import FeatureStoreClient
 from tsops.settings import Project
@@ -18,6 +20,20 @@ class IngestResult:
     offline_rows: int
     online_rows: int
     entities: list[str]
+
+
+def final_states(
+    history: pd.DataFrame, client: FeatureStoreClient, entity: str, target: str, time: str
+) -> dict[str, EntityState]:
+    """Each entity's incremental state after its last observation: where a stream resumes."""
+    states = {}
+    for key, group in history.groupby(entity, sort=False):
+        state = client.features.new_state()
+        tail = group.tail(state.lookback)
+        for t, v in zip(tail[time], tail[target], strict=True):
+            state.push(pd.Timestamp(t), float(v))
+        states[str(key)] = state
+    return states
 
 
 def ingest(project: Project, *, quiet: bool = False) -> IngestResult:
@@ -48,6 +64,8 @@ def ingest(project: Project, *, quiet: bool = False) -> IngestResult:
         progress.update(task, advance=1, description="materializing online store")
         times = history[series.time]
         client.materialize(times.min(), times.max() + series.step)
+        states = final_states(history, client, series.entity_col, series.target, series.time)
+        client.write_states(states)
         entities = sorted(history[series.entity_col].astype(str).unique())
         online = client.online_row_count(entities)
         progress.update(task, advance=1, description="ingest done")

@@ -83,6 +83,7 @@ def build(client: FeatureStoreClient, horizon: int) -> TrainingData:
     settings = client.project.settings
     series = settings.series
     ent, time, target = series.entity_col, series.time, series.target
+    client.compact_offline()  # observations the stream appended since the last training
     history = (
         client.read_offline()[[ent, time, target]].sort_values([ent, time]).reset_index(drop=True)
     )

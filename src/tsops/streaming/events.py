@@ -1,0 +1,86 @@
+"""Observation events: parsing and validation. A bad event becomes a dead letter with the
+original payload and a reason, in the one error format of `tsops.errors`."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+
+from tsops.errors import TsopsError
+from tsops.settings import SINGLE_SERIES_VALUE, SeriesSettings
+
+
+class EventError(TsopsError):
+    """An event the processor cannot apply; `kind` is the dead-letter reason."""
+
+    def __init__(self, reason: str, message: str, where: str | None = None):
+        super().__init__(message, where)
+        self.kind = reason
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """One record as a source delivered it, with its position for commits."""
+
+    payload: str
+    partition: int
+    offset: int
+    received: float  # time.perf_counter() when polled
+
+
+@dataclass(frozen=True)
+class Event:
+    entity: str
+    time: pd.Timestamp  # tz-naive UTC, floored to the series' interval
+    value: float
+
+
+def parse(payload: str, series: SeriesSettings, latest_allowed: pd.Timestamp) -> Event:
+    """Validate one JSON payload against the project's schema (the history's column names)."""
+    try:
+        raw: Any = json.loads(payload)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise EventError("invalid_json", f"not JSON: {e}") from None
+    if not isinstance(raw, dict):
+        raise EventError("invalid_json", "an event must be a JSON object")
+    needed = [c for c in (series.entity, series.time, series.target) if c]
+    missing = [c for c in needed if raw.get(c) is None]
+    if missing:
+        raise EventError("missing_field", f"missing field(s) {missing}", ",".join(missing))
+    entity = raw.get(series.entity) if series.entity else SINGLE_SERIES_VALUE
+    if not isinstance(entity, str | int) or isinstance(entity, bool) or str(entity) == "":
+        raise EventError(
+            "wrong_type", f"entity {entity!r} must be a non-empty string", series.entity
+        )
+    value = raw[series.target]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise EventError("wrong_type", f"target {value!r} is not a number", series.target)
+    if not math.isfinite(value):
+        raise EventError("non_finite", f"target {value!r} is not finite", series.target)
+    try:
+        ts = pd.Timestamp(raw[series.time])
+    except (ValueError, TypeError) as e:
+        raise EventError("wrong_type", f"time {raw[series.time]!r}: {e}", series.time) from None
+    if ts is pd.NaT or pd.isna(ts):
+        raise EventError("wrong_type", f"time {raw[series.time]!r} is not a timestamp", series.time)
+    if ts.tzinfo is not None:
+        ts = ts.tz_convert("UTC").tz_localize(None)
+    if ts > latest_allowed:
+        raise EventError("future_timestamp", f"time {ts} is after {latest_allowed}", series.time)
+    return Event(str(entity), ts.floor(series.step), float(value))
+
+
+def dead_letter(error: TsopsError, record: RawRecord) -> dict[str, Any]:
+    """The dead-letter record: the error body plus the original payload and its position."""
+    return {
+        **error.as_dict(),
+        "payload": record.payload,
+        "partition": record.partition,
+        "offset": record.offset,
+        "at": datetime.now(UTC).isoformat(),
+    }

@@ -1,0 +1,129 @@
+"""Wiring for `tsops stream` and `tsops replay`: settings → source, sinks, processor."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from tsops import registry
+from tsops.errors import ConfigError
+from tsops.features.store import FeatureStoreClient
+from tsops.settings import Project
+from tsops.streaming import sinks as sink_registry
+from tsops.streaming.metrics import StreamMetrics
+from tsops.streaming.processor import Processor, Summary
+from tsops.streaming.sources import FileSource, KafkaSource, Source, read_lines
+
+
+def parse_source(option: str | None, project: Project) -> tuple[str, Path | None]:
+    """`file:PATH` or `kafka` (default: the settings' stream.source)."""
+    cfg = project.settings.stream
+    text = option or (f"file:{cfg.path}" if cfg.source == "file" else "kafka")
+    if text == "kafka":
+        return "kafka", None
+    if text.startswith("file:") and len(text) > 5:
+        path = Path(text[5:]).expanduser()
+        return "file", path if path.is_absolute() else (Path.cwd() / path)
+    if text == "file:None":
+        raise ConfigError("no event file: pass --source file:PATH or set stream.path", "stream.path")
+    raise ConfigError(f"unknown source {text!r}: use file:PATH or kafka", "--source")
+
+
+def run_stream(
+    project: Project,
+    *,
+    source: str | None = None,
+    follow: bool = False,
+    from_beginning: bool = False,
+    max_events: int | None = None,
+    metrics_port: int | None = None,
+    stop: threading.Event | None = None,
+) -> Summary:
+    """Run the python engine until the source ends, `max_events`, SIGTERM/SIGINT or `stop`."""
+    kind, path = parse_source(source, project)
+    client = FeatureStoreClient(project)
+    version, forecaster = registry.load_forecaster(project, registry.CHAMPION)
+    cfg = project.settings.stream
+    sinks = [sink_registry.build(project, s) for s in cfg.sinks]
+    dead = sink_registry.build(project, cfg.dead_letter)
+    metrics = StreamMetrics()
+    if metrics_port:
+        metrics.serve(metrics_port)
+    processor_ref: list[Processor] = []
+
+    def revoked(partitions: list[int]) -> None:
+        if processor_ref:
+            processor_ref[0].on_revoke(partitions)
+
+    src: Source
+    if kind == "file":
+        assert path is not None
+        src = FileSource(project, path, speedup=cfg.speedup, follow=follow,
+                         from_beginning=from_beginning)
+    else:
+        src = KafkaSource(project, on_revoke=revoked)
+    processor = Processor(project, src, sinks, dead, client, forecaster, version, metrics)
+    processor_ref.append(processor)
+
+    stop = stop or threading.Event()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, lambda *_: stop.set())
+    try:
+        summary = processor.run(stop, max_events)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        src.close()
+        for s in [*sinks, dead]:
+            s.close()
+    if kind == "file" and not follow:
+        client.compact_offline()
+    return summary
+
+
+def replay_to_kafka(project: Project, path: Path, *, rate: float = 0.0,
+                    topic: str | None = None, partitions: int = 4) -> dict[str, Any]:
+    """Publish a CSV/JSONL file's events to the events topic, keyed by entity."""
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from tsops.streaming.kafka import producer_config
+
+    if not path.exists():
+        raise ConfigError("event file not found", str(path))
+    kafka = project.settings.stream.kafka
+    topic = topic or kafka.events_topic
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
+    if topic not in admin.list_topics(timeout=10).topics:
+        for f in admin.create_topics([NewTopic(topic, partitions, 1)]).values():
+            try:
+                f.result(10)
+            except Exception as e:  # already created by someone else is fine
+                if "already exists" not in str(e).lower():
+                    raise
+    producer = Producer(producer_config(kafka))
+    entity = project.settings.series.entity
+    sent = 0
+    started = time.monotonic()
+    for payload in read_lines(path):
+        key = ""
+        try:
+            key = str(json.loads(payload).get(entity, "")) if entity else ""
+        except (json.JSONDecodeError, AttributeError):
+            pass  # poison events are published as they are; the processor dead-letters them
+        producer.produce(topic, payload.encode(), key.encode())
+        producer.poll(0)
+        sent += 1
+        if rate > 0:
+            delay = started + sent / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+    while producer.flush(1.0) > 0:
+        pass
+    return {"published": sent, "topic": topic, "seconds": round(time.monotonic() - started, 3)}

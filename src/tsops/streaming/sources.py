@@ -1,0 +1,231 @@
+"""Event sources: one small interface, a registry by name (`file`, `kafka`)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Protocol
+
+import pandas as pd
+
+from tsops.errors import ConfigError
+from tsops.settings import Project
+from tsops.streaming.events import RawRecord
+
+AssignmentListener = Callable[[list[int]], None]
+
+
+class Source(Protocol):
+    """Delivers raw records; `commit` marks everything returned so far as durably processed."""
+
+    exhausted: bool  # a finite source has nothing more to give
+
+    def poll(self, max_records: int, timeout: float) -> list[RawRecord]: ...
+
+    def commit(self, records: list[RawRecord]) -> None: ...
+
+    def lag(self) -> int | None: ...
+
+    def close(self) -> None: ...
+
+
+def read_lines(path: Path) -> Iterator[str]:
+    """Events of a CSV or JSONL file as JSON strings (CSV rows become objects; numbers parsed)."""
+    with path.open(newline="") as f:
+        header = next(csv.reader([f.readline()])) if path.suffix.lower() == ".csv" else None
+        for line in f:
+            if line.strip():
+                yield to_payload(line, header)
+
+
+def to_payload(line: str, csv_header: list[str] | None) -> str:
+    """One file line as a JSON payload: JSONL lines as they are, CSV rows as objects."""
+    if csv_header is None:
+        return line.rstrip("\n")
+    values = next(csv.reader([line]))
+    return json.dumps({k: _number(v) for k, v in zip(csv_header, values, strict=False)})
+
+
+def _number(text: str | None) -> object:
+    if text is None or text == "":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+class FileSource:
+    """Replays a CSV/JSONL file; resumes after the last committed line (a checkpoint file)."""
+
+    def __init__(
+        self,
+        project: Project,
+        path: Path,
+        *,
+        speedup: float = 0.0,
+        follow: bool = False,
+        from_beginning: bool = False,
+    ):
+        if not path.exists():
+            raise ConfigError("event file not found", str(path))
+        self.path = path
+        self.speedup = speedup
+        self.follow = follow
+        self.exhausted = False
+        self.time_col = project.settings.series.time
+        digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
+        self.checkpoint = project.state_dir / "checkpoints" / f"file-{digest}.json"
+        self.committed = 0
+        if self.checkpoint.exists() and not from_beginning:
+            self.committed = int(json.loads(self.checkpoint.read_text())["next_line"])
+        self._handle = path.open(newline="")
+        self._csv_header = (
+            next(csv.reader([self._handle.readline()])) if path.suffix.lower() == ".csv" else None
+        )
+        self._line = 0  # data lines read (the CSV header is not counted)
+        while self._line < self.committed and self._handle.readline():
+            self._line += 1
+        self._first_event: pd.Timestamp | None = None
+        self._first_wall = 0.0
+
+    def _pace(self, payload: str) -> None:
+        if self.speedup <= 0:
+            return
+        try:
+            t = pd.Timestamp(json.loads(payload)[self.time_col])
+        except Exception:  # a bad event is the processor's to reject, not the pacer's
+            return
+        if self._first_event is None:
+            self._first_event, self._first_wall = t, time.monotonic()
+            return
+        due = self._first_wall + (t - self._first_event).total_seconds() / self.speedup
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(min(delay, 5.0))
+
+    def poll(self, max_records: int, timeout: float) -> list[RawRecord]:
+        out: list[RawRecord] = []
+        deadline = time.monotonic() + timeout
+        while len(out) < max_records:
+            line = self._handle.readline()
+            if not line:
+                if not self.follow:
+                    self.exhausted = not out
+                    break
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.05)
+                continue
+            if not line.strip():
+                self._line += 1
+                continue
+            payload = to_payload(line, self._csv_header)
+            self._pace(payload)
+            out.append(RawRecord(payload, 0, self._line, time.perf_counter()))
+            self._line += 1
+            if self.speedup > 0 and time.monotonic() >= deadline:
+                break
+        return out
+
+    def commit(self, records: list[RawRecord]) -> None:
+        if not records:
+            return
+        self.committed = records[-1].offset + 1
+        self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.checkpoint.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"path": str(self.path), "next_line": self.committed}))
+        os.replace(tmp, self.checkpoint)
+
+    def lag(self) -> int | None:
+        return None
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+class KafkaSource:
+    """A consumer-group member. Offsets are committed only through `commit`, after the
+    processor has written the batch; partitions revoked in a rebalance are reported so the
+    processor can drop the entities it no longer owns."""
+
+    def __init__(self, project: Project, on_revoke: AssignmentListener | None = None):
+        from confluent_kafka import Consumer
+
+        from tsops.streaming.kafka import consumer_config
+
+        kafka = project.settings.stream.kafka
+        self.topic = kafka.events_topic
+        self.exhausted = False
+        self._on_revoke = on_revoke
+        self._high: dict[int, int] = {}
+        self._committed: dict[int, int] = {}
+        self.consumer = Consumer(consumer_config(kafka))
+        self.consumer.subscribe([self.topic], on_revoke=self._revoked, on_assign=self._assigned)
+        self.assigned: set[int] = set()
+
+    def _assigned(self, consumer: object, partitions: list) -> None:  # type: ignore[type-arg]
+        self.assigned |= {p.partition for p in partitions}
+
+    def _revoked(self, consumer: object, partitions: list) -> None:  # type: ignore[type-arg]
+        lost = [p.partition for p in partitions]
+        self.assigned -= set(lost)
+        if self._on_revoke:
+            self._on_revoke(lost)
+
+    def poll(self, max_records: int, timeout: float) -> list[RawRecord]:
+        from confluent_kafka import KafkaError
+
+        messages = self.consumer.consume(num_messages=max_records, timeout=timeout)
+        now = time.perf_counter()
+        out = []
+        for m in messages:
+            err = m.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    self.last_error = str(err)
+                continue
+            value = m.value()
+            payload = value.decode("utf-8", errors="replace") if value is not None else ""
+            out.append(RawRecord(payload, m.partition(), m.offset(), now))
+            self._high[m.partition()] = max(self._high.get(m.partition(), -1), m.offset())
+        return out
+
+    def commit(self, records: list[RawRecord]) -> None:
+        from confluent_kafka import KafkaException, TopicPartition
+
+        if not records:
+            return
+        last: dict[int, int] = {}
+        for r in records:
+            last[r.partition] = max(last.get(r.partition, -1), r.offset)
+        offsets = [TopicPartition(self.topic, p, o + 1) for p, o in last.items()]
+        for attempt in range(60):  # rides out a broker pause; never skips a commit silently
+            try:
+                self.consumer.commit(offsets=offsets, asynchronous=False)
+                break
+            except KafkaException as e:
+                if attempt == 59:
+                    raise
+                self.last_error = str(e)
+                time.sleep(0.5)
+        self._committed.update({p: o + 1 for p, o in last.items()})
+
+    def lag(self) -> int | None:
+        """Records seen but not yet committed (from our own offsets, not broker watermarks)."""
+        return sum(
+            max(0, h + 1 - self._committed.get(p, 0))
+            for p, h in self._high.items()
+            if p in self.assigned
+        )
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+SOURCES: dict[str, Callable[..., Source]] = {"file": FileSource, "kafka": KafkaSource}
