@@ -90,7 +90,7 @@ class SeriesSettings(Strict):
     def entity_col(self) -> str:
         return self.entity or SINGLE_SERIES_ENTITY
 
-    @property
+    @cached_property
     def step(self) -> pd.Timedelta:
         return pd.Timedelta(pd.tseries.frequencies.to_offset(self.freq))
 

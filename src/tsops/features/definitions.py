@@ -28,10 +28,19 @@ class EntityState:
 
     def __post_init__(self) -> None:
         self.values = deque(self.values, maxlen=self.lookback)
+        self._array: np.ndarray | None = None
 
     def push(self, time: pd.Timestamp, value: float) -> None:
         self.values.append(float(value))
         self.last_time = time
+        self._array = None
+
+    def array(self) -> np.ndarray:
+        """The values as an array, oldest first (built once per push)."""
+        cached = self._array
+        if cached is None:
+            cached = self._array = np.fromiter(self.values, float, len(self.values))
+        return cached
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -62,27 +71,32 @@ class Feature(Protocol):
 
 
 @dataclass(frozen=True)
-class Lag:
-    """The value k steps before the current one (k=0 is the current observation)."""
+class Lags:
+    """Values k steps before the current one, for each k (k=0 is the current observation)."""
 
-    k: int
+    ks: tuple[int, ...]
 
     @property
     def names(self) -> tuple[str, ...]:
-        return (f"lag_{self.k}",)
+        return tuple(f"lag_{k}" for k in self.ks)
 
     @property
     def lookback(self) -> int:
-        return self.k + 1
+        return max(self.ks) + 1
 
     def batch(self, values: np.ndarray, times: pd.DatetimeIndex) -> dict[str, np.ndarray]:
-        out = np.full(len(values), np.nan)
-        out[self.k :] = values[: len(values) - self.k]
-        return {self.names[0]: out}
+        out = {}
+        for name, k in zip(self.names, self.ks, strict=True):
+            col = np.full(len(values), np.nan)
+            col[k:] = values[: len(values) - k]
+            out[name] = col
+        return out
 
     def incremental(self, state: EntityState) -> dict[str, float]:
-        v = state.values
-        return {self.names[0]: v[-1 - self.k] if len(v) > self.k else math.nan}
+        arr = state.array()
+        n = len(arr)
+        return {name: float(arr[n - 1 - k]) if k < n else math.nan
+                for name, k in zip(self.names, self.ks, strict=True)}
 
 
 @dataclass(frozen=True)
@@ -110,9 +124,10 @@ class Rolling:
         return dict(zip(self.names, (out_mean, out_std), strict=True))
 
     def incremental(self, state: EntityState) -> dict[str, float]:
-        if len(state.values) < self.n:
+        arr = state.array()
+        if len(arr) < self.n:
             return dict.fromkeys(self.names, math.nan)
-        w = np.fromiter(state.values, float, len(state.values))[-self.n :]
+        w = arr[-self.n :]
         return dict(zip(self.names, (float(w.mean()), float(w.std(ddof=1))), strict=True))
 
 
@@ -151,11 +166,10 @@ class FeatureSet:
 
     def __init__(self, settings: FeatureSettings):
         self.settings = settings
-        window = [Lag(k) for k in range(settings.window)]
-        extra = [Lag(k) for k in settings.lags if k >= settings.window]
+        extra = tuple(k for k in settings.lags if k >= settings.window)
         self.features: list[Feature] = [
-            *window,
-            *extra,
+            Lags(tuple(range(settings.window))),
+            *([Lags(extra)] if extra else []),
             *(Rolling(n) for n in settings.rolling),
             *(Calendar(t) for t in settings.calendar),
         ]

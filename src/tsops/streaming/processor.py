@@ -223,19 +223,20 @@ class Processor:
             return []
         frame = pd.DataFrame([f for _, _, f in items], columns=self.features.names)
         yhat = self.forecaster.predict(frame)
-        step = self.series.step
+        origins = np.array([ev.time.to_datetime64() for _, ev, _ in items], dtype="datetime64[ns]")
+        offsets = np.arange(1, self.horizon + 1) * self.series.step.to_timedelta64()
+        targets = np.datetime_as_string(origins[:, None] + offsets[None, :], unit="s").tolist()
+        values = np.asarray(yhat, dtype=float).tolist()
         now = time.perf_counter()
         out = []
-        for (r, ev, _), values in zip(items, np.asarray(yhat), strict=True):
+        for (r, ev, _), row_values, row_targets in zip(items, values, targets, strict=True):
             out.append(
                 {
                     "key": f"{ev.entity}|{ev.time.isoformat()}|{self.model_version}",
                     "entity": ev.entity,
                     "event_time": ev.time.isoformat(),
-                    "target_times": [
-                        (ev.time + step * h).isoformat() for h in range(1, self.horizon + 1)
-                    ],
-                    "values": [float(v) for v in values],
+                    "target_times": row_targets,
+                    "values": row_values,
                     "model": self.model_name,
                     "model_version": self.model_version,
                     "latency_ms": round((now - r.received) * 1000, 3),
