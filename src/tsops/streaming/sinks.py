@@ -29,6 +29,20 @@ def _resolve(project: Project, path: str) -> Path:
     return p if p.is_absolute() else project.root / p
 
 
+def _drop_torn_tail(path: Path) -> None:
+    """A crash mid-write can leave a partial last line; it was never acknowledged (offsets
+    were not committed), so it is replayed: cut it off instead of appending after it."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with path.open("rb+") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return
+        f.seek(0)
+        data = f.read()
+        f.truncate(data.rfind(b"\n") + 1)
+
+
 class FileSink:
     """JSONL (appended, fsynced) or Parquet (a folder of part files, one per batch)."""
 
@@ -37,6 +51,8 @@ class FileSink:
         self.path = _resolve(project, cfg.path)
         self.parquet = self.path.suffix.lower() == ".parquet"
         (self.path if self.parquet else self.path.parent).mkdir(parents=True, exist_ok=True)
+        if not self.parquet:
+            _drop_torn_tail(self.path)
         self._handle = None if self.parquet else self.path.open("a")
 
     def write(self, records: list[dict[str, Any]]) -> None:

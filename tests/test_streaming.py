@@ -1,0 +1,190 @@
+"""The stream processor on file replays: summaries, parity with the batch engine, dead
+letters, idempotent replays and the SQL sink."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from conftest import run_cli, synthetic_events, write_jsonl
+from tsops.features.engines import batch_features
+from tsops.features.store import FeatureStoreClient
+from tsops.streaming.runner import run_stream
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def assert_stream_equals_batch(project, events: list[dict]) -> None:
+    """Online features and state of every entity equal the batch engine over history+events,
+    and the offline store holds exactly the batch engine's rows."""
+    client = FeatureStoreClient(project)
+    client.compact_offline()
+    offline = client.read_offline()
+    history = pd.read_parquet(project.data_path)
+    added = pd.DataFrame(events)
+    added["timestamp"] = pd.to_datetime(added["timestamp"])
+    full = (
+        pd.concat([history, added])
+        .drop_duplicates(["entity_id", "timestamp"])
+        .sort_values(["entity_id", "timestamp"])
+        .reset_index(drop=True)
+    )
+    expected = batch_features(
+        full, client.features, entity="entity_id", time="timestamp", target="value"
+    )
+    names = client.features.names
+    assert len(offline) == len(expected)
+    got = offline.sort_values(["entity_id", "timestamp"])[names].to_numpy(float)
+    assert np.allclose(got, expected[names].to_numpy(float), atol=1e-6, equal_nan=True)
+    last = expected.groupby("entity_id").tail(1).set_index("entity_id")
+    online = client.online(list(last.index)).set_index("entity_id")
+    assert np.allclose(online[names].to_numpy(float), last[names].to_numpy(float), atol=1e-6)
+    states = client.read_states(list(last.index))
+    for entity, row in last.iterrows():
+        assert states[entity].last_time == row["timestamp"]
+
+
+def test_file_replay_prints_a_json_summary_and_writes_predictions(stream_project, tmp_path):
+    project = stream_project()
+    events = synthetic_events(project, 30)
+    path = write_jsonl(tmp_path / "events.jsonl", events)
+    result = run_cli("stream", "--project", str(project.root), "--source", f"file:{path}", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["consumed"] == summary["processed"] == summary["predictions"] == 150
+    assert summary["dead_letters"] == {}
+    predictions = read_jsonl(project.root / ".tsops" / "predictions.jsonl")
+    assert len(predictions) == 150
+    first = predictions[0]
+    assert first["key"] == f"{first['entity']}|{first['event_time']}|{first['model_version']}"
+    assert len(first["values"]) == len(first["target_times"]) == 24
+    assert pd.Timestamp(first["target_times"][0]) == pd.Timestamp(
+        first["event_time"]
+    ) + pd.Timedelta("1h")
+    assert_stream_equals_batch(project, events)
+
+
+def test_predictions_equal_the_model_on_batch_features(stream_project, tmp_path):
+    from tsops import registry
+
+    project = stream_project()
+    events = synthetic_events(project, 10)
+    run_stream(project, source=f"file:{write_jsonl(tmp_path / 'e.jsonl', events)}")
+    client = FeatureStoreClient(project)
+    offline = client.read_offline()
+    predictions = read_jsonl(project.root / ".tsops" / "predictions.jsonl")
+    _, forecaster = registry.load_forecaster(project)
+    for p in predictions[:20]:
+        row = offline[
+            (offline["entity_id"] == p["entity"])
+            & (offline["timestamp"] == pd.Timestamp(p["event_time"]))
+        ]
+        assert np.allclose(
+            forecaster.predict(row[client.features.names])[0], p["values"], atol=1e-5
+        )
+
+
+def test_replaying_the_same_events_changes_nothing(stream_project, tmp_path):
+    project = stream_project()
+    events = synthetic_events(project, 20)
+    path = write_jsonl(tmp_path / "events.jsonl", events)
+    first = run_stream(project, source=f"file:{path}")
+    online_before = FeatureStoreClient(project).online(["e000", "e004"])
+    again = run_stream(project, source=f"file:{path}", from_beginning=True)
+    assert first.predictions == 100 and again.predictions == 0 and again.processed == 0
+    assert sum(again.dead_letters.values()) == 100  # all duplicates or late, none applied
+    pd.testing.assert_frame_equal(
+        FeatureStoreClient(project).online(["e000", "e004"]), online_before
+    )
+    assert_stream_equals_batch(project, events)
+
+
+def test_gaps_are_filled_like_the_batch_policy(stream_project, tmp_path):
+    project = stream_project()
+    events = synthetic_events(project, 12)
+    kept = [e for i, e in enumerate(events) if not (e["entity_id"] == "e001" and 10 <= i < 40)]
+    summary = run_stream(project, source=f"file:{write_jsonl(tmp_path / 'e.jsonl', kept)}")
+    assert summary.gap_steps_filled == 6 and summary.dead_letters == {}
+    expected = list(events)
+    frame = pd.DataFrame(events)
+    e1 = frame[frame["entity_id"] == "e001"].reset_index(drop=True)
+    missing = frame.index.isin(
+        [i for i, e in enumerate(events) if e["entity_id"] == "e001" and 10 <= i < 40]
+    )
+    interpolated = (
+        e1["value"].where(~e1["timestamp"].isin(frame[missing]["timestamp"])).interpolate()
+    )
+    expected = [e for e in events if e["entity_id"] != "e001"] + [
+        {"entity_id": "e001", "timestamp": t, "value": v}
+        for t, v in zip(e1["timestamp"], interpolated, strict=True)
+    ]
+    assert_stream_equals_batch(project, expected)
+
+
+def test_poison_events_go_to_dead_letters_and_counts_reconcile(stream_project, tmp_path):
+    project = stream_project(stream={"unknown_entities": "dead_letter"})
+    events = synthetic_events(project, 40)  # 200 valid events
+    poison = {
+        "invalid_json": '{"entity_id": "e000", "timestamp": ',
+        "missing_field": json.dumps({"entity_id": "e000", "value": 1.0}),
+        "wrong_type": json.dumps({"entity_id": "e000", "timestamp": "2030-01-01", "value": "hot"}),
+        "non_finite": '{"entity_id": "e000", "timestamp": "2024-05-01T00:00:00", "value": NaN}',
+        "unknown_entity": json.dumps({"entity_id": "zzz", "timestamp": "2024-05-01", "value": 1.0}),
+        "future_timestamp": json.dumps(
+            {"entity_id": "e000", "timestamp": "2999-01-01", "value": 1.0}
+        ),
+    }
+    lines: list = list(events)
+    lines.insert(150, poison["invalid_json"])
+    lines.insert(10, poison["missing_field"])
+    lines.insert(60, poison["wrong_type"])
+    lines.insert(70, poison["non_finite"])
+    lines.insert(80, poison["unknown_entity"])
+    lines.insert(90, poison["future_timestamp"])
+    lines.insert(lines.index(events[100]) + 1, json.dumps(events[100]))  # an exact duplicate
+    lines.append(json.dumps(events[5]))  # late: far behind its entity
+    result = run_cli(
+        "stream",
+        "--project",
+        str(project.root),
+        "--source",
+        f"file:{write_jsonl(tmp_path / 'e.jsonl', lines)}",
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["consumed"] == len(lines) == 208
+    assert summary["processed"] == 200
+    assert summary["processed"] + sum(summary["dead_letters"].values()) == summary["consumed"]
+    assert summary["dead_letters"] == {**dict.fromkeys(poison, 1), "duplicate": 1, "late": 1}
+    dead = read_jsonl(project.root / ".tsops" / "dead_letters.jsonl")
+    by_reason = {d["error"]: d for d in dead}
+    for reason, payload in poison.items():
+        assert by_reason[reason]["payload"] == payload
+        assert by_reason[reason]["detail"]
+    assert_stream_equals_batch(project, events)
+
+
+def test_sql_sink_on_postgresql_is_idempotent(stream_project, postgres_server, tmp_path):
+    import sqlalchemy as sa
+
+    url = postgres_server.create_database("stream_sink")
+    project = stream_project(
+        stream={"sinks": [{"type": "sql", "url": url, "table": "predictions"}]}
+    )
+    events = synthetic_events(project, 8)
+    path = write_jsonl(tmp_path / "e.jsonl", events)
+    run_stream(project, source=f"file:{path}")
+    (project.state_dir / "checkpoints").rename(tmp_path / "old-checkpoints")
+    run_stream(project, source=f"file:{path}")  # from the start again: nothing new
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("select key, record from predictions")).all()
+    engine.dispose()
+    assert len(rows) == 40
+    assert {json.loads(r.record)["key"] for r in rows} == {r.key for r in rows}
