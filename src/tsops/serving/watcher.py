@@ -46,7 +46,8 @@ class ModelWatcher:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=10)
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
 
     def check(self, challenger: bool = False) -> dict[str, int | None]:
         """Compare the aliases with what is loaded; load and swap what moved (blocking).
