@@ -103,9 +103,7 @@ def trained_weather(weather_project):  # type: ignore[no-untyped-def]
     return outcome
 
 
-def write_synthetic_project(
-    root: Path, *, tracking_uri: str | None = None, extra: dict | None = None
-):  # type: ignore[no-untyped-def]
+def write_synthetic_project(root: Path, *, tracking_uri: str | None = None, extra: dict | None = None):  # type: ignore[no-untyped-def]
     """A small synthetic project (5 entities, 1-epoch quick training) at `root`."""
     import yaml
 

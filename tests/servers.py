@@ -224,9 +224,7 @@ class PostgresServer:
         return self.url_for("postgres")
 
     def url_for(self, database: str) -> str:
-        return (
-            f"postgresql+psycopg2://{self.user}:{self.password}@{self.host}:{self.port}/{database}"
-        )
+        return f"postgresql+psycopg2://{self.user}:{self.password}@{self.host}:{self.port}/{database}"
 
     def connect(self, database: str = "postgres", **kwargs: Any) -> Any:
         """A raw psycopg2 connection to `database`."""
@@ -325,9 +323,7 @@ class PostgresServer:
         if result.returncode != 0:
             output = (result.stdout + result.stderr).strip().splitlines()[-30:]
             self.stop()
-            raise ServerStartError(
-                f"initdb failed with code {result.returncode}:\n" + "\n".join(output)
-            )
+            raise ServerStartError(f"initdb failed with code {result.returncode}:\n" + "\n".join(output))
 
     def _probe(self) -> None:
         self.connect(connect_timeout=1).close()

@@ -34,9 +34,7 @@ def assert_stream_equals_batch(project, events: list[dict]) -> None:
         .sort_values(["entity_id", "timestamp"])
         .reset_index(drop=True)
     )
-    expected = batch_features(
-        full, client.features, entity="entity_id", time="timestamp", target="value"
-    )
+    expected = batch_features(full, client.features, entity="entity_id", time="timestamp", target="value")
     names = client.features.names
     assert len(offline) == len(expected)
     got = offline.sort_values(["entity_id", "timestamp"])[names].to_numpy(float)
@@ -63,9 +61,7 @@ def test_file_replay_prints_a_json_summary_and_writes_predictions(stream_project
     first = predictions[0]
     assert first["key"] == f"{first['entity']}|{first['event_time']}|{first['model_version']}"
     assert len(first["values"]) == len(first["target_times"]) == 24
-    assert pd.Timestamp(first["target_times"][0]) == pd.Timestamp(
-        first["event_time"]
-    ) + pd.Timedelta("1h")
+    assert pd.Timestamp(first["target_times"][0]) == pd.Timestamp(first["event_time"]) + pd.Timedelta("1h")
     assert_stream_equals_batch(project, events)
 
 
@@ -81,12 +77,9 @@ def test_predictions_equal_the_model_on_batch_features(stream_project, tmp_path)
     _, forecaster = registry.load_forecaster(project)
     for p in predictions[:20]:
         row = offline[
-            (offline["entity_id"] == p["entity"])
-            & (offline["timestamp"] == pd.Timestamp(p["event_time"]))
+            (offline["entity_id"] == p["entity"]) & (offline["timestamp"] == pd.Timestamp(p["event_time"]))
         ]
-        assert np.allclose(
-            forecaster.predict(row[client.features.names])[0], p["values"], atol=1e-5
-        )
+        assert np.allclose(forecaster.predict(row[client.features.names])[0], p["values"], atol=1e-5)
 
 
 def test_replaying_the_same_events_changes_nothing(stream_project, tmp_path):
@@ -98,9 +91,7 @@ def test_replaying_the_same_events_changes_nothing(stream_project, tmp_path):
     again = run_stream(project, source=f"file:{path}", from_beginning=True)
     assert first.predictions == 100 and again.predictions == 0 and again.processed == 0
     assert sum(again.dead_letters.values()) == 100  # all duplicates or late, none applied
-    pd.testing.assert_frame_equal(
-        FeatureStoreClient(project).online(["e000", "e004"]), online_before
-    )
+    pd.testing.assert_frame_equal(FeatureStoreClient(project).online(["e000", "e004"]), online_before)
     assert_stream_equals_batch(project, events)
 
 
@@ -113,12 +104,8 @@ def test_gaps_are_filled_like_the_batch_policy(stream_project, tmp_path):
     expected = list(events)
     frame = pd.DataFrame(events)
     e1 = frame[frame["entity_id"] == "e001"].reset_index(drop=True)
-    missing = frame.index.isin(
-        [i for i, e in enumerate(events) if e["entity_id"] == "e001" and 10 <= i < 40]
-    )
-    interpolated = (
-        e1["value"].where(~e1["timestamp"].isin(frame[missing]["timestamp"])).interpolate()
-    )
+    missing = frame.index.isin([i for i, e in enumerate(events) if e["entity_id"] == "e001" and 10 <= i < 40])
+    interpolated = e1["value"].where(~e1["timestamp"].isin(frame[missing]["timestamp"])).interpolate()
     expected = [e for e in events if e["entity_id"] != "e001"] + [
         {"entity_id": "e001", "timestamp": t, "value": v}
         for t, v in zip(e1["timestamp"], interpolated, strict=True)
@@ -135,9 +122,7 @@ def test_poison_events_go_to_dead_letters_and_counts_reconcile(stream_project, t
         "wrong_type": json.dumps({"entity_id": "e000", "timestamp": "2030-01-01", "value": "hot"}),
         "non_finite": '{"entity_id": "e000", "timestamp": "2024-05-01T00:00:00", "value": NaN}',
         "unknown_entity": json.dumps({"entity_id": "zzz", "timestamp": "2024-05-01", "value": 1.0}),
-        "future_timestamp": json.dumps(
-            {"entity_id": "e000", "timestamp": "2999-01-01", "value": 1.0}
-        ),
+        "future_timestamp": json.dumps({"entity_id": "e000", "timestamp": "2999-01-01", "value": 1.0}),
     }
     lines: list = list(events)
     lines.insert(150, poison["invalid_json"])
@@ -174,9 +159,7 @@ def test_sql_sink_on_postgresql_is_idempotent(stream_project, postgres_server, t
     import sqlalchemy as sa
 
     url = postgres_server.create_database("stream_sink")
-    project = stream_project(
-        stream={"sinks": [{"type": "sql", "url": url, "table": "predictions"}]}
-    )
+    project = stream_project(stream={"sinks": [{"type": "sql", "url": url, "table": "predictions"}]})
     events = synthetic_events(project, 8)
     path = write_jsonl(tmp_path / "e.jsonl", events)
     run_stream(project, source=f"file:{path}")

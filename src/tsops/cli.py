@@ -54,9 +54,7 @@ def init(
     time: Annotated[str | None, typer.Option(help="time column of --data")] = None,
     target: Annotated[str | None, typer.Option(help="target column of --data")] = None,
     entity: Annotated[str | None, typer.Option(help="entity column (omit for one series)")] = None,
-    freq: Annotated[
-        str | None, typer.Option(help="interval such as 1h (inferred if omitted)")
-    ] = None,
+    freq: Annotated[str | None, typer.Option(help="interval such as 1h (inferred if omitted)")] = None,
     entities: Annotated[int, typer.Option(help="synthetic example: number of entities")] = 50,
     seed: Annotated[int, typer.Option(help="synthetic example: random seed")] = 42,
 ) -> None:
@@ -70,9 +68,7 @@ def init(
     if data is not None:
         if not time or not target:
             raise ConfigError("--data needs --time COL and --target COL", "tsops init")
-        project = scaffold.init_from_data(
-            directory, data, time=time, target=target, entity=entity, freq=freq
-        )
+        project = scaffold.init_from_data(directory, data, time=time, target=target, entity=entity, freq=freq)
     else:
         assert example is not None
         project = scaffold.init_example(directory, example, entities=entities, seed=seed)
@@ -119,9 +115,7 @@ def train(
 @app.command()
 def promote(
     project: ProjectOpt = Path("."),
-    version: Annotated[
-        int | None, typer.Option(help="version to promote (default: challenger)")
-    ] = None,
+    version: Annotated[int | None, typer.Option(help="version to promote (default: challenger)")] = None,
     force: Annotated[bool, typer.Option(help="skip the gate (recorded as an audit tag)")] = False,
 ) -> None:
     """Move `champion` to the challenger if it beats the champion on the same backtest window."""
@@ -129,9 +123,7 @@ def promote(
 
     d = run(_load(project), version, force=force)
     colour = "green" if d.promoted else "yellow"
-    console.print(
-        f"[{colour}]{'promoted' if d.promoted else 'not promoted'}[/] v{d.version}: {d.reason}"
-    )
+    console.print(f"[{colour}]{'promoted' if d.promoted else 'not promoted'}[/] v{d.version}: {d.reason}")
 
 
 @app.command()
@@ -164,38 +156,24 @@ def status(
             m["name"],
             str(m["version"]),
             ", ".join(m["aliases"]),
-            *(
-                f"{met[k]:.4f}" if k in met else "-"
-                for k in ("lstm_mae", "lstm_mase", "seasonal_naive_mae")
-            ),
+            *(f"{met[k]:.4f}" if k in met else "-" for k in ("lstm_mae", "lstm_mase", "seasonal_naive_mae")),
         )
     console.print(table)
     s = info["schema"]
-    console.print(
-        f"schema: entity={s['entity']} time={s['time']} target={s['target']} freq={s['freq']}"
-    )
+    console.print(f"schema: entity={s['entity']} time={s['time']} target={s['target']} freq={s['freq']}")
     for v in info["feature_views"]:
-        console.print(
-            f"feature view {v['name']}: {v['features']} features, entities {v['entities']}"
-        )
+        console.print(f"feature view {v['name']}: {v['features']} features, entities {v['entities']}")
     console.print(
-        f"entities: {info['entity_count']}; online store ({info['online_store']}) "
-        f"rows: {info['online_rows']}"
+        f"entities: {info['entity_count']}; online store ({info['online_store']}) rows: {info['online_rows']}"
     )
 
 
 @app.command()
 def stream(
     project: ProjectOpt = Path("."),
-    source: Annotated[
-        str | None, typer.Option(help="file:PATH or kafka (default: settings)")
-    ] = None,
-    follow: Annotated[
-        bool, typer.Option(help="file source: wait for more lines at the end")
-    ] = False,
-    from_beginning: Annotated[
-        bool, typer.Option(help="file source: ignore the checkpoint")
-    ] = False,
+    source: Annotated[str | None, typer.Option(help="file:PATH or kafka (default: settings)")] = None,
+    follow: Annotated[bool, typer.Option(help="file source: wait for more lines at the end")] = False,
+    from_beginning: Annotated[bool, typer.Option(help="file source: ignore the checkpoint")] = False,
     max_events: Annotated[int | None, typer.Option(help="stop after this many events")] = None,
     until_idle: Annotated[
         float | None, typer.Option(help="stop when no event arrived for this many seconds")
@@ -231,9 +209,7 @@ def replay(
     project: ProjectOpt = Path("."),
     to: Annotated[str, typer.Option(help="destination (kafka)")] = "kafka",
     rate: Annotated[float, typer.Option(help="events per second, 0 = as fast as possible")] = 0.0,
-    topic: Annotated[
-        str | None, typer.Option(help="topic (default: stream.kafka.events_topic)")
-    ] = None,
+    topic: Annotated[str | None, typer.Option(help="topic (default: stream.kafka.events_topic)")] = None,
 ) -> None:
     """Publish a file of events to a Kafka topic, keyed by entity."""
     from tsops.errors import ConfigError
@@ -242,16 +218,12 @@ def replay(
     if to != "kafka":
         raise ConfigError(f"unknown destination {to!r}; only kafka", "--to")
     result = replay_to_kafka(_load(project), file, rate=rate, topic=topic)
-    console.print(
-        f"published {result['published']} events to {result['topic']} in {result['seconds']} s"
-    )
+    console.print(f"published {result['published']} events to {result['topic']} in {result['seconds']} s")
 
 
 @app.command()
 def demo(
-    directory: Annotated[Path, typer.Option(help="where the demo project lives")] = Path(
-        "demo-project"
-    ),
+    directory: Annotated[Path, typer.Option(help="where the demo project lives")] = Path("demo-project"),
     example: Annotated[str, typer.Option(help="weather | synthetic")] = "weather",
 ) -> None:
     """Create the example project, ingest, train quickly, promote, and show the status."""

@@ -54,9 +54,7 @@ def parse(payload: str, series: SeriesSettings, latest_allowed: pd.Timestamp) ->
         raise EventError("missing_field", f"missing field(s) {missing}", ",".join(missing))
     entity = raw.get(series.entity) if series.entity else SINGLE_SERIES_VALUE
     if not isinstance(entity, str | int) or isinstance(entity, bool) or str(entity) == "":
-        raise EventError(
-            "wrong_type", f"entity {entity!r} must be a non-empty string", series.entity
-        )
+        raise EventError("wrong_type", f"entity {entity!r} must be a non-empty string", series.entity)
     value = raw[series.target]
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise EventError("wrong_type", f"target {value!r} is not a number", series.target)

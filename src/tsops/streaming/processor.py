@@ -206,16 +206,12 @@ class Processor:
             gap = int((ev.time - state.last_time) / step)
             if gap > 1:
                 if self.series.gaps == "refuse" or gap - 1 > self.settings.max_gap_steps:
-                    raise EventError(
-                        "gap", f"{gap - 1} missing step(s) before {ev.time}", self.series.time
-                    )
+                    raise EventError("gap", f"{gap - 1} missing step(s) before {ev.time}", self.series.time)
                 last = state.values[-1]
                 fills = [
                     (
                         state.last_time + step * k,
-                        last + (ev.value - last) * k / gap
-                        if self.series.gaps == "interpolate"
-                        else last,
+                        last + (ev.value - last) * k / gap if self.series.gaps == "interpolate" else last,
                     )
                     for k in range(1, gap)
                 ]
@@ -227,9 +223,7 @@ class Processor:
             out.append(([ev.entity, t, v, *(feats[n] for n in self.features.names)], feats))
         return out
 
-    def _predict(
-        self, items: list[tuple[RawRecord, Event, dict[str, float]]]
-    ) -> list[dict[str, Any]]:
+    def _predict(self, items: list[tuple[RawRecord, Event, dict[str, float]]]) -> list[dict[str, Any]]:
         if not items:
             return []
         frame = pd.DataFrame([f for _, _, f in items], columns=self.features.names)

@@ -29,9 +29,7 @@ def parse_source(option: str | None, project: Project) -> tuple[str, Path | None
         path = Path(text[5:]).expanduser()
         return "file", path if path.is_absolute() else (Path.cwd() / path)
     if text == "file:None":
-        raise ConfigError(
-            "no event file: pass --source file:PATH or set stream.path", "stream.path"
-        )
+        raise ConfigError("no event file: pass --source file:PATH or set stream.path", "stream.path")
     raise ConfigError(f"unknown source {text!r}: use file:PATH or kafka", "--source")
 
 
@@ -65,19 +63,17 @@ def run_stream(
     src: Source
     if kind == "file":
         assert path is not None
-        src = FileSource(
-            project, path, speedup=cfg.speedup, follow=follow, from_beginning=from_beginning
-        )
+        src = FileSource(project, path, speedup=cfg.speedup, follow=follow, from_beginning=from_beginning)
     else:
         src = KafkaSource(project, on_revoke=revoked)
     processor = Processor(project, src, sinks, dead, client, forecaster, version, metrics)
     processor_ref.append(processor)
 
-    stop = stop or threading.Event()
     previous = {}
-    if threading.current_thread() is threading.main_thread():
+    if stop is None and threading.current_thread() is threading.main_thread():
+        stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.signal(sig, lambda *_: stop.set())
+            previous[sig] = signal.signal(sig, lambda *_: stop.set())  # type: ignore[union-attr]
     try:
         summary = processor.run(stop, max_events, until_idle)
     finally:

@@ -219,9 +219,7 @@ class KafkaSource:
     def lag(self) -> int | None:
         """Records seen but not yet committed (from our own offsets, not broker watermarks)."""
         return sum(
-            max(0, h + 1 - self._committed.get(p, 0))
-            for p, h in self._high.items()
-            if p in self.assigned
+            max(0, h + 1 - self._committed.get(p, 0)) for p, h in self._high.items() if p in self.assigned
         )
 
     def close(self) -> None:

@@ -1,0 +1,152 @@
+"""The stream processor on a real Kafka-protocol broker: crash safety under SIGKILL, two
+workers sharing partitions through a rebalance, graceful SIGTERM, a broker outage."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from conftest import TSOPS, synthetic_events, write_jsonl
+from test_streaming import assert_stream_equals_batch, read_jsonl
+from tsops.streaming.runner import replay_to_kafka
+
+PARTITIONS = 4
+
+
+def kafka_project(stream_project, broker):  # type: ignore[no-untyped-def]
+    topic = f"events-{uuid.uuid4().hex[:8]}"
+    broker.create_topic(topic, PARTITIONS)
+    return stream_project(
+        stream={
+            "source": "kafka",
+            "batch_size": 500,
+            "kafka": {"bootstrap_servers": broker.bootstrap, "events_topic": topic, "group_id": f"g-{topic}"},
+        }
+    )
+
+
+def start_worker(project, log: Path) -> subprocess.Popen[str]:  # type: ignore[no-untyped-def]
+    return subprocess.Popen(
+        [*TSOPS, "stream", "--project", str(project.root), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=log.open("a"),
+        text=True,
+    )
+
+
+def predictions_file(project) -> Path:  # type: ignore[no-untyped-def]
+    return project.root / ".tsops" / "predictions.jsonl"
+
+
+def count_lines(path: Path) -> int:
+    return sum(1 for _ in path.open()) if path.exists() else 0
+
+
+def wait_for_keys(project, expected: set[str], workers, timeout: float) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predictions_file(project).exists():
+            seen = {p["key"].rsplit("|", 1)[0] for p in read_jsonl(predictions_file(project))}
+            if expected <= seen:
+                return
+        for w in workers:
+            assert w.poll() is None, f"worker exited early with {w.returncode}"
+        time.sleep(0.5)
+    raise AssertionError(f"not every event got a prediction within {timeout} s")
+
+
+def stop_gracefully(worker: subprocess.Popen[str]) -> dict:
+    worker.send_signal(signal.SIGTERM)
+    out, _ = worker.communicate(timeout=60)
+    assert worker.returncode == 0
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def assert_every_event_predicted_once_or_identically(project, events: list[dict]) -> None:  # type: ignore[no-untyped-def]
+    by_key: dict[str, list[float]] = {}
+    for p in read_jsonl(predictions_file(project)):
+        if p["key"] in by_key:
+            assert np.allclose(by_key[p["key"]], p["values"], atol=1e-9), "a duplicate differs"
+        by_key[p["key"]] = p["values"]
+    keys = {k.rsplit("|", 1)[0] for k in by_key}
+    assert keys == {f"{e['entity_id']}|{e['timestamp']}" for e in events}
+
+
+def test_replay_after_crash_changes_nothing(stream_project, kafka_broker, tmp_path):
+    project = kafka_project(stream_project, kafka_broker)
+    events = synthetic_events(project, 20_000)  # 5 entities → 100k events
+    published = replay_to_kafka(project, write_jsonl(tmp_path / "events.jsonl", events))
+    assert published["published"] == 100_000
+    rng = np.random.default_rng(7)
+    log = tmp_path / "workers.log"
+    kills = 0
+    while kills < 20:
+        before = count_lines(predictions_file(project))
+        worker = start_worker(project, log)
+        deadline = time.time() + 120
+        while count_lines(predictions_file(project)) <= before and time.time() < deadline:
+            assert worker.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 1.2))  # a random point while it processes
+        worker.kill()
+        worker.wait()
+        kills += 1
+    final = start_worker(project, log)
+    expected = {f"{e['entity_id']}|{e['timestamp']}" for e in events}
+    wait_for_keys(project, expected, [final], timeout=300)
+    stop_gracefully(final)
+    assert_every_event_predicted_once_or_identically(project, events)
+    assert_stream_equals_batch(project, events)
+
+
+def test_two_workers_share_partitions_and_survive_one_leaving(stream_project, kafka_broker, tmp_path):
+    project = kafka_project(stream_project, kafka_broker)
+    events = synthetic_events(project, 3000)  # 15k events
+    log = tmp_path / "workers.log"
+    a, b = start_worker(project, log), start_worker(project, log)
+    producer = threading.Thread(
+        target=replay_to_kafka,
+        args=(project, write_jsonl(tmp_path / "events.jsonl", events)),
+        kwargs={"rate": 2500},
+    )
+    producer.start()
+    time.sleep(12)
+    summary_a = stop_gracefully(a)  # SIGTERM mid-run: flush, commit, exit 0
+    assert summary_a["processed"] > 0
+    producer.join()
+    wait_for_keys(project, {f"{e['entity_id']}|{e['timestamp']}" for e in events}, [b], 300)
+    summary_b = stop_gracefully(b)
+    assert summary_b["processed"] > 0
+    assert summary_a["processed"] + summary_b["processed"] == len(events)
+    assert_every_event_predicted_once_or_identically(project, events)
+    assert_stream_equals_batch(project, events)
+
+
+def test_a_ten_second_broker_outage_loses_nothing(stream_project, kafka_broker, tmp_path):
+    project = kafka_project(stream_project, kafka_broker)
+    events = synthetic_events(project, 1200)
+    log = tmp_path / "workers.log"
+    worker = start_worker(project, log)
+    producer = threading.Thread(
+        target=replay_to_kafka,
+        args=(project, write_jsonl(tmp_path / "events.jsonl", events)),
+        kwargs={"rate": 1000},
+    )
+    producer.start()
+    time.sleep(3)
+    kafka_broker.pause()
+    time.sleep(10)
+    kafka_broker.resume()
+    producer.join()
+    wait_for_keys(project, {f"{e['entity_id']}|{e['timestamp']}" for e in events}, [worker], 300)
+    summary = stop_gracefully(worker)
+    assert summary["processed"] == len(events) and summary["dead_letters"] == {}
+    assert_every_event_predicted_once_or_identically(project, events)
+    assert_stream_equals_batch(project, events)
