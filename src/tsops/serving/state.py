@@ -77,12 +77,9 @@ class ServingState:
         token = self.project.settings.serving.admin_token
         if not token:
             raise Forbidden(
-                "admin endpoints are disabled: set serving.admin_token "
-                "(or TSOPS_SERVING__ADMIN_TOKEN)",
+                "admin endpoints are disabled: set serving.admin_token (or TSOPS_SERVING__ADMIN_TOKEN)",
                 "serving.admin_token",
             )
         scheme, _, given = (header or "").partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(
-            given.strip().encode(), token.encode()
-        ):
+        if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), token.encode()):
             raise Unauthorized("send Authorization: Bearer <admin token>", "Authorization")

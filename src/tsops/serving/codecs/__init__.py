@@ -17,9 +17,7 @@ def finite_matrix(values: object, width: int, where: str) -> np.ndarray:
     if matrix.ndim == 1 and width > 0 and matrix.size == width:
         matrix = matrix.reshape(1, width)
     if matrix.ndim != 2 or matrix.shape[1] != width:
-        raise BadRequest(
-            f"expected rows of {width} feature values, got shape {list(matrix.shape)}", where
-        )
+        raise BadRequest(f"expected rows of {width} feature values, got shape {list(matrix.shape)}", where)
     if matrix.shape[0] == 0:
         raise BadRequest("the batch is empty: send at least one row", where)
     finite = np.isfinite(matrix)

@@ -54,9 +54,7 @@ def decode(body: bytes, content_type: str | None, columns: list[str]) -> np.ndar
         raise BadRequest(f"expected a JSON object with one of the keys {list(FORMATS)}", "body")
     keys = [k for k in FORMATS if k in payload]
     if len(keys) != 1:
-        raise BadRequest(
-            f"expected exactly one of {list(FORMATS)}, got keys {sorted(payload)[:10]}", "body"
-        )
+        raise BadRequest(f"expected exactly one of {list(FORMATS)}, got keys {sorted(payload)[:10]}", "body")
     key = keys[0]
     value = payload[key]
     if key == "dataframe_split":
