@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tritonclient.http as triton
+import yaml
 from tritonclient.utils import InferenceServerException
 
 from servers import free_port
@@ -333,3 +334,31 @@ def test_schemathesis_finds_no_server_error(trained_weather, weather_project, tm
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     tested = re.search(r"Selected: (\d+)/\d+\s+Tested: (\d+)", run.stdout)
     assert tested and tested.group(1) == tested.group(2) and int(tested.group(2)) >= 18
+
+
+def test_forecast_by_entity_reads_a_redis_online_store(
+    weather_project, trained_weather, redis_server, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    from fastapi.testclient import TestClient
+
+    from tsops.features.ingest import ingest
+
+    raw = yaml.safe_load((weather_project.root / "tsops.yaml").read_text())
+    raw["project"] = "weather_serving_redis"
+    raw["data"]["path"] = str(weather_project.data_path)
+    raw["tracking"] = {"uri": weather_project.tracking_uri, "experiment": "weather"}
+    raw["stores"] = {"online": {"type": "redis", "connection_string": f"127.0.0.1:{redis_server.port}"}}
+    (tmp_path / "tsops.yaml").write_text(yaml.safe_dump(raw))
+    project = Project.load(tmp_path, environ={})
+    ingest(project, quiet=True)
+    store = FeatureStoreClient(weather_project)
+    expected = registry.load(weather_project, "champion").predict(
+        store.online(["seattle"])[store.features.names]
+    )
+    with TestClient(create_app(project, watch=False)) as client:
+        for _ in range(2):  # the second read must not see state left by the first
+            answer = client.get("/forecast/seattle")
+            assert answer.status_code == 200, answer.text
+            values = [p["value"] for p in answer.json()["forecast"]]
+            assert np.allclose(values, expected.to_numpy()[0], rtol=1e-12, atol=0)
+        assert client.get("/forecast/atlantis").status_code == 404

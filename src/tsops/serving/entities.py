@@ -56,7 +56,7 @@ class OnlineFeatures:
                 config=self._config,
                 table=self._view,
                 entity_keys=[self._key(e) for e in entities],
-                requested_features=columns,
+                requested_features=list(columns),  # Feast's Redis store appends to it
             )
         except Exception as e:  # the online store is down or unreachable
             raise StoreError(f"online store read failed: {e}", "online") from e
