@@ -431,6 +431,7 @@ class KafkaBroker:
                 "enable.auto.commit": False,
                 "session.timeout.ms": 2000,
                 "heartbeat.interval.ms": 400,
+                "topic.metadata.refresh.interval.ms": 1000,
             }
         )
         consumer.subscribe([topic])

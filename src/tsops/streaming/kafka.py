@@ -16,6 +16,7 @@ def consumer_config(kafka: KafkaSettings) -> dict[str, Any]:
         "session.timeout.ms": kafka.session_timeout_ms,
         "heartbeat.interval.ms": kafka.heartbeat_interval_ms,
         "group.protocol": "classic",
+        "topic.metadata.refresh.interval.ms": 5000,  # notice new topics/partitions quickly
         **kafka.extra,
     }
 
@@ -28,3 +29,18 @@ def producer_config(kafka: KafkaSettings) -> dict[str, Any]:
         "linger.ms": 2,
         **kafka.extra,
     }
+
+
+def ensure_topic(kafka: KafkaSettings, topic: str, partitions: int = 4) -> None:
+    """Create the topic if the broker does not have it (brokers may not auto-create)."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers, **kafka.extra})
+    if topic in admin.list_topics(timeout=10).topics:
+        return
+    for future in admin.create_topics([NewTopic(topic, partitions, 1)]).values():
+        try:
+            future.result(10)
+        except Exception as e:  # created concurrently by another worker is fine
+            if "exist" not in str(e).lower():
+                raise

@@ -97,22 +97,14 @@ def replay_to_kafka(
 ) -> dict[str, Any]:
     """Publish a CSV/JSONL file's events to the events topic, keyed by entity."""
     from confluent_kafka import Producer
-    from confluent_kafka.admin import AdminClient, NewTopic
 
-    from tsops.streaming.kafka import producer_config
+    from tsops.streaming.kafka import ensure_topic, producer_config
 
     if not path.exists():
         raise ConfigError("event file not found", str(path))
     kafka = project.settings.stream.kafka
     topic = topic or kafka.events_topic
-    admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
-    if topic not in admin.list_topics(timeout=10).topics:
-        for f in admin.create_topics([NewTopic(topic, partitions, 1)]).values():
-            try:
-                f.result(10)
-            except Exception as e:  # already created by someone else is fine
-                if "already exists" not in str(e).lower():
-                    raise
+    ensure_topic(kafka, topic, partitions)
     producer = Producer(producer_config(kafka))
     entity = project.settings.series.entity
     sent = 0

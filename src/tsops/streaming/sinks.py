@@ -80,10 +80,11 @@ class KafkaSink:
     def __init__(self, project: Project, cfg: SinkSettings):
         from confluent_kafka import Producer
 
-        from tsops.streaming.kafka import producer_config
+        from tsops.streaming.kafka import ensure_topic, producer_config
 
         assert cfg.topic
         self.topic = cfg.topic
+        ensure_topic(project.settings.stream.kafka, cfg.topic)
         self.producer = Producer(producer_config(project.settings.stream.kafka))
         self._failed: list[str] = []
 

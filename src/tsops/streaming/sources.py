@@ -157,9 +157,10 @@ class KafkaSource:
     def __init__(self, project: Project, on_revoke: AssignmentListener | None = None):
         from confluent_kafka import Consumer
 
-        from tsops.streaming.kafka import consumer_config
+        from tsops.streaming.kafka import consumer_config, ensure_topic
 
         kafka = project.settings.stream.kafka
+        ensure_topic(kafka, kafka.events_topic)
         self.topic = kafka.events_topic
         self.exhausted = False
         self._on_revoke = on_revoke
