@@ -154,6 +154,7 @@ def test_a_ten_second_broker_outage_loses_nothing(stream_project, kafka_broker, 
 
 def test_replay_cli_kafka_sink_and_prometheus_metrics(stream_project, kafka_broker, tmp_path):
     import requests
+
     from conftest import run_cli
     from servers import free_port
 
