@@ -124,6 +124,8 @@ def promote(
     d = run(_load(project), version, force=force)
     colour = "green" if d.promoted else "yellow"
     console.print(f"[{colour}]{'promoted' if d.promoted else 'not promoted'}[/] v{d.version}: {d.reason}")
+    if not d.promoted and d.previous != d.version:
+        raise typer.Exit(1)  # refused by the gate: scripts can tell
 
 
 @app.command()
