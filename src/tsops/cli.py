@@ -235,7 +235,10 @@ def demo(
         init(directory, example=example)
     ingest(directory)
     train(directory, quick=True)
-    promote(directory)
+    try:
+        promote(directory)
+    except typer.Exit:
+        pass  # a refused challenger leaves the champion in place; the demo goes on
     status(directory)
 
 
