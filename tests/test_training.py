@@ -32,7 +32,7 @@ def test_lstm_beats_both_baselines_on_the_held_out_tail(trained_weather) -> None
 
 
 def test_training_run_is_tracked_with_lineage(weather_project, trained_weather) -> None:
-    client = MlflowClient(weather_project.tracking_uri)
+    client = MlflowClient(weather_project.tracking_uri, weather_project.tracking_uri)
     run = client.get_run(trained_weather.run_id)
     assert run.data.params["model.horizon"] == "24"
     assert {"lstm_mae", "seasonal_naive_mae", "persistence_mase"} <= set(run.data.metrics)
@@ -51,7 +51,7 @@ def test_training_run_is_tracked_with_lineage(weather_project, trained_weather) 
 
 
 def test_model_is_registered_with_signature_and_aliases(weather_project, trained_weather) -> None:
-    client = MlflowClient(weather_project.tracking_uri)
+    client = MlflowClient(weather_project.tracking_uri, weather_project.tracking_uri)
     name = weather_project.settings.model.name
     mv = client.get_model_version_by_alias(name, "challenger")
     assert int(mv.version) == trained_weather.version
@@ -62,9 +62,7 @@ def test_model_is_registered_with_signature_and_aliases(weather_project, trained
     assert model.metadata.get_output_schema().input_names()[0] == "yhat_1"
 
 
-def test_mlflow_models_serve_returns_the_in_process_numbers(
-    weather_project, trained_weather
-) -> None:
+def test_mlflow_models_serve_returns_the_in_process_numbers(weather_project, trained_weather) -> None:
     store = FeatureStoreClient(weather_project)
     rows = dataset.build(store, 24).test.features[store.features.names].head(3)
     expected = registry.load(weather_project, "champion").predict(rows).to_numpy()
@@ -108,9 +106,7 @@ def test_mlflow_models_serve_returns_the_in_process_numbers(
         body = {"dataframe_split": json.loads(rows.to_json(orient="split", index=False))}
         answer = requests.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=30)
         assert answer.status_code == 200, answer.text
-        served = np.array(
-            [[r[f"yhat_{h}"] for h in range(1, 25)] for r in answer.json()["predictions"]]
-        )
+        served = np.array([[r[f"yhat_{h}"] for h in range(1, 25)] for r in answer.json()["predictions"]])
         assert np.allclose(served, expected, atol=1e-5)
     finally:
         proc.terminate()
@@ -123,46 +119,36 @@ def test_gate_refuses_a_worse_challenger_force_overrides_rollback_restores(
     s = weather_project.settings
     weak = Project(
         weather_project.root,
-        s.model_copy(
-            update={"model": s.model.model_copy(update={"quick_epochs": 1, "learning_rate": 1e-7})}
-        ),
+        s.model_copy(update={"model": s.model.model_copy(update={"quick_epochs": 1, "learning_rate": 1e-7})}),
     )
     worse = train(weak, quick=True, show_progress=False)
     assert worse.version == trained_weather.version + 1
 
     refused = promote(weather_project)
     assert not refused.promoted and refused.challenger_mae > refused.champion_mae
-    client = MlflowClient(weather_project.tracking_uri)
+    client = MlflowClient(weather_project.tracking_uri, weather_project.tracking_uri)
     name = s.model.name
-    assert (
-        int(client.get_model_version_by_alias(name, "champion").version) == trained_weather.version
-    )
+    assert int(client.get_model_version_by_alias(name, "champion").version) == trained_weather.version
     assert "tsops.gate_rejected" in client.get_model_version(name, str(worse.version)).tags
 
     forced = promote(weather_project, force=True)
     assert forced.promoted
     tags = client.get_model_version(name, str(worse.version)).tags
-    assert tags["tsops.forced"] == "true" and tags["tsops.forced_over"] == str(
-        trained_weather.version
-    )
+    assert tags["tsops.forced"] == "true" and tags["tsops.forced_over"] == str(trained_weather.version)
 
     back = rollback(weather_project)
     assert back.version == trained_weather.version
-    assert (
-        int(client.get_model_version_by_alias(name, "champion").version) == trained_weather.version
-    )
+    assert int(client.get_model_version_by_alias(name, "champion").version) == trained_weather.version
 
 
-def test_status_json_lists_models_schema_entities_and_online_rows(
-    weather_project, trained_weather
-) -> None:
+def test_status_json_lists_models_schema_entities_and_online_rows(weather_project, trained_weather) -> None:
     result = run_cli("status", "--json", "--project", str(weather_project.root))
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
     assert info["schema"] == {"entity": "city", "time": "date", "target": "temp", "freq": "1h"}
     assert info["entities"] == ["san_francisco", "seattle"]
     assert info["online_rows"] == 2
-    assert info["feature_views"][0]["name"] == "series_features"
+    assert {v["name"] for v in info["feature_views"]} == {"series_features", "series_state"}
     first = next(m for m in info["models"] if m["version"] == trained_weather.version)
     assert "champion" in first["aliases"] and first["metrics"]["lstm_mae"] > 0
 
@@ -184,10 +170,8 @@ def test_tracking_on_postgresql(postgres_server, tmp_path) -> None:
     ingest(project, quiet=True)
     outcome = train(project, quick=True, show_progress=False)
     assert promote(project).promoted
-    client = MlflowClient(url)
-    assert (
-        int(client.get_model_version_by_alias("synthetic", "champion").version) == outcome.version
-    )
+    client = MlflowClient(url, url)
+    assert int(client.get_model_version_by_alias("synthetic", "champion").version) == outcome.version
     with postgres_server.connect("mlflow_tsops") as conn, conn.cursor() as cur:
         cur.execute("select count(*) from registered_model_aliases")
         assert cur.fetchone()[0] == 2  # champion and challenger live in PostgreSQL

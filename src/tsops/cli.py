@@ -184,10 +184,17 @@ def stream(
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
 ) -> None:
     """Turn observation events into fresh features and forecasts (python engine)."""
+    import signal
+    import threading
+
+    stop = threading.Event()  # from start-up on, SIGTERM/SIGINT finish the batch, commit, exit 0
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
     from tsops.streaming.runner import run_stream
 
     summary = run_stream(
         _load(project),
+        stop=stop,
         source=source,
         follow=follow,
         from_beginning=from_beginning,
