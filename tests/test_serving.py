@@ -362,3 +362,12 @@ def test_forecast_by_entity_reads_a_redis_online_store(
             values = [p["value"] for p in answer.json()["forecast"]]
             assert np.allclose(values, expected.to_numpy()[0], rtol=1e-12, atol=0)
         assert client.get("/forecast/atlantis").status_code == 404
+
+
+def test_an_oversize_body_without_content_length_is_refused(server) -> None:
+    chunks = iter([b'{"inputs": [' + b"1.0," * 10_000] * 4)  # sent chunked: no length header
+    with server.client() as client:
+        answer = client.post("/invocations", content=chunks, headers={"content-type": "application/json"})
+        assert answer.status_code == 413 and answer.json()["error"] == "payload_too_large"
+    with server.client() as client:
+        assert client.get("/forecast/seattle").status_code == 200
