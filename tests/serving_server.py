@@ -18,9 +18,7 @@ class AppServer:
     def __init__(self, app: Any):
         self.port = free_port()
         self.url = f"http://{LOOPBACK}:{self.port}"
-        config = uvicorn.Config(
-            app, host=LOOPBACK, port=self.port, log_level="warning", lifespan="on"
-        )
+        config = uvicorn.Config(app, host=LOOPBACK, port=self.port, log_level="warning", lifespan="on")
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
 
