@@ -138,9 +138,9 @@ def create_app(project: Project, *, watch: bool = True) -> FastAPI:
     async def invocations(request: Request, content_type: Annotated[str | None, Header()] = None) -> Response:
         """MLflow's scoring protocol; the body equals `mlflow models serve`'s for this model.
         The version that answered is in the `X-Model-Version` header."""
-        model = state.router.primary()
+        model, role = state.router.choose()
         matrix = mlflow_codec.decode(await request.body(), content_type, model.columns)
-        routed = await state.router.predict(matrix)
+        routed = await state.router.predict(model, role, matrix)
         body = mlflow_codec.encode(routed.yhat, routed.model.outputs)
         return Response(body, 200, headers=model_headers(routed), media_type=JSON)
 
@@ -157,9 +157,9 @@ def create_app(project: Project, *, watch: bool = True) -> FastAPI:
 
     async def forecast(entities: list[str]) -> tuple[list[dict[str, Any]], Any]:
         online = state.online_features()
-        model = state.router.primary()
+        model, role = state.router.choose()
         rows = online.read(entities, model.columns)
-        routed = await state.router.predict(rows.matrix)
+        routed = await state.router.predict(model, role, rows.matrix)
         out = []
         for entity, origin, values in zip(rows.entities, rows.origins, routed.yhat, strict=True):
             times = online.times(origin, routed.model.horizon)

@@ -100,10 +100,10 @@ def add(app: FastAPI, state: ServingState) -> None:
         inference_header_content_length: Annotated[str | None, Header()] = None,
     ) -> Response:
         """Inference; the unversioned route follows canary routing, a version pins it."""
-        model = model_named(name, version)
+        named = model_named(name, version)  # 404 for an unknown model or version
+        model, role = state.router.choose(named.version if version is not None else None)
         decoded = oip.decode(await request.body(), inference_header_content_length, model.columns)
-        pinned = model.version if version is not None else None
-        routed = await state.router.predict(decoded.matrix, pinned)
+        routed = await state.router.predict(model, role, decoded.matrix)
         body, headers = oip.encode(routed.yhat, name, routed.model.version, decoded.id, decoded.binary_output)
         headers["X-Model-Version"] = str(routed.model.version)
         media = "application/octet-stream" if decoded.binary_output else JSON

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from tsops.serving.errors import Conflict, NotReady
+from tsops.serving.errors import Conflict, NotFound, NotReady
 from tsops.serving.metrics import ServingMetrics
 from tsops.serving.model import ServedModel
 
@@ -73,12 +73,15 @@ class Router:
             raise NotReady("no champion model is loaded yet", "champion")
         return self.champion
 
-    async def predict(self, matrix: np.ndarray, version: int | None = None) -> Routed:
-        """Route one request: a pinned version, else canary split, else the champion."""
+    def choose(self, version: int | None = None) -> tuple[ServedModel, str]:
+        """Pick the model for one request: a pinned (loaded) version, else the canary split,
+        else the champion. Callers decode the request with the chosen model's columns."""
         if version is not None:
             pinned = self.by_version(version)
-            assert pinned is not None
-            return await self._run(pinned, matrix, CHAMPION if pinned is self.champion else CANARY)
+            if pinned is None:
+                loaded = [m.version for m in self.loaded()]
+                raise NotFound(f"version {version} is not loaded (loaded: {loaded})", str(version))
+            return pinned, CHAMPION if pinned is self.champion else CANARY
         champion = self.primary()
         challenger = self.challenger
         if (
@@ -86,9 +89,21 @@ class Router:
             and self.canary_percent > 0
             and self._random.random() * 100 < self.canary_percent
         ):
-            return await self._run(challenger, matrix, CANARY)
-        routed = await self._run(champion, matrix, CHAMPION)
-        if self.shadow and challenger is not None and challenger is not champion:
+            return challenger, CANARY
+        return champion, CHAMPION
+
+    async def predict(self, model: ServedModel, role: str, matrix: np.ndarray) -> Routed:
+        """Answer with the chosen model; in shadow mode also mirror the champion's requests
+        to the challenger (when both read the same feature columns)."""
+        routed = await self._run(model, matrix, role)
+        challenger = self.challenger
+        if (
+            self.shadow
+            and role == CHAMPION
+            and challenger is not None
+            and challenger is not model
+            and challenger.columns == model.columns
+        ):
             task = asyncio.get_running_loop().create_task(self._mirror(challenger, matrix, routed))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
