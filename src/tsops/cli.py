@@ -24,7 +24,7 @@ app = typer.Typer(
     help="Time-series forecasting from history to live predictions.",
 )
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # one unbroken line per error, greppable
 
 ProjectOpt = Annotated[
     Path,
@@ -168,6 +168,19 @@ def status(
     console.print(
         f"entities: {info['entity_count']}; online store ({info['online_store']}) rows: {info['online_rows']}"
     )
+
+
+@app.command()
+def serve(
+    project: ProjectOpt = Path("."),
+    port: Annotated[int | None, typer.Option(help="port (default: serving.port)")] = None,
+    workers: Annotated[int | None, typer.Option(help="processes (default: serving.workers)")] = None,
+    host: Annotated[str | None, typer.Option(help="bind address (default: serving.host)")] = None,
+) -> None:
+    """Serve the champion over HTTP: MLflow scoring, OIP v2, forecast by entity, metrics."""
+    from tsops.serving.command import serve as run
+
+    run(project, port=port, workers=workers, host=host)
 
 
 @app.command()
