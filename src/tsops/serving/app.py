@@ -132,6 +132,14 @@ def create_app(project: Project, *, watch: bool = True) -> FastAPI:
         body = {"error": kind, "detail": str(error.detail), "where": request.url.path}
         return json_response(body, error.status_code, dict(error.headers or {}))
 
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> Response:
+        # a bug, not bad input: logged with its traceback, answered in the same body format
+        log.exception("unexpected error on %s", request.url.path)
+        state.metrics.errors.labels("internal_error").inc()
+        body = {"error": "internal_error", "detail": type(error).__name__, "where": request.url.path}
+        return json_response(body, 500)
+
     # --- MLflow scoring protocol -----------------------------------------------------------
 
     @app.post("/invocations", openapi_extra=INVOCATIONS_BODY, tags=["mlflow"])
