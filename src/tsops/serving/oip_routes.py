@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 import orjson
-from fastapi import FastAPI, Header, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 import tsops
@@ -93,16 +93,12 @@ def add(app: FastAPI, state: ServingState) -> None:
 
     @app.post("/v2/models/{name}/infer", openapi_extra=INFER_BODY, tags=["oip"])
     @app.post("/v2/models/{name}/versions/{version}/infer", openapi_extra=INFER_BODY, tags=["oip"])
-    async def infer(
-        name: str,
-        request: Request,
-        version: str | None = None,
-        inference_header_content_length: Annotated[str | None, Header()] = None,
-    ) -> Response:
+    async def infer(name: str, request: Request, version: str | None = None) -> Response:
         """Inference; the unversioned route follows canary routing, a version pins it."""
         named = model_named(name, version)  # 404 for an unknown model or version
         model, role = state.router.choose(named.version if version is not None else None)
-        decoded = oip.decode(await request.body(), inference_header_content_length, model.columns)
+        header_length = request.headers.get(oip.HEADER_LENGTH)
+        decoded = oip.decode(await request.body(), header_length, model.columns)
         routed = await state.router.predict(model, role, decoded.matrix)
         body, headers = oip.encode(routed.yhat, name, routed.model.version, decoded.id, decoded.binary_output)
         headers["X-Model-Version"] = str(routed.model.version)
