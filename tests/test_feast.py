@@ -52,15 +52,11 @@ def test_point_in_time_join_never_looks_ahead(weather_project) -> None:
     assert np.allclose(got[client.features.names].to_numpy(float), expected)
 
 
-def test_redis_online_store_serves_the_latest_features(
-    weather_project, redis_server, tmp_path
-) -> None:
+def test_redis_online_store_serves_the_latest_features(weather_project, redis_server, tmp_path) -> None:
     raw = yaml.safe_load((weather_project.root / "tsops.yaml").read_text())
     raw["project"] = "weather_redis"
     raw["data"]["path"] = str(weather_project.data_path)
-    raw["stores"] = {
-        "online": {"type": "redis", "connection_string": f"127.0.0.1:{redis_server.port}"}
-    }
+    raw["stores"] = {"online": {"type": "redis", "connection_string": f"127.0.0.1:{redis_server.port}"}}
     (tmp_path / "tsops.yaml").write_text(yaml.safe_dump(raw))
     project = Project.load(tmp_path, environ={})
     result = ingest(project, quiet=True)

@@ -91,9 +91,7 @@ def test_cli_ingest_of_non_numeric_target_exits_2(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_interrupted_offline_write_leaves_previous_store_intact(
-    weather_project, monkeypatch
-) -> None:
+def test_interrupted_offline_write_leaves_previous_store_intact(weather_project, monkeypatch) -> None:
     from tsops.features.store import FeatureStoreClient
 
     client = FeatureStoreClient(weather_project)

@@ -161,12 +161,17 @@ def test_replay_cli_kafka_sink_and_prometheus_metrics(stream_project, kafka_brok
     topic = f"events-{uuid.uuid4().hex[:8]}"
     kafka_broker.create_topic(topic, PARTITIONS)
     out_topic = f"predictions-{uuid.uuid4().hex[:8]}"
-    project = stream_project(stream={
-        "source": "kafka",
-        "sinks": [{"type": "kafka", "topic": out_topic}],
-        "kafka": {"bootstrap_servers": kafka_broker.bootstrap, "events_topic": topic,
-                  "group_id": f"g-{topic}"},
-    })
+    project = stream_project(
+        stream={
+            "source": "kafka",
+            "sinks": [{"type": "kafka", "topic": out_topic}],
+            "kafka": {
+                "bootstrap_servers": kafka_broker.bootstrap,
+                "events_topic": topic,
+                "group_id": f"g-{topic}",
+            },
+        }
+    )
     events = synthetic_events(project, 40)
     path = write_jsonl(tmp_path / "events.jsonl", [*events, "not json"])
     published = run_cli("replay", str(path), "--to", "kafka", "--project", str(project.root))
@@ -174,15 +179,19 @@ def test_replay_cli_kafka_sink_and_prometheus_metrics(stream_project, kafka_brok
     assert "published 201 events" in published.stdout.replace("\n", " ")
 
     port = free_port()
-    worker = subprocess.Popen([*TSOPS, "stream", "--project", str(project.root), "--json",
-                               "--metrics-port", str(port)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+    worker = subprocess.Popen(
+        [*TSOPS, "stream", "--project", str(project.root), "--json", "--metrics-port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     records = kafka_broker.read_all(out_topic, expected=200, timeout=120)
     metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     summary = stop_gracefully(worker)
     assert len(records) == 200
     assert {json.loads(r)["key"].rsplit("|", 1)[0] for r in records} == {
-        f"{e['entity_id']}|{e['timestamp']}" for e in events}
+        f"{e['entity_id']}|{e['timestamp']}" for e in events
+    }
     assert summary["dead_letters"] == {"invalid_json": 1}
     assert "tsops_stream_events_consumed_total 201.0" in metrics
     assert 'tsops_stream_dead_letters_total{reason="invalid_json"} 1.0' in metrics

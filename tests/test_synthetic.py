@@ -42,9 +42,7 @@ def test_continuation_equals_slice_of_longer_generation():
     tail = generate_range(SyntheticSpec(entities=4, periods=200, seed=3), 200, 1500)
     whole = generate(SyntheticSpec(entities=4, periods=1500, seed=3))
     stitched = (
-        pd.concat([head, tail])
-        .sort_values(["entity_id", "timestamp"], kind="stable")
-        .reset_index(drop=True)
+        pd.concat([head, tail]).sort_values(["entity_id", "timestamp"], kind="stable").reset_index(drop=True)
     )
     pdt.assert_frame_equal(stitched, whole)
 
@@ -67,9 +65,7 @@ def test_drift_leaves_history_before_at_unchanged_and_shifts_level_after():
     pdt.assert_frame_equal(base[before], drifted[before])
 
     amplitude = entity_parameters(SMALL)["amplitude"]
-    shift = (
-        (drifted["value"] - base["value"])[~before].groupby(base.loc[~before, "entity_id"]).mean()
-    )
+    shift = (drifted["value"] - base["value"])[~before].groupby(base.loc[~before, "entity_id"]).mean()
     np.testing.assert_allclose(shift / amplitude, 2.0, rtol=0.05)
     assert (drifted.loc[~before, "value"] > base.loc[~before, "value"]).all()
 

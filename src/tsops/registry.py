@@ -36,13 +36,9 @@ def connect(project: Project) -> MlflowClient:
     client = MlflowClient(project.tracking_uri, project.tracking_uri)
     try:
         if client.get_experiment_by_name(project.experiment) is None:
-            client.create_experiment(
-                project.experiment, artifact_location=project.artifact_root.as_uri()
-            )
+            client.create_experiment(project.experiment, artifact_location=project.artifact_root.as_uri())
     except MlflowException as e:
-        raise StoreError(
-            f"cannot use the MLflow tracking store: {e.message}", project.tracking_uri
-        ) from None
+        raise StoreError(f"cannot use the MLflow tracking store: {e.message}", project.tracking_uri) from None
     mlflow.set_experiment(project.experiment)
     return client
 
@@ -163,9 +159,7 @@ def load(project: Project, alias: str = CHAMPION, version: int | None = None) ->
         raise ModelError(f"cannot load {uri}: {e.message}", uri) from None
 
 
-def load_forecaster(
-    project: Project, alias: str = CHAMPION, version: int | None = None
-) -> tuple[int, Any]:
+def load_forecaster(project: Project, alias: str = CHAMPION, version: int | None = None) -> tuple[int, Any]:
     """(version, Forecaster) for hot paths: resolved once, predicting on arrays without the
     pyfunc's per-call schema checks. Raises ModelError when the alias is not set."""
     client = connect(project)

@@ -46,18 +46,14 @@ def _write(root: Path, raw: dict[str, Any]) -> Project:
 
 def _prepare(root: Path) -> None:
     if (root / CONFIG_FILE).exists():
-        raise ConfigError(
-            "a project already exists here; choose another folder", str(root / CONFIG_FILE)
-        )
+        raise ConfigError("a project already exists here; choose another folder", str(root / CONFIG_FILE))
     (root / "data").mkdir(parents=True, exist_ok=True)
 
 
 def init_example(root: Path, example: str, *, entities: int = 50, seed: int = 42) -> Project:
     """Write the weather (real 2010 temperatures, two cities) or synthetic example project."""
     if example not in EXAMPLES:
-        raise ConfigError(
-            f"unknown example {example!r}; choose one of {list(EXAMPLES)}", "--example"
-        )
+        raise ConfigError(f"unknown example {example!r}; choose one of {list(EXAMPLES)}", "--example")
     _prepare(root)
     if example == "weather":
         from tsops.data.weather import load_weather
@@ -104,15 +100,10 @@ def init_from_data(
     frame = read_table(data)
     missing = [c for c in (time, target, entity) if c and c not in frame.columns]
     if missing:
-        raise DataError(
-            f"missing column(s) {missing}; the file has {list(frame.columns)}", str(data)
-        )
+        raise DataError(f"missing column(s) {missing}; the file has {list(frame.columns)}", str(data))
     freq = freq or infer_freq(frame, time, entity)
     _prepare(root)
-    name = (
-        "".join(c if c.isalnum() else "_" for c in root.resolve().name.lower()).strip("_")
-        or "project"
-    )
+    name = "".join(c if c.isalnum() else "_" for c in root.resolve().name.lower()).strip("_") or "project"
     if not name[0].isalpha():
         name = f"p_{name}"
     schema: dict[str, Any] = {"entity": entity, "time": time, "target": target, "freq": freq}

@@ -102,12 +102,8 @@ class FeatureSettings(Strict):
     """The one feature definition used by batch and stream engines."""
 
     window: int = Field(48, ge=2, le=1024, description="model input: the last W observations")
-    lags: list[int] = Field(
-        default_factory=lambda: [168], description="extra lags beyond the window"
-    )
-    rolling: list[int] = Field(
-        default_factory=lambda: [24, 168], description="rolling mean/std sizes"
-    )
+    lags: list[int] = Field(default_factory=lambda: [168], description="extra lags beyond the window")
+    rolling: list[int] = Field(default_factory=lambda: [24, 168], description="rolling mean/std sizes")
     calendar: list[CalendarTerm] = Field(
         default_factory=lambda: cast(list[CalendarTerm], ["hour", "dayofweek"])
     )
@@ -150,9 +146,7 @@ class ModelSettings(Strict):
 class BacktestSettings(Strict):
     holdout: int = Field(24 * 30, ge=1, description="steps per entity held out at the tail")
     stride: int = Field(24, ge=1, description="steps between rolling forecast origins")
-    validation: float = Field(
-        0.1, gt=0.0, lt=0.5, description="share of training origins for early stopping"
-    )
+    validation: float = Field(0.1, gt=0.0, lt=0.5, description="share of training origins for early stopping")
 
 
 class OnlineStoreSettings(Strict):
@@ -232,9 +226,7 @@ class StreamSettings(Strict):
     )
     unknown_entities: Literal["accept", "dead_letter"] = "accept"
     max_future: str = Field("1d", description="events later than now + this are dead letters")
-    max_gap_steps: int = Field(
-        168, ge=1, description="a jump of more steps than this is refused, not filled"
-    )
+    max_gap_steps: int = Field(168, ge=1, description="a jump of more steps than this is refused, not filled")
     kafka: KafkaSettings = KafkaSettings()
 
     @field_validator("max_future")
@@ -286,9 +278,7 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
 
 
 def _section_names() -> set[str]:
-    return {(f.alias or name) for name, f in Settings.model_fields.items()} | set(
-        Settings.model_fields
-    )
+    return {(f.alias or name) for name, f in Settings.model_fields.items()} | set(Settings.model_fields)
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -311,9 +301,7 @@ def validate(raw: dict[str, Any], source: str) -> Settings:
             loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
             msg = "unknown field (typo?)" if err["type"] == "extra_forbidden" else err["msg"]
             details.append(f"{loc}: {msg}")
-        raise ConfigError(
-            f"invalid configuration ({len(details)} problem(s))", source, details
-        ) from None
+        raise ConfigError(f"invalid configuration ({len(details)} problem(s))", source, details) from None
 
 
 class Project:
@@ -329,9 +317,7 @@ class Project:
         root = Path(root or env.get("TSOPS_PROJECT_DIR") or ".")
         path = root / CONFIG_FILE
         if not path.is_file():
-            raise ConfigError(
-                f"no {CONFIG_FILE} here; create a project with `tsops init`", str(path)
-            )
+            raise ConfigError(f"no {CONFIG_FILE} here; create a project with `tsops init`", str(path))
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:

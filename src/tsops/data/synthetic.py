@@ -252,9 +252,7 @@ def _to_utc_naive(value: pd.Timestamp | str) -> pd.Timestamp:
     return ts.tz_convert("UTC").tz_localize(None) if ts.tzinfo is not None else ts
 
 
-def _to_step(
-    value: int | pd.Timestamp | str, origin: pd.Timestamp, step: pd.Timedelta, name: str
-) -> int:
+def _to_step(value: int | pd.Timestamp | str, origin: pd.Timestamp, step: pd.Timedelta, name: str) -> int:
     if isinstance(value, int | np.integer):
         return int(value)
     offset = _to_utc_naive(value) - origin

@@ -95,8 +95,10 @@ class Lags:
     def incremental(self, state: EntityState) -> dict[str, float]:
         arr = state.array()
         n = len(arr)
-        return {name: float(arr[n - 1 - k]) if k < n else math.nan
-                for name, k in zip(self.names, self.ks, strict=True)}
+        return {
+            name: float(arr[n - 1 - k]) if k < n else math.nan
+            for name, k in zip(self.names, self.ks, strict=True)
+        }
 
 
 @dataclass(frozen=True)
@@ -180,9 +182,7 @@ class FeatureSet:
 
     def definition_hash(self) -> str:
         """Changes exactly when the feature definition changes (a lineage tag on every model)."""
-        spec = json.dumps(
-            {"names": self.names, "settings": self.settings.model_dump()}, sort_keys=True
-        )
+        spec = json.dumps({"names": self.names, "settings": self.settings.model_dump()}, sort_keys=True)
         return hashlib.sha256(spec.encode()).hexdigest()[:16]
 
     def new_state(self) -> EntityState:

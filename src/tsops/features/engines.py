@@ -32,17 +32,13 @@ def batch_features(
     return pd.concat(parts).reset_index(drop=True)
 
 
-def future_targets(
-    history: pd.DataFrame, horizon: int, *, entity: str, target: str
-) -> pd.DataFrame:
+def future_targets(history: pd.DataFrame, horizon: int, *, entity: str, target: str) -> pd.DataFrame:
     """Labels for each row: the next `horizon` observations (`y_1`..`y_H`), NaN past the end."""
     grouped = history.groupby(entity, sort=False)[target]
     return pd.DataFrame({f"y_{h}": grouped.shift(-h) for h in range(1, horizon + 1)})
 
 
-def update(
-    fs: FeatureSet, state: EntityState, time: pd.Timestamp, value: float
-) -> dict[str, float]:
+def update(fs: FeatureSet, state: EntityState, time: pd.Timestamp, value: float) -> dict[str, float]:
     """Apply one observation to the entity's state and return its features."""
     state.push(time, value)
     out: dict[str, float] = {}

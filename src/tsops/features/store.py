@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-from time import time_ns
 from datetime import timedelta
 from pathlib import Path
+from time import time_ns
 from typing import Any
 
 import pandas as pd
@@ -135,9 +135,7 @@ def write_repo(project: Project) -> Path:
     repo = project.feature_repo
     repo.mkdir(parents=True, exist_ok=True)
     project.state_dir.mkdir(parents=True, exist_ok=True)
-    (repo / "feature_store.yaml").write_text(
-        yaml.safe_dump(repo_config_dict(project), sort_keys=False)
-    )
+    (repo / "feature_store.yaml").write_text(yaml.safe_dump(repo_config_dict(project), sort_keys=False))
     (repo / "features.py").write_text(_REPO_PY)
     return repo
 
@@ -173,9 +171,7 @@ class FeatureStoreClient:
         frame = features.copy()
         time = self.project.settings.series.time
         # Microsecond UTC: DuckDB cannot cast nanosecond TIMESTAMPTZ in Feast's queries.
-        frame[time] = (
-            pd.to_datetime(frame[time]).dt.tz_localize("UTC").astype("datetime64[us, UTC]")
-        )
+        frame[time] = pd.to_datetime(frame[time]).dt.tz_localize("UTC").astype("datetime64[us, UTC]")
         frame.to_parquet(tmp, index=False)
         os.replace(tmp, path)
         return path

@@ -39,9 +39,7 @@ def _compare(project: Project, challenger: int, champion: int) -> tuple[float, f
     return report.overall[str(challenger)]["mae"], report.overall[str(champion)]["mae"], window
 
 
-def promote(
-    project: Project, version: int | None = None, *, force: bool = False
-) -> PromotionDecision:
+def promote(project: Project, version: int | None = None, *, force: bool = False) -> PromotionDecision:
     """Move `champion` to `version` (default: the `challenger`) if it passes the gate."""
     client = registry.connect(project)
     name = project.settings.model.name
@@ -59,9 +57,7 @@ def promote(
         registry.move_champion(client, name, candidate, "first model")
         return PromotionDecision(True, candidate, None, "first model")
     if force:
-        registry.move_champion(
-            client, name, candidate, "forced", forced="true", forced_over=str(current)
-        )
+        registry.move_champion(client, name, candidate, "forced", forced="true", forced_over=str(current))
         return PromotionDecision(True, candidate, current, "forced (gate skipped)")
     new_mae, old_mae, window = _compare(project, candidate, current)
     if new_mae < old_mae:

@@ -37,9 +37,7 @@ class BacktestReport:
         return pd.DataFrame(rows, index=[*range(1, horizon + 1), "all"])
 
 
-def run(
-    data: TrainingData, models: dict[str, Predictor], horizon: int, season: int
-) -> BacktestReport:
+def run(data: TrainingData, models: dict[str, Predictor], horizon: int, season: int) -> BacktestReport:
     scale = metrics.seasonal_scale(data.train_history, season)
     truth = data.test.labels
     predictions = {name: predict(data.test.features) for name, predict in models.items()}

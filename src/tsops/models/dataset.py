@@ -84,9 +84,7 @@ def build(client: FeatureStoreClient, horizon: int) -> TrainingData:
     series = settings.series
     ent, time, target = series.entity_col, series.time, series.target
     client.compact_offline()  # observations the stream appended since the last training
-    history = (
-        client.read_offline()[[ent, time, target]].sort_values([ent, time]).reset_index(drop=True)
-    )
+    history = client.read_offline()[[ent, time, target]].sort_values([ent, time]).reset_index(drop=True)
     labels = future_targets(history, horizon, entity=ent, target=target).to_numpy()
     role = select_origins(
         history,

@@ -89,9 +89,7 @@ class Forecaster:
         bad = ~np.isfinite(window).all(axis=1) | ~np.isfinite(context).all(axis=1)
         if bad.any():
             row = int(np.argmax(bad))
-            cols = [
-                c for c in self.cfg.input_names if not np.isfinite(float(features[c].iloc[row]))
-            ]
+            cols = [c for c in self.cfg.input_names if not np.isfinite(float(features[c].iloc[row]))]
             raise ModelError(f"row {row}: non-finite value(s) in {cols[:5]}", "input")
         anchor = window[:, 0].copy()
         seq = (window[:, ::-1] - anchor[:, None]) / self.cfg.scale

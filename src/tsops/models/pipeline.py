@@ -69,9 +69,7 @@ def train(project: Project, *, quick: bool = False, show_progress: bool = True) 
             on_epoch=log_epoch,
             show_progress=show_progress,
         )
-        report = backtest.run(
-            data, {"lstm": result.forecaster.predict}, model.horizon, model.season
-        )
+        report = backtest.run(data, {"lstm": result.forecaster.predict}, model.horizon, model.season)
         for name, values in report.overall.items():
             mlflow.log_metrics({f"{name}_{metric}": v for metric, v in values.items()})
         for h, mae in enumerate(report.by_step["lstm"]["mae"], start=1):
@@ -102,9 +100,7 @@ def train(project: Project, *, quick: bool = False, show_progress: bool = True) 
             mlflow.log_artifacts(str(folder), artifact_path="backtest")
             forecaster_dir = result.forecaster.save(folder / "forecaster")
             example = data.test.features[store.features.names].head(2).reset_index(drop=True)
-            output = pd.DataFrame(
-                result.forecaster.predict(example), columns=output_columns(model.horizon)
-            )
+            output = pd.DataFrame(result.forecaster.predict(example), columns=output_columns(model.horizon))
             info = registry.log_model(project, forecaster_dir, example, output)
         version = int(info.registered_model_version)
         for key, value in tags.items():
@@ -113,6 +109,4 @@ def train(project: Project, *, quick: bool = False, show_progress: bool = True) 
             model.name, str(version), "tsops.backtest_mae", repr(report.overall["lstm"]["mae"])
         )
         registry.set_challenger(client, model.name, version)
-    return TrainOutcome(
-        version, run.info.run_id, report, time.perf_counter() - started, result.epochs_run
-    )
+    return TrainOutcome(version, run.info.run_id, report, time.perf_counter() - started, result.epochs_run)

@@ -193,8 +193,9 @@ class KafkaSource:
                 continue
             value = m.value()
             payload = value.decode("utf-8", errors="replace") if value is not None else ""
-            out.append(RawRecord(payload, m.partition(), m.offset(), now))
-            self._high[m.partition()] = max(self._high.get(m.partition(), -1), m.offset())
+            partition, offset = int(m.partition() or 0), int(m.offset() or 0)
+            out.append(RawRecord(payload, partition, offset, now))
+            self._high[partition] = max(self._high.get(partition, -1), offset)
         return out
 
     def commit(self, records: list[RawRecord]) -> None:
