@@ -66,7 +66,10 @@ def kafka_broker() -> Iterator[KafkaBroker]:
 import os  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
+
+import httpx  # noqa: E402
 
 TSOPS = [sys.executable, "-m", "tsops"]
 
@@ -170,3 +173,34 @@ def write_jsonl(path: Path, rows: list) -> Path:  # type: ignore[type-arg]
 
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
     return path
+
+
+@pytest.fixture(scope="module")
+def mlflow_serve(trained_weather, weather_project) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """`mlflow models serve` on the same registered champion, for side-by-side comparison."""
+    port = free_port()
+    bindir = Path(sys.executable).parent
+    proc = subprocess.Popen(
+        [
+            str(bindir / "mlflow"), "models", "serve", "-m",
+            f"models:/{weather_project.settings.model.name}@champion",
+            "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port),
+        ],
+        env={"MLFLOW_TRACKING_URI": weather_project.tracking_uri, "PATH": f"{bindir}:/usr/bin:/bin"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            if httpx.get(f"{url}/ping", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"mlflow models serve did not start:\n{proc.communicate()[0][-3000:]}")
+        time.sleep(0.5)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)

@@ -8,7 +8,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,37 +50,6 @@ def feature_rows(weather_project) -> pd.DataFrame:  # type: ignore[no-untyped-de
     store = FeatureStoreClient(weather_project)
     frame = store.read_offline()[store.features.names].dropna()
     return frame.iloc[[-1, -200, -1000]].reset_index(drop=True)
-
-
-@pytest.fixture(scope="module")
-def mlflow_serve(trained_weather, weather_project) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    """`mlflow models serve` on the same registered champion, for side-by-side comparison."""
-    port = free_port()
-    bindir = Path(sys.executable).parent
-    proc = subprocess.Popen(
-        [
-            str(bindir / "mlflow"), "models", "serve", "-m",
-            f"models:/{weather_project.settings.model.name}@champion",
-            "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port),
-        ],
-        env={"MLFLOW_TRACKING_URI": weather_project.tracking_uri, "PATH": f"{bindir}:/usr/bin:/bin"},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            if httpx.get(f"{url}/ping", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            pytest.fail(f"mlflow models serve did not start:\n{proc.communicate()[0][-3000:]}")
-        time.sleep(0.5)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
 
 
 def mlflow_bodies(rows: pd.DataFrame) -> dict[str, tuple[str, bytes]]:

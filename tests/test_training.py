@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 import requests
 from mlflow import MlflowClient
 
 from conftest import run_cli
-from servers import free_port
 from tsops import registry
 from tsops.features.store import FeatureStoreClient
 from tsops.lifecycle.promotion import promote, rollback
@@ -62,55 +57,17 @@ def test_model_is_registered_with_signature_and_aliases(weather_project, trained
     assert model.metadata.get_output_schema().input_names()[0] == "yhat_1"
 
 
-def test_mlflow_models_serve_returns_the_in_process_numbers(weather_project, trained_weather) -> None:
+def test_mlflow_models_serve_returns_the_in_process_numbers(
+    weather_project, trained_weather, mlflow_serve
+) -> None:
     store = FeatureStoreClient(weather_project)
     rows = dataset.build(store, 24).test.features[store.features.names].head(3)
     expected = registry.load(weather_project, "champion").predict(rows).to_numpy()
-    port = free_port()
-    mlflow_bin = str(Path(sys.executable).parent / "mlflow")
-    env = {
-        "MLFLOW_TRACKING_URI": weather_project.tracking_uri,
-        "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin",
-    }
-    proc = subprocess.Popen(
-        [
-            mlflow_bin,
-            "models",
-            "serve",
-            "-m",
-            f"models:/{weather_project.settings.model.name}@champion",
-            "--env-manager",
-            "local",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                pytest.fail(f"mlflow models serve did not start:\n{proc.communicate()[0][-3000:]}")
-            time.sleep(0.5)
-        body = {"dataframe_split": json.loads(rows.to_json(orient="split", index=False))}
-        answer = requests.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=30)
-        assert answer.status_code == 200, answer.text
-        served = np.array([[r[f"yhat_{h}"] for h in range(1, 25)] for r in answer.json()["predictions"]])
-        assert np.allclose(served, expected, atol=1e-5)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    body = {"dataframe_split": json.loads(rows.to_json(orient="split", index=False))}
+    answer = requests.post(f"{mlflow_serve}/invocations", json=body, timeout=30)
+    assert answer.status_code == 200, answer.text
+    served = np.array([[r[f"yhat_{h}"] for h in range(1, 25)] for r in answer.json()["predictions"]])
+    assert np.allclose(served, expected, atol=1e-5)
 
 
 def test_gate_refuses_a_worse_challenger_force_overrides_rollback_restores(
