@@ -11,11 +11,15 @@ SUDO        := $(if $(filter 0,$(shell id -u)),,sudo)
 
 setup: system-packages $(STAMP)
 
-# Real servers used by the tests; installed only when a binary is missing.
+# Real servers and tools used by the tests and benchmarks (Redis, PostgreSQL, Prometheus,
+# headless Chromium, wrk); installed only when a binary is missing.
 system-packages:
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v wrk >/dev/null 2>&1 || missing="$$missing wrk"; \
+	command -v prometheus >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 		echo "Installing Debian packages:$$missing"; \
 		$(SUDO) apt-get update && \
