@@ -15,11 +15,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from tsops.features.definitions import EntityState
-from tsops.features.engines import update
 from tsops.features.store import FeatureStoreClient
 from tsops.models.lstm import Forecaster
 from tsops.settings import Project
@@ -28,6 +26,7 @@ from tsops.streaming.metrics import StreamMetrics
 from tsops.streaming.sinks import Sink
 from tsops.streaming.sources import Source
 from tsops.streaming.state import KeyedState
+from tsops.streaming.steps import apply_event, prediction_records
 
 
 @dataclass
@@ -193,58 +192,21 @@ class Processor:
         return state
 
     def _apply(self, state: EntityState, ev: Event) -> list[tuple[list[Any], dict[str, float]]]:
-        """Apply the event (and fill any skipped steps per `schema.gaps`); one feature row per
-        step applied, as the batch engine would have computed it on the regular series."""
-        step = self.series.step
-        points = [(ev.time, ev.value)]
-        if state.last_time is not None:
-            if ev.time <= state.last_time:
-                kind = "duplicate" if ev.time == state.last_time else "late"
-                raise EventError(
-                    kind, f"{ev.entity} already applied up to {state.last_time}", self.series.time
-                )
-            gap = int((ev.time - state.last_time) / step)
-            if gap > 1:
-                if self.series.gaps == "refuse" or gap - 1 > self.settings.max_gap_steps:
-                    raise EventError("gap", f"{gap - 1} missing step(s) before {ev.time}", self.series.time)
-                last = state.values[-1]
-                fills = [
-                    (
-                        state.last_time + step * k,
-                        last + (ev.value - last) * k / gap if self.series.gaps == "interpolate" else last,
-                    )
-                    for k in range(1, gap)
-                ]
-                self.summary.gap_steps_filled += len(fills)
-                points = [*fills, *points]
-        out = []
-        for t, v in points:
-            feats = update(self.features, state, t, v)
-            out.append(([ev.entity, t, v, *(feats[n] for n in self.features.names)], feats))
-        return out
+        rows = apply_event(self.features, self.series, self.settings, state, ev)
+        self.summary.gap_steps_filled += len(rows) - 1
+        return rows
 
     def _predict(self, items: list[tuple[RawRecord, Event, dict[str, float]]]) -> list[dict[str, Any]]:
         if not items:
             return []
         frame = pd.DataFrame([f for _, _, f in items], columns=self.features.names)
         yhat = self.forecaster.predict(frame)
-        origins = np.array([ev.time.to_datetime64() for _, ev, _ in items], dtype="datetime64[ns]")
-        offsets = np.arange(1, self.horizon + 1) * self.series.step.to_timedelta64()
-        targets = np.datetime_as_string(origins[:, None] + offsets[None, :], unit="s").tolist()
-        values = np.asarray(yhat, dtype=float).tolist()
         now = time.perf_counter()
-        out = []
-        for (r, ev, _), row_values, row_targets in zip(items, values, targets, strict=True):
-            out.append(
-                {
-                    "key": f"{ev.entity}|{ev.time.isoformat()}|{self.model_version}",
-                    "entity": ev.entity,
-                    "event_time": ev.time.isoformat(),
-                    "target_times": row_targets,
-                    "values": row_values,
-                    "model": self.model_name,
-                    "model_version": self.model_version,
-                    "latency_ms": round((now - r.received) * 1000, 3),
-                }
-            )
-        return out
+        return prediction_records(
+            [ev for _, ev, _ in items],
+            yhat,
+            series=self.series,
+            model=self.model_name,
+            version=self.model_version,
+            latencies_ms=[(now - r.received) * 1000 for r, _, _ in items],
+        )
