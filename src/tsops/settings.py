@@ -209,6 +209,29 @@ class SinkSettings(Strict):
         return self
 
 
+class AggregateSettings(Strict):
+    """Tumbling event-time windows: raw events (ticks) become one value per `schema.freq` bar per
+    entity. A bar [start, start + freq) closes when the entity's event time passes its end by
+    `allowed_lateness`; a tick for a closed bar is late."""
+
+    how: Literal["mean", "last", "first", "sum", "min", "max", "count"] = "mean"
+    allowed_lateness: str = Field("0s", description="how long after a bar's end ticks are still added")
+
+    @field_validator("allowed_lateness")
+    @classmethod
+    def _lateness(cls, v: str) -> str:
+        try:
+            if pd.Timedelta(v) < pd.Timedelta(0):
+                raise ValueError("must not be negative")
+        except ValueError as e:
+            raise ValueError(f"not a duration ({e})") from None
+        return v
+
+    @property
+    def lateness(self) -> pd.Timedelta:
+        return pd.Timedelta(self.allowed_lateness)
+
+
 class StreamSettings(Strict):
     """`tsops stream`: where events come from, where records go, and the policies."""
 
@@ -227,6 +250,9 @@ class StreamSettings(Strict):
     unknown_entities: Literal["accept", "dead_letter"] = "accept"
     max_future: str = Field("1d", description="events later than now + this are dead letters")
     max_gap_steps: int = Field(168, ge=1, description="a jump of more steps than this is refused, not filled")
+    aggregate: AggregateSettings | None = Field(
+        None, description="aggregate raw events into schema.freq bars (unset: events are already bars)"
+    )
     kafka: KafkaSettings = KafkaSettings()
 
     @field_validator("max_future")

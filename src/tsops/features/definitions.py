@@ -10,7 +10,7 @@ import json
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 import numpy as np
 import pandas as pd
@@ -25,6 +25,9 @@ class EntityState:
     lookback: int
     values: deque[float] = field(default_factory=deque)
     last_time: pd.Timestamp | None = None
+    # Engine bookkeeping that is not a feature (the stream's open aggregation bars), persisted
+    # with the state so a restarted worker resumes exactly.
+    pending: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.values = deque(self.values, maxlen=self.lookback)
@@ -46,13 +49,15 @@ class EntityState:
         return {
             "values": list(self.values),
             "last_time": None if self.last_time is None else self.last_time.isoformat(),
+            **({"pending": self.pending} if self.pending else {}),
         }
 
     @classmethod
     def from_dict(cls, lookback: int, raw: dict[str, object]) -> EntityState:
         last = raw.get("last_time")
         values = cast(list[float], raw.get("values") or [])
-        return cls(lookback, deque(values), None if last is None else pd.Timestamp(str(last)))
+        pending = cast(dict[str, Any], raw.get("pending") or {})
+        return cls(lookback, deque(values), None if last is None else pd.Timestamp(str(last)), pending)
 
 
 class Feature(Protocol):

@@ -273,11 +273,12 @@ class FeatureStoreClient:
         frame = pd.DataFrame(
             {
                 series.entity_col: list(states),
-                series.time: [s.last_time for s in states.values()],
+                # The write time, not the entity's last event time: state can change without a new
+                # bar (open aggregation bars), and Redis ignores a write not newer than the last.
+                series.time: pd.Timestamp.now(tz="UTC"),
                 STATE_FIELD: [json.dumps(s.to_dict()) for s in states.values()],
             }
         )
-        frame[series.time] = pd.to_datetime(frame[series.time]).dt.tz_localize("UTC")
         self.store.write_to_online_store(STATE_VIEW, frame)
 
     def read_states(self, entity_ids: list[str]) -> dict[str, EntityState]:

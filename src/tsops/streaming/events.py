@@ -40,8 +40,10 @@ class Event:
     value: float
 
 
-def parse(payload: str, series: SeriesSettings, latest_allowed: pd.Timestamp) -> Event:
-    """Validate one JSON payload against the project's schema (the history's column names)."""
+def parse(payload: str, series: SeriesSettings, latest_allowed: pd.Timestamp, *, floor: bool = True) -> Event:
+    """Validate one JSON payload against the project's schema (the history's column names).
+    The time is floored to the series' interval unless `floor` is false (raw ticks that the
+    stream aggregates into bars)."""
     try:
         raw: Any = json.loads(payload)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -70,7 +72,7 @@ def parse(payload: str, series: SeriesSettings, latest_allowed: pd.Timestamp) ->
         ts = ts.tz_convert("UTC").tz_localize(None)
     if ts > latest_allowed:
         raise EventError("future_timestamp", f"time {ts} is after {latest_allowed}", series.time)
-    return Event(str(entity), ts.floor(series.step), float(value))
+    return Event(str(entity), ts.floor(series.step) if floor else ts, float(value))
 
 
 def dead_letter(error: TsopsError, record: RawRecord) -> dict[str, Any]:

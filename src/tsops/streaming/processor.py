@@ -26,7 +26,7 @@ from tsops.streaming.metrics import StreamMetrics
 from tsops.streaming.sinks import Sink
 from tsops.streaming.sources import Source
 from tsops.streaming.state import KeyedState
-from tsops.streaming.steps import apply_event, prediction_records
+from tsops.streaming.steps import TumblingBars, apply_event, prediction_records
 
 
 @dataclass
@@ -38,6 +38,7 @@ class Summary:
     predictions: int = 0
     warming_up: int = 0
     gap_steps_filled: int = 0
+    bars_closed: int = 0
     batches: int = 0
 
     def as_dict(self) -> dict[str, Any]:
@@ -49,6 +50,7 @@ class Summary:
             "predictions": self.predictions,
             "warming_up": self.warming_up,
             "gap_steps_filled": self.gap_steps_filled,
+            "bars_closed": self.bars_closed,
             "batches": self.batches,
         }
 
@@ -81,6 +83,8 @@ class Processor:
         self.metrics = metrics or StreamMetrics()
         self.summary = Summary()
         self.max_future = pd.Timedelta(self.settings.max_future)
+        aggregate = self.settings.aggregate
+        self.bars = None if aggregate is None else TumblingBars(aggregate, self.series)
         self._columns = [
             self.series.entity_col,
             self.series.time,
@@ -125,31 +129,41 @@ class Processor:
         parsed: list[tuple[RawRecord, Event]] = []
         for r in records:
             try:
-                parsed.append((r, parse(r.payload, self.series, latest_allowed)))
+                parsed.append((r, parse(r.payload, self.series, latest_allowed, floor=self.bars is None)))
             except EventError as e:
                 dead.append(dead_letter(e, r))
         self.state.load({ev.entity for _, ev in parsed})
 
         offline_rows: list[list[Any]] = []
         latest_row: dict[str, list[Any]] = {}
+        touched: set[str] = set()  # entities whose state changed (open bars included)
         to_predict: list[tuple[RawRecord, Event, dict[str, float]]] = []
         applied = 0
         for r, ev in parsed:
             try:
                 state = self._state_for(ev, r.partition)
-                rows = self._apply(state, ev)
+                steps = (
+                    [ev]
+                    if self.bars is None
+                    else self.bars.add(state, ev, (self.source.name, r.partition, r.offset))
+                )
+                rows = [row for bar in steps for row in self._apply(state, bar)]
             except EventError as e:
                 if e.kind in ("duplicate", "late") and self.settings.duplicates == "drop":
                     self.summary.dropped += 1
                 else:
                     dead.append(dead_letter(e, r))
                 continue
+            applied += 1
+            touched.add(ev.entity)
+            if not rows:  # a tick added to a bar that is still open
+                continue
+            self.summary.bars_closed += len(steps) if self.bars is not None else 0
             offline_rows.extend(row for row, _ in rows)
             row, feats = rows[-1]
             latest_row[ev.entity] = row
-            applied += 1
             if all(math.isfinite(v) for v in feats.values()):
-                to_predict.append((r, ev, feats))
+                to_predict.append((r, steps[-1], feats))
             else:
                 self.summary.warming_up += 1
 
@@ -161,7 +175,7 @@ class Processor:
         if offline_rows:
             self.client.append_offline(pd.DataFrame(offline_rows, columns=self._columns))
             self.client.write_online(pd.DataFrame(list(latest_row.values()), columns=self._columns))
-            self.state.write_through(set(latest_row))
+        self.state.write_through(touched)
         self.source.commit(records)
 
         s, m = self.summary, self.metrics

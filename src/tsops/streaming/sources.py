@@ -24,6 +24,7 @@ class Source(Protocol):
     """Delivers raw records; `commit` marks everything returned so far as durably processed."""
 
     exhausted: bool  # a finite source has nothing more to give
+    name: str  # identifies the offset space: offsets of one name and partition only grow
 
     def poll(self, max_records: int, timeout: float) -> list[RawRecord]: ...
 
@@ -80,7 +81,8 @@ class FileSource:
         self.exhausted = False
         self.time_col = project.settings.series.time
         digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
-        self.checkpoint = project.state_dir / "checkpoints" / f"file-{digest}.json"
+        self.name = f"file-{digest}"
+        self.checkpoint = project.state_dir / "checkpoints" / f"{self.name}.json"
         self.committed = 0
         if self.checkpoint.exists() and not from_beginning:
             self.committed = int(json.loads(self.checkpoint.read_text())["next_line"])
@@ -162,6 +164,7 @@ class KafkaSource:
         kafka = project.settings.stream.kafka
         ensure_topic(kafka, kafka.events_topic)
         self.topic = kafka.events_topic
+        self.name = f"kafka-{self.topic}"
         self.exhausted = False
         self._on_revoke = on_revoke
         self._high: dict[int, int] = {}

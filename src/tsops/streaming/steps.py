@@ -7,10 +7,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from tsops.features.definitions import EntityState, FeatureSet
 from tsops.features.engines import update
-from tsops.settings import SeriesSettings, StreamSettings
+from tsops.settings import AggregateSettings, SeriesSettings, StreamSettings
 from tsops.streaming.events import Event, EventError
 
 FeatureRow = list[Any]  # entity, time, value, *feature values (the offline/online column order)
@@ -50,6 +51,70 @@ def apply_event(
         feats = update(features, state, t, v)
         out.append(([ev.entity, t, v, *(feats[n] for n in features.names)], feats))
     return out
+
+
+class TumblingBars:
+    """Tumbling event-time windows per entity: ticks are added to the bar
+    [floor(time), floor(time) + step); a bar closes once the entity's latest tick time minus
+    `allowed_lateness` reaches its end, and comes out as one bar `Event` (time = bar start) for
+    `apply_event`. Open bars live in `EntityState.pending`, written through with the state, and
+    the last offset added per entity and source partition makes a replayed tick a duplicate, so a
+    crash-and-replay adds nothing twice."""
+
+    def __init__(self, settings: AggregateSettings, series: SeriesSettings):
+        self.how = settings.how
+        self.lateness = settings.lateness
+        self.step = series.step
+        self.time_field = series.time
+
+    def add(self, state: EntityState, tick: Event, position: tuple[str, int, int]) -> list[Event]:
+        """Add one tick at `position` (source name, partition, offset); returns the bars it
+        closed, oldest first. Raises `EventError` for a replayed tick (duplicate) or one whose
+        bar is closed (late), changing nothing."""
+        p = state.pending
+        seen = p.setdefault("offsets", {})
+        source, partition, offset = position
+        key = f"{source}/{partition}"
+        if key in seen and offset <= seen[key]:
+            raise EventError("duplicate", f"{key} offset {offset} was already added")
+        start = tick.time.floor(self.step)
+        closed_until = pd.Timestamp(p["closed_until"]) if "closed_until" in p else None
+        if (closed_until is not None and start < closed_until) or (
+            state.last_time is not None and start <= state.last_time
+        ):
+            raise EventError("late", f"the bar at {start} of {tick.entity} is closed", self.time_field)
+        seen[key] = offset
+        bars: dict[str, list[float]] = p.setdefault("bars", {})
+        bar = bars.get(start.isoformat())
+        v = tick.value
+        if bar is None:
+            bars[start.isoformat()] = [1, v, v, v, v, v]  # n, sum, first, last, min, max
+        else:
+            bar[0] += 1
+            bar[1] += v
+            bar[3] = v
+            bar[4] = min(bar[4], v)
+            bar[5] = max(bar[5], v)
+        latest = max(pd.Timestamp(p["max_time"]), tick.time) if "max_time" in p else tick.time
+        p["max_time"] = latest.isoformat()
+        watermark = latest - self.lateness
+        boundary = watermark.floor(self.step)  # every bar that starts before it is closed
+        if closed_until is None or boundary > closed_until:
+            p["closed_until"] = boundary.isoformat()
+        done = sorted(k for k in bars if pd.Timestamp(k) < boundary)
+        return [Event(tick.entity, pd.Timestamp(k), self._value(bars.pop(k))) for k in done]
+
+    def _value(self, bar: list[float]) -> float:
+        n, total, first, last, low, high = bar
+        return {
+            "mean": total / n,
+            "sum": total,
+            "first": first,
+            "last": last,
+            "min": low,
+            "max": high,
+            "count": float(n),
+        }[self.how]
 
 
 def prediction_records(
