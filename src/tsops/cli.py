@@ -95,11 +95,31 @@ def ingest(project: ProjectOpt = Path(".")) -> None:
 def train(
     project: ProjectOpt = Path("."),
     quick: Annotated[bool, typer.Option(help="few epochs, for a first look")] = False,
+    from_study: Annotated[
+        bool, typer.Option("--from-study", help="with the best parameters of the tuning study")
+    ] = False,
 ) -> None:
     """Backtest baselines and the LSTM, log to MLflow, register, alias `challenger`."""
+    from tsops.errors import ConfigError
     from tsops.models.pipeline import train as run
 
-    outcome = run(_load(project), quick=quick)
+    loaded = _load(project)
+    if from_study:
+        from tsops.models.tuning import best_of_study
+
+        if quick:
+            raise ConfigError("--from-study trains with the study's epochs; drop --quick", "--quick")
+        best = best_of_study(loaded)
+        params = ", ".join(f"{k}={v}" for k, v in best.params.items())
+        console.print(f"study {best.study}: best trial #{best.number} (val MAE {best.value:.4f}): {params}")
+        lineage = {
+            "tsops.study": best.study,
+            "tsops.study_trial": str(best.number),
+            **({"tsops.study_parent_run": best.parent_run_id} if best.parent_run_id else {}),
+        }
+        outcome = run(loaded, params=best.params, lineage=lineage)
+    else:
+        outcome = run(loaded, quick=quick)
     table = Table(title=f"Backtest on the held-out tail ({outcome.report.origins} origins)")
     for col in ("model", "MAE", "RMSE", "MASE"):
         table.add_column(col, justify="right" if col != "model" else "left")
@@ -110,6 +130,45 @@ def train(
         f"registered version {outcome.version} as [bold]challenger[/] "
         f"(run {outcome.run_id}, {outcome.epochs_run} epochs, {outcome.seconds:.1f} s)"
     )
+
+
+@app.command()
+def tune(
+    project: ProjectOpt = Path("."),
+    trials: Annotated[int | None, typer.Option(min=1, help="trials to run (default: tune.trials)")] = None,
+    timeout: Annotated[
+        float | None, typer.Option(min=0.0, help="start no trial after this many seconds")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="processes sharing the study (default: tune.workers)")
+    ] = None,
+) -> None:
+    """Search the forecaster's hyperparameters (Optuna); every trial an MLflow child run."""
+    import signal
+    import threading
+
+    stop = threading.Event()  # Ctrl-C / SIGTERM: running trials end at their next epoch
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    from tsops.models.tuning import tune as run
+
+    out = run(_load(project), trials=trials, timeout=timeout, workers=workers, stop=stop)
+    for note in out.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    for number, reason in out.failures:
+        console.print(f"[red]trial {number} failed:[/] {reason}", highlight=False)
+    console.print(
+        f"study {out.study} ({out.storage}): {out.trials_run} trial(s) this run in {out.seconds:.0f} s; "
+        f"study total {out.complete} complete, {out.pruned} pruned, {out.failed} failed; "
+        f"MLflow parent run {out.parent_run_id}"
+    )
+    if out.best:
+        params = ", ".join(f"{k}={v}" for k, v in out.best.params.items())
+        console.print(f"best trial #{out.best.number}: validation MAE {out.best.value:.4f} ({params})")
+        console.print("next: tsops train --from-study")
+    if out.interrupted:
+        console.print("[yellow]interrupted[/]: run tsops tune again to continue the study")
+        raise typer.Exit(130)
 
 
 @app.command()

@@ -10,11 +10,20 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Annotated, Any, Literal, cast
 
 import pandas as pd
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from tsops.errors import ConfigError
 
@@ -134,19 +143,125 @@ class ModelSettings(Strict):
     hidden_size: int = Field(64, ge=4, le=1024)
     num_layers: int = Field(1, ge=1, le=4)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    learning_rate: float = Field(2e-3, gt=0.0, le=1.0)
+    learning_rate: float = Field(2e-3, gt=0.0, allow_inf_nan=False)
     batch_size: int = Field(128, ge=1)
     epochs: int = Field(30, ge=1)
     quick_epochs: int = Field(8, ge=1)
     patience: int = Field(5, ge=1, description="early-stopping patience in epochs")
     threads: int = Field(2, ge=1)
     seed: int = 0
+    input_window: int | None = Field(
+        None, ge=1, le=1024, description="LSTM input: the last N window steps; default all of features.window"
+    )
 
 
 class BacktestSettings(Strict):
     holdout: int = Field(24 * 30, ge=1, description="steps per entity held out at the tail")
     stride: int = Field(24, ge=1, description="steps between rolling forecast origins")
     validation: float = Field(0.1, gt=0.0, lt=0.5, description="share of training origins for early stopping")
+
+
+def _within_model_bounds(param: str, value: float, what: str) -> None:
+    """A search-space bound obeys the same constraints as the `model` field it tunes."""
+    field = ModelSettings.model_fields[param]
+    try:
+        bounded = Annotated[field.annotation, *field.metadata]  # type: ignore[name-defined]
+        TypeAdapter(bounded).validate_python(value)
+    except ValidationError as e:
+        raise ValueError(f"{what} {value!r}: {e.errors()[0]['msg']} (as model.{param})") from None
+
+
+class IntParam(Strict):
+    """An integer hyperparameter: a range `low`..`high` (with `step` or `log`) or `choices`."""
+
+    low: int | None = None
+    high: int | None = None
+    step: int = Field(1, ge=1)
+    log: bool = False
+    choices: list[int] | None = None
+
+
+class FloatParam(Strict):
+    """A real hyperparameter: a range `low`..`high` (uniform, or `log`) or `choices`."""
+
+    low: float | None = Field(None, allow_inf_nan=False)
+    high: float | None = Field(None, allow_inf_nan=False)
+    log: bool = False
+    choices: list[float] | None = None
+
+
+class SearchSpace(Strict):
+    """What `tsops tune` searches: each key a `model` field; null keeps the model setting."""
+
+    input_window: IntParam | None = Field(
+        IntParam(), description="low/high default to features.window // 4 and features.window"
+    )
+    hidden_size: IntParam | None = IntParam(low=16, high=128, log=True)
+    num_layers: IntParam | None = IntParam(low=1, high=2)
+    dropout: FloatParam | None = FloatParam(low=0.0, high=0.3)
+    learning_rate: FloatParam | None = FloatParam(low=3e-4, high=1e-2, log=True)
+    batch_size: IntParam | None = IntParam(low=32, high=256, log=True)
+    epochs: IntParam | None = IntParam(low=5, high=30)
+
+    @field_validator("*")
+    @classmethod
+    def _valid_param(cls, spec: IntParam | FloatParam | None, info: ValidationInfo) -> Any:
+        name = str(info.field_name)
+        if spec is None:
+            return spec
+        if spec.choices is not None:
+            if spec.low is not None or spec.high is not None:
+                raise ValueError("give either choices or low/high, not both")
+            if not spec.choices:
+                raise ValueError("empty choices")
+            for value in spec.choices:
+                _within_model_bounds(name, value, "choice")
+            return spec
+        if (spec.low is None or spec.high is None) and name != "input_window":
+            raise ValueError("give low and high, or choices")
+        if spec.low is not None and spec.high is not None and spec.low > spec.high:
+            raise ValueError(f"empty range: low {spec.low} > high {spec.high}")
+        for what in ("low", "high"):
+            if getattr(spec, what) is not None:
+                _within_model_bounds(name, getattr(spec, what), what)
+        if spec.log and isinstance(spec, IntParam) and spec.step != 1:
+            raise ValueError("log and step cannot be combined")
+        if spec.log and spec.low is not None and spec.low <= 0:
+            raise ValueError(f"a log range needs low > 0, got {spec.low}")
+        return spec
+
+    def tuned(self) -> dict[str, IntParam | FloatParam]:
+        """The parameters being searched, by `model` field name."""
+        return {k: v for k, v in ((k, getattr(self, k)) for k in type(self).model_fields) if v is not None}
+
+
+class TuneSettings(Strict):
+    """`tsops tune`: an Optuna study over the forecaster's hyperparameters."""
+
+    study: str | None = Field(None, description="study name; default model.name")
+    storage: str | None = Field(
+        None, description="Optuna storage URL (sqlite:///..., postgresql://...); default .tsops/optuna.db"
+    )
+    trials: int = Field(20, ge=1, description="trials per `tsops tune` run (--trials)")
+    timeout_s: float | None = Field(None, gt=0, description="stop starting trials after this long")
+    workers: int = Field(1, ge=1, le=64, description="processes on this machine (--workers)")
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    seed: int | None = Field(None, description="sampler seed (worker i uses seed + i)")
+    pruner: Literal["median", "none"] = "median"
+    pruner_startup_trials: int = Field(3, ge=0, description="trials finished before pruning starts")
+    pruner_warmup_epochs: int = Field(2, ge=0, description="epochs of a trial never pruned")
+    start_from_defaults: bool = Field(
+        True, description="a new study's first trial tries the model settings that lie in the space"
+    )
+    space: SearchSpace = SearchSpace()
+
+    @model_validator(mode="after")
+    def _grid_needs_choices(self) -> TuneSettings:
+        if self.sampler == "grid":
+            ranges = [k for k, v in self.space.tuned().items() if v.choices is None]
+            if ranges:
+                raise ValueError(f"sampler grid needs choices for every tuned parameter; ranges: {ranges}")
+        return self
 
 
 class OnlineStoreSettings(Strict):
@@ -277,14 +392,28 @@ class Settings(Strict):
     tracking: TrackingSettings = TrackingSettings()
     serving: ServingSettings = ServingSettings()
     stream: StreamSettings = StreamSettings()
+    tune: TuneSettings = TuneSettings()
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
-        if self.features.window < self.model.season:
+        window = self.features.window
+        if window < self.model.season:
             raise ValueError(
-                f"features.window ({self.features.window}) must be at least model.season "
+                f"features.window ({window}) must be at least model.season "
                 f"({self.model.season}): the seasonal-naive baseline reads it from the window"
             )
+        if self.model.input_window is not None and self.model.input_window > window:
+            raise ValueError(
+                f"model.input_window ({self.model.input_window}) exceeds features.window ({window})"
+            )
+        spec = self.tune.space.input_window
+        if spec is not None:
+            values = spec.choices or [v for v in (spec.low, spec.high) if v is not None]
+            if any(v > window for v in values):
+                raise ValueError(
+                    f"tune.space.input_window: {max(values)} exceeds features.window ({window}); "
+                    "the model reads its window from the ingested features"
+                )
         return self
 
 
@@ -381,3 +510,11 @@ class Project:
     @property
     def experiment(self) -> str:
         return self.settings.tracking.experiment or self.settings.project
+
+    @property
+    def study_name(self) -> str:
+        return self.settings.tune.study or self.settings.model.name
+
+    @property
+    def study_storage(self) -> str:
+        return self.settings.tune.storage or f"sqlite:///{self.state_dir / 'optuna.db'}"

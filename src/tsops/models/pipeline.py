@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pandas as pd
 
 from tsops import registry
 from tsops.features.store import FeatureStoreClient
-from tsops.models import backtest, dataset, training
+from tsops.models import backtest, dataset, search_space, training
 from tsops.models.backtest import BacktestReport
 from tsops.models.pyfunc import output_columns
 from tsops.settings import Project
@@ -28,8 +30,19 @@ class TrainOutcome:
     epochs_run: int
 
 
-def train(project: Project, *, quick: bool = False, show_progress: bool = True) -> TrainOutcome:
+def train(
+    project: Project,
+    *,
+    quick: bool = False,
+    show_progress: bool = True,
+    params: Mapping[str, Any] | None = None,
+    lineage: Mapping[str, str] | None = None,
+) -> TrainOutcome:
+    """Train, backtest, log and register as `challenger`. `params` overrides `model` fields
+    (a tuning study's best trial); `lineage` adds tags to the run and the version."""
     started = time.perf_counter()
+    if params:
+        project = Project(project.root, search_space.apply(project.settings, params, "tuned parameters"))
     settings = project.settings
     model = settings.model
     series = settings.series
@@ -44,8 +57,10 @@ def train(project: Project, *, quick: bool = False, show_progress: bool = True) 
         "tsops.quick": str(quick).lower(),
         "tsops.backtest_window": f"{first}/{last}",
         **({"tsops.git_commit": commit} if commit else {}),
+        **(lineage or {}),
     }
-    with mlflow.start_run(run_name=f"train{'-quick' if quick else ''}", tags=tags) as run:
+    run_name = "train-tuned" if params else f"train{'-quick' if quick else ''}"
+    with mlflow.start_run(run_name=run_name, tags=tags) as run:
         mlflow.log_params(
             {
                 **{f"model.{k}": v for k, v in model.model_dump().items()},

@@ -47,7 +47,7 @@ def fit(
     base = seasonal_naive(data.train.features, model.horizon, model.season)
     residual = float(np.std(data.train.labels - base))
     cfg = ForecasterConfig(
-        window_names=features.window_names,
+        window_names=features.window_names[: model.input_window],  # the most recent N steps
         context_names=features.context_names,
         horizon=model.horizon,
         hidden_size=model.hidden_size,
