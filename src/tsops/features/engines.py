@@ -45,3 +45,17 @@ def update(fs: FeatureSet, state: EntityState, time: pd.Timestamp, value: float)
     for feature in fs.features:
         out.update(feature.incremental(state))
     return out
+
+
+def features_after(fs: FeatureSet, prior: np.ndarray, times: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Features of new observations appended to an entity's lookback `prior` (oldest first),
+    computed by the batch definitions in one vectorised pass: the stream engine's micro-batch
+    path, equal to calling `update` once per observation. Returns (len(values), len(fs.names))."""
+    full = np.concatenate([prior, values])
+    # Only the new rows are returned, and a row's calendar terms read its own time alone, so the
+    # prior rows' times can be anything.
+    all_times = pd.DatetimeIndex(np.concatenate([np.repeat(times[:1], len(prior)), times]))
+    cols: dict[str, np.ndarray] = {}
+    for feature in fs.features:
+        cols.update(feature.batch(full, all_times))
+    return np.column_stack([cols[n][len(prior) :] for n in fs.names])

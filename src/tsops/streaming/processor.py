@@ -8,13 +8,13 @@ and events whose state was already written are duplicates that change nothing.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from tsops.features.definitions import EntityState
@@ -26,7 +26,7 @@ from tsops.streaming.metrics import StreamMetrics
 from tsops.streaming.sinks import Sink
 from tsops.streaming.sources import Source
 from tsops.streaming.state import KeyedState
-from tsops.streaming.steps import TumblingBars, apply_event, prediction_records
+from tsops.streaming.steps import NewRows, TumblingBars, plan_points, prediction_records
 
 
 @dataclass
@@ -85,6 +85,7 @@ class Processor:
         self.max_future = pd.Timedelta(self.settings.max_future)
         aggregate = self.settings.aggregate
         self.bars = None if aggregate is None else TumblingBars(aggregate, self.series)
+        self._received: list[float] = []  # when the predicted events were polled
         self._columns = [
             self.series.entity_col,
             self.series.time,
@@ -134,20 +135,26 @@ class Processor:
                 dead.append(dead_letter(e, r))
         self.state.load({ev.entity for _, ev in parsed})
 
-        offline_rows: list[list[Any]] = []
-        latest_row: dict[str, list[Any]] = {}
+        blocks: dict[str, NewRows] = {}
+        # Events that closed at least one bar: predict from the entity's row of the last one.
+        closing: list[tuple[RawRecord, Event, NewRows, int]] = []
         touched: set[str] = set()  # entities whose state changed (open bars included)
-        to_predict: list[tuple[RawRecord, Event, dict[str, float]]] = []
         applied = 0
         for r, ev in parsed:
             try:
                 state = self._state_for(ev, r.partition)
-                steps = (
+                bars = (
                     [ev]
                     if self.bars is None
                     else self.bars.add(state, ev, (self.source.name, r.partition, r.offset))
                 )
-                rows = [row for bar in steps for row in self._apply(state, bar)]
+                block = blocks.get(ev.entity)
+                if block is None:
+                    block = blocks[ev.entity] = NewRows(state)
+                for bar in bars:
+                    points = plan_points(self.series, self.settings, state, bar)
+                    block.push(state, points)
+                    self.summary.gap_steps_filled += len(points) - 1
             except EventError as e:
                 if e.kind in ("duplicate", "late") and self.settings.duplicates == "drop":
                     self.summary.dropped += 1
@@ -156,25 +163,22 @@ class Processor:
                 continue
             applied += 1
             touched.add(ev.entity)
-            if not rows:  # a tick added to a bar that is still open
-                continue
-            self.summary.bars_closed += len(steps) if self.bars is not None else 0
-            offline_rows.extend(row for row, _ in rows)
-            row, feats = rows[-1]
-            latest_row[ev.entity] = row
-            if all(math.isfinite(v) for v in feats.values()):
-                to_predict.append((r, steps[-1], feats))
-            else:
-                self.summary.warming_up += 1
+            if bars:  # else a tick went into a bar that is still open
+                self.summary.bars_closed += len(bars) if self.bars is not None else 0
+                closing.append((r, bars[-1], block, len(block.values) - 1))
 
+        blocks = {e: b for e, b in blocks.items() if b.values}
+        matrices = {id(b): b.features(self.features) for b in blocks.values()}
+        offline = self._frame(blocks, matrices)
+        to_predict = [(r, ev, matrices[id(b)][i]) for r, ev, b, i in closing]
         predictions = self._predict(to_predict)
         # Durable writes in crash-safe order; offsets last.
         for sink in self.sinks:
             sink.write(predictions)
         self.dead_letter_sink.write(dead)
-        if offline_rows:
-            self.client.append_offline(pd.DataFrame(offline_rows, columns=self._columns))
-            self.client.write_online(pd.DataFrame(list(latest_row.values()), columns=self._columns))
+        if len(offline):
+            self.client.append_offline(offline)
+            self.client.write_online(offline.groupby(self.series.entity_col, sort=False).tail(1))
         self.state.write_through(touched)
         self.source.commit(records)
 
@@ -190,9 +194,10 @@ class Processor:
         m.events_processed.inc(applied)
         m.predictions.inc(len(predictions))
         m.state_size.set(len(self.state.states))
-        done = time.perf_counter()
-        for r, _, _ in to_predict:
-            m.latency.observe(done - r.received)
+        done = time.perf_counter()  # predictions are durable now: end-to-end processing latency
+        for received in self._received:
+            m.latency.observe(done - received)
+        self._received = []
 
     def _state_for(self, ev: Event, partition: int) -> EntityState:
         state = self.state.get(ev.entity)
@@ -205,22 +210,39 @@ class Processor:
         self.state.owned_by(ev.entity, partition)
         return state
 
-    def _apply(self, state: EntityState, ev: Event) -> list[tuple[list[Any], dict[str, float]]]:
-        rows = apply_event(self.features, self.series, self.settings, state, ev)
-        self.summary.gap_steps_filled += len(rows) - 1
-        return rows
+    def _frame(self, blocks: dict[str, NewRows], matrices: dict[int, np.ndarray]) -> pd.DataFrame:
+        """The micro-batch's feature rows in the offline/online column order."""
+        if not blocks:
+            return pd.DataFrame(columns=self._columns)
+        series = self.series
+        frame = pd.DataFrame(
+            np.concatenate([matrices[id(b)] for b in blocks.values()]), columns=self.features.names
+        )
+        frame.insert(0, series.target, np.concatenate([b.values for b in blocks.values()]))
+        frame.insert(0, series.time, pd.DatetimeIndex([t for b in blocks.values() for t in b.times]))
+        frame.insert(0, series.entity_col, [e for e, b in blocks.items() for _ in b.values])
+        return frame
 
-    def _predict(self, items: list[tuple[RawRecord, Event, dict[str, float]]]) -> list[dict[str, Any]]:
+    def _predict(self, items: list[tuple[RawRecord, Event, np.ndarray]]) -> list[dict[str, Any]]:
+        """One model call for the micro-batch; events whose features are still warming up (NaN
+        lags or rolling windows of a new entity) are counted, not predicted."""
         if not items:
             return []
-        frame = pd.DataFrame([f for _, _, f in items], columns=self.features.names)
-        yhat = self.forecaster.predict(frame)
+        features = np.stack([x for _, _, x in items])
+        ready = np.isfinite(features).all(axis=1)
+        self.summary.warming_up += int((~ready).sum())
+        kept = [item for item, ok in zip(items, ready, strict=True) if ok]
+        if not kept:
+            return []
+        yhat = self.forecaster.predict(pd.DataFrame(features[ready], columns=self.features.names))
         now = time.perf_counter()
-        return prediction_records(
-            [ev for _, ev, _ in items],
+        records = prediction_records(
+            [ev for _, ev, _ in kept],
             yhat,
             series=self.series,
             model=self.model_name,
             version=self.model_version,
-            latencies_ms=[(now - r.received) * 1000 for r, _, _ in items],
+            latencies_ms=[(now - r.received) * 1000 for r, _, _ in kept],
         )
+        self._received = [r.received for r, _, _ in kept]
+        return records

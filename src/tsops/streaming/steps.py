@@ -10,23 +10,18 @@ import numpy as np
 import pandas as pd
 
 from tsops.features.definitions import EntityState, FeatureSet
-from tsops.features.engines import update
+from tsops.features.engines import features_after, update
 from tsops.settings import AggregateSettings, SeriesSettings, StreamSettings
 from tsops.streaming.events import Event, EventError
 
 FeatureRow = list[Any]  # entity, time, value, *feature values (the offline/online column order)
 
 
-def apply_event(
-    features: FeatureSet,
-    series: SeriesSettings,
-    stream: StreamSettings,
-    state: EntityState,
-    ev: Event,
-) -> list[tuple[FeatureRow, dict[str, float]]]:
-    """Apply the event (and fill any skipped steps per `schema.gaps`); one feature row per step
-    applied, as the batch engine would have computed it on the regular series. Raises
-    `EventError` (duplicate, late, gap) and leaves the state unchanged when it does."""
+def plan_points(
+    series: SeriesSettings, stream: StreamSettings, state: EntityState, ev: Event
+) -> list[tuple[pd.Timestamp, float]]:
+    """The regular observations the event adds to its entity: itself, preceded by the skipped
+    steps filled per `schema.gaps`. Raises `EventError` (duplicate, late, gap); changes nothing."""
     step = series.step
     points = [(ev.time, ev.value)]
     if state.last_time is not None:
@@ -46,11 +41,45 @@ def apply_event(
                 for k in range(1, gap)
             ]
             points = [*fills, *points]
+    return points
+
+
+def apply_event(
+    features: FeatureSet,
+    series: SeriesSettings,
+    stream: StreamSettings,
+    state: EntityState,
+    ev: Event,
+) -> list[tuple[FeatureRow, dict[str, float]]]:
+    """Apply the event (and any filled steps) to the state with the incremental engine; one
+    feature row per step applied, as the batch engine computes it on the regular series."""
     out = []
-    for t, v in points:
+    for t, v in plan_points(series, stream, state, ev):
         feats = update(features, state, t, v)
         out.append(([ev.entity, t, v, *(feats[n] for n in features.names)], feats))
     return out
+
+
+class NewRows:
+    """An entity's observations applied during one micro-batch. Values are pushed to the state
+    as they come (later events see them); the features of all of them are computed once at the
+    end by the batch definitions over the lookback the entity had before the micro-batch
+    (`features_after`), which equals the incremental engine row by row."""
+
+    def __init__(self, state: EntityState):
+        self.prior = state.array().copy()
+        self.times: list[pd.Timestamp] = []
+        self.values: list[float] = []
+
+    def push(self, state: EntityState, points: list[tuple[pd.Timestamp, float]]) -> None:
+        for t, v in points:
+            state.push(t, v)
+            self.times.append(t)
+            self.values.append(v)
+
+    def features(self, fs: FeatureSet) -> np.ndarray:
+        times = np.array([t.to_datetime64() for t in self.times], dtype="datetime64[ns]")
+        return features_after(fs, self.prior, times, np.asarray(self.values, dtype=float))
 
 
 class TumblingBars:
