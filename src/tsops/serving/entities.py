@@ -51,6 +51,15 @@ class OnlineFeatures:
             raise BadRequest("give at least one entity", "entities")
         if len(entities) > MAX_ENTITIES:
             raise BadRequest(f"at most {MAX_ENTITIES} entities per request", "entities")
+        matrix, origins = self.lookup(entities, columns)
+        unknown = [e for e, origin in zip(entities, origins, strict=True) if origin is None]
+        if unknown:
+            raise NotFound(f"no current features for {len(unknown)} entit(y/ies): {unknown[:10]}", "entity")
+        return EntityRows(list(entities), matrix, [o for o in origins if o is not None])
+
+    def lookup(self, entities: list[str], columns: list[str]) -> tuple[np.ndarray, list[datetime | None]]:
+        """(matrix, origins) for any number of entities: an entity the store lacks, or holds an
+        incomplete row for (e.g. too little history yet), has origin None and a NaN row."""
         try:
             found = self._provider.online_read(
                 config=self._config,
@@ -60,22 +69,19 @@ class OnlineFeatures:
             )
         except Exception as e:  # the online store is down or unreachable
             raise StoreError(f"online store read failed: {e}", "online") from e
-        matrix = np.empty((len(entities), len(columns)), dtype=np.float64)
-        origins: list[datetime] = []
-        unknown = []
+        matrix = np.full((len(entities), len(columns)), np.nan, dtype=np.float64)
+        origins: list[datetime | None] = []
         for i, (stamp, values) in enumerate(found):
             if stamp is None or not values or any(c not in values for c in columns):
-                unknown.append(entities[i])
+                origins.append(None)
                 continue
             matrix[i] = [values[c].double_val if values[c].HasField("double_val") else np.nan
                          for c in columns]  # fmt: skip
             if not np.isfinite(matrix[i]).all():
-                unknown.append(entities[i])  # incomplete row (e.g. too little history yet)
+                origins.append(None)
                 continue
             origins.append(stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC))
-        if unknown:
-            raise NotFound(f"no current features for {len(unknown)} entit(y/ies): {unknown[:10]}", "entity")
-        return EntityRows(list(entities), matrix, origins)
+        return matrix, origins
 
     def times(self, origin: datetime, horizon: int) -> list[str]:
         step: timedelta = self.step
