@@ -303,6 +303,37 @@ def replay(
 
 
 @app.command()
+def batch(
+    config: Annotated[Path, typer.Option("--config", "-c", help="batch job file (YAML)")],
+    project: Annotated[
+        Path | None, typer.Option("--project", "-p", help="tsops project (overrides the job's `project`)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+) -> None:
+    """Score a source with any MLflow model into a target, in bounded memory (see docs/batch.md)."""
+    import signal
+
+    from tsops.batch import load, run
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt  # the run aborts its targets: nothing partial is left
+
+    signal.signal(signal.SIGTERM, interrupt)
+    job = load(config, project.resolve() if project else None)
+    summary = run(job, show_progress=not as_json)
+    if as_json:
+        print(json.dumps(summary.as_dict()))
+        return
+    rejected = f", rejected {summary.rejected:,} → {summary.rejects}" if summary.rejects else ""
+    parts = "chunk(s)" if summary.engine == "local" else "partition(s)"
+    console.print(
+        f"[green]scored[/] {summary.rows_read:,} rows in {summary.chunks} {parts} with the {summary.engine} "
+        f"engine: wrote {summary.rows_written:,} to {summary.target}{rejected} "
+        f"({summary.seconds:.1f} s, {summary.rows_per_second:,.0f} rows/s)"
+    )
+
+
+@app.command()
 def demo(
     directory: Annotated[Path, typer.Option(help="where the demo project lives")] = Path("demo-project"),
     example: Annotated[str, typer.Option(help="weather | synthetic")] = "weather",

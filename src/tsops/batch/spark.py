@@ -1,0 +1,255 @@
+"""`engine: spark`: the same job on Spark (local mode or a cluster).
+
+source ─ Spark reads CSV/Parquet itself; other sources are staged to Parquet first
+  → mapInArrow: each Python worker loads the model once and runs the local engine's
+    ChunkProcessor on Spark's Arrow batches (chunk_rows rows each); rejected rows come
+    out of the same pass with their reason and position (partition, chunk, row)
+  → one staging folder of Parquet (a single pass over the model)
+  → the target: file targets are written by Spark to a temporary folder renamed into
+    place; other targets (SQL, Kafka, your own) read the staging folder through the
+    local target, in one transaction as with the local engine
+  → the rejects file (skip) or, with fail, an error naming the first rejected row.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from tsops.batch.chunks import CHUNK, REASON, ROW, ChunkProcessor, ChunkResult, kept_columns, rechunk
+from tsops.batch.config import Job, SparkSpec
+from tsops.batch.model import BatchModel
+from tsops.batch.runner import RejectsFile, Summary, describe
+from tsops.errors import DataError, ModelError
+
+PARTITION = "partition"
+SAMPLE_ROWS = 256  # scored on the driver to learn the prediction columns' types
+_MODELS: dict[str, BatchModel] = {}  # per Python worker: loaded once, reused by every task
+
+
+def session(spec: SparkSpec, chunk_rows: int) -> Any:
+    """The SparkSession (an existing one is reused; runtime SQL settings are applied)."""
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    from pyspark.sql import SparkSession
+
+    runtime: dict[str, str | int | float | bool] = {
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.execution.arrow.maxRecordsPerBatch": chunk_rows,
+        "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+    }
+    builder = SparkSession.builder.master(spec.master).appName("tsops-batch")
+    static = {"spark.ui.enabled": False, "spark.ui.showConsoleProgress": False}
+    for key, value in {**static, **runtime, **spec.conf}.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    sql_conf = {k: v for k, v in spec.conf.items() if k.startswith("spark.sql.")}
+    for key, value in {**runtime, **sql_conf}.items():  # a reused session keeps its static conf
+        spark.conf.set(key, str(value).lower() if isinstance(value, bool) else str(value))
+    return spark
+
+
+def _worker_model(path: str, uri: str) -> BatchModel:
+    if path not in _MODELS:
+        local = path
+        if not os.path.isabs(path):  # shipped with addFile (cluster mode)
+            from pyspark import SparkFiles
+
+            local = SparkFiles.get(path)
+        _MODELS[path] = BatchModel(Path(local), uri)
+    return _MODELS[path]
+
+
+def _combined(result: ChunkResult, schema: pa.Schema, partition: int, chunk: int) -> pa.RecordBatch:
+    """Accepted rows (predictions, no reason) and rejected rows (reason, no predictions) of
+    one chunk in the staging schema."""
+    accepted = result.accepted_raw()
+    n = accepted.num_rows
+    parts = []
+    if n:
+        arrays = []
+        for field in schema:
+            if field.name in accepted.schema.names:
+                arrays.append(accepted.column(field.name).cast(field.type))
+            elif field.name in result.predictions:
+                arrays.append(result.predictions[field.name].cast(field.type))
+            else:
+                arrays.append(pa.nulls(n, field.type))
+        parts.append(pa.RecordBatch.from_arrays(arrays, schema=schema))
+    if result.rejected is not None:
+        rejected = result.rejected
+        m = rejected.num_rows
+        arrays = []
+        for field in schema:
+            if field.name == PARTITION:
+                arrays.append(pa.array([partition] * m, pa.int64()))
+            elif field.name in rejected.schema.names:
+                arrays.append(rejected.column(field.name).cast(field.type))
+            else:
+                arrays.append(pa.nulls(m, field.type))
+        parts.append(pa.RecordBatch.from_arrays(arrays, schema=schema))
+    if not parts:
+        return pa.RecordBatch.from_pylist([], schema=schema)
+    return parts[0] if len(parts) == 1 else pa.Table.from_batches(parts).combine_chunks().to_batches()[0]
+
+
+def _scorer(model_path: str, uri: str, schema: pa.Schema) -> Any:
+    def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from pyspark import TaskContext
+
+        context = TaskContext.get()
+        partition = context.partitionId() if context else 0
+        processor = ChunkProcessor(_worker_model(model_path, uri), first_only=False)
+        offset = 0
+        for chunk, batch in enumerate(batches):
+            result = processor.process(batch, chunk, offset)
+            offset += batch.num_rows
+            yield _combined(result, schema, partition, chunk)
+
+    return score
+
+
+def _stage_source(source: Any, folder: Path, chunk_rows: int) -> Path:
+    """A source Spark cannot read itself, written once to Parquet (bounded memory)."""
+    import pyarrow.parquet as pq
+
+    path = folder / "source.parquet"
+    writer = None
+    try:
+        for batch in rechunk(source.batches(), chunk_rows):
+            if writer is None:
+                writer = pq.ParquetWriter(path, batch.schema)
+            writer.write_batch(batch, row_group_size=chunk_rows)
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:
+        raise DataError("the source has no rows; nothing was written", "data.source")
+    return path
+
+
+def run_spark(job: Job, model: BatchModel) -> Summary:
+    started = time.perf_counter()
+    cfg = job.config
+    spark = session(cfg.spark, cfg.chunk_rows)
+    from pyspark.sql import functions as F
+    from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
+
+    source = job.source.build(job.context)
+    target = job.target.build(job.context)
+    work = Path(tempfile.mkdtemp(prefix="tsops-batch-spark-", dir=cfg.spark.staging_dir))
+    try:
+        if hasattr(source, "spark_frame"):
+            frame = source.spark_frame(spark)
+        else:
+            frame = spark.read.parquet(str(_stage_source(source, work, cfg.chunk_rows)))
+        model.check_columns(frame.columns)
+        partitions = frame.rdd.getNumPartitions()
+        in_schema = to_arrow_schema(frame.schema, timezone="UTC")
+        predictions = _prediction_types(model, frame.limit(SAMPLE_ROWS).toArrow())
+        input_names = [f.name for f in in_schema]
+        keep = kept_columns(cfg.keep, [n for n in input_names if n != "_tsops_reject"], list(predictions))
+        fields = [*in_schema, *(pa.field(n, t) for n, t in predictions.items())]
+        fields += [pa.field(REASON, pa.string()), pa.field(PARTITION, pa.int64())]
+        fields += [pa.field(CHUNK, pa.int64()), pa.field(ROW, pa.int64())]
+        staging_schema = pa.schema(fields)
+        model_path = _model_path(spark, model)
+        scored = frame.mapInArrow(
+            _scorer(model_path, model.uri, staging_schema), from_arrow_schema(staging_schema)
+        )
+        stage = work / "scored"
+        scored.write.parquet(str(stage))
+        staged = ds.dataset(stage, format="parquet")
+        is_rejected = ds.field(REASON).is_valid()
+        rows_read = staged.count_rows()
+        rejected = staged.count_rows(filter=is_rejected)
+        if rejected and cfg.rejects.policy == "fail":
+            first = (
+                spark.read.parquet(str(stage))
+                .filter(F.col(REASON).isNotNull())
+                .orderBy(PARTITION, CHUNK, ROW)
+                .first()
+            )
+            raise DataError(
+                f"row rejected ({first[REASON]}); nothing was written. Fix the row, or set "
+                "rejects.policy: skip to write such rows to a rejects file",
+                f"partition {first[PARTITION]}, chunk {first[CHUNK]}, row {first[ROW]}",
+            )
+        if rejected == rows_read:
+            raise DataError(f"every row ({rows_read}) was rejected; nothing was written", "data.source")
+        out_columns = [*keep, *predictions]
+        if hasattr(target, "write_spark"):
+            accepted = spark.read.parquet(str(stage)).filter(F.col(REASON).isNull()).select(*out_columns)
+            target.write_spark(accepted)
+        else:
+            _write_local(target, staged, out_columns, ~is_rejected, cfg.chunk_rows)
+        if cfg.rejects.policy == "skip":
+            rejects = RejectsFile(job)
+            reject_columns = [n for n in input_names if n != "_tsops_reject"]
+            reject_columns += [REASON, PARTITION, CHUNK, ROW]
+            try:
+                for batch in staged.to_batches(columns=reject_columns, filter=is_rejected):
+                    rejects.write(batch)
+                rejects.commit(pa.schema([staged.schema.field(c) for c in reject_columns]))
+            except BaseException:
+                rejects.abort()
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return Summary(
+        engine="spark",
+        rows_read=rows_read,
+        rows_written=rows_read - rejected,
+        rejected=rejected,
+        chunks=partitions,
+        seconds=time.perf_counter() - started,
+        target=describe(cfg.data.target),
+        rejects=str(job.rejects_path) if cfg.rejects.policy == "skip" else None,
+    )
+
+
+def _prediction_types(model: BatchModel, sample: pa.Table) -> dict[str, pa.DataType]:
+    """The prediction columns and their types, from scoring a sample on the driver."""
+    processor = ChunkProcessor(model, first_only=False)
+    for batch in sample.to_batches():
+        result = processor.process(batch, 0, 0)
+        if result.predictions:
+            return {name: values.type for name, values in result.predictions.items()}
+    raise ModelError(
+        f"the model accepted none of the first {sample.num_rows} rows, so the output columns are unknown",
+        model.uri,
+    )
+
+
+def _model_path(spark: Any, model: BatchModel) -> str:
+    """Where executors find the model: the same folder in local mode, else shipped with
+    SparkContext.addFile."""
+    if spark.sparkContext.master.startswith("local"):
+        return str(model.path)
+    spark.sparkContext.addFile(str(model.path), recursive=True)
+    return model.path.name  # resolved with SparkFiles.get on the worker
+
+
+def _write_local(target: Any, staged: ds.Dataset, columns: list[str], keep: Any, chunk_rows: int) -> None:
+    """Targets Spark has no writer for (SQL, Kafka, yours): all or nothing, as locally."""
+    opened = False
+    try:
+        for batch in staged.to_batches(columns=columns, filter=keep, batch_size=chunk_rows):
+            if not opened:
+                target.open(batch.schema)
+                opened = True
+            target.write(batch)
+        target.commit()
+    except BaseException:
+        target.abort()
+        raise
