@@ -197,6 +197,99 @@ def rollback(project: ProjectOpt = Path(".")) -> None:
 
 
 @app.command()
+def monitor(
+    project: ProjectOpt = Path("."),
+    report: Annotated[
+        bool, typer.Option("--report", help="write the Evidently drift report, log it to the champion's run")
+    ] = False,
+    output: Annotated[
+        Path | None, typer.Option(help="--report: HTML path (default under .tsops/reports/)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Online accuracy (rolling MAE per model version and step) and drift from the stored history."""
+    from tsops.monitoring.report import summary, write_report
+
+    loaded = _load(project)
+    if report:
+        out = write_report(loaded, output)
+        result = {
+            "path": str(out.path),
+            "model_version": out.version,
+            "run_id": out.run_id,
+            "reference_rows": out.reference_rows,
+            "current_rows": out.current_rows,
+            "scores": out.scores,
+        }
+        if as_json:
+            print(json.dumps(result))
+            return
+        top = ", ".join(f"{k} {v:.3f}" for k, v in sorted(out.scores.items(), key=lambda kv: -kv[1])[:5])
+        console.print(f"[green]drift report[/] {out.path} (logged to run {out.run_id} of v{out.version})")
+        console.print(f"reference {out.reference_rows} rows vs recent {out.current_rows} rows; PSI: {top}")
+        return
+    info = summary(loaded)
+    if as_json:
+        print(json.dumps(info, default=str))
+        return
+    if not info["accuracy"] and not info["drift"]:
+        console.print("no monitoring history yet: a stream with the monitor stores it while it runs")
+        return
+    table = Table(title="online accuracy: rolling MAE (latest snapshot)")
+    for col in ("version", "aliases", "backtest MAE", "online MAE", "errors/step", "MAE by step", "as of"):
+        table.add_column(col)
+    for v in info["accuracy"]:
+        steps = " ".join(f"{s['mae']:.2f}" for s in v["by_step"])
+        table.add_row(
+            str(v["model_version"]),
+            ", ".join(v["aliases"]),
+            "-" if v["backtest_mae"] is None else f"{v['backtest_mae']:.4f}",
+            "-" if v["mae"] is None else f"{v['mae']:.4f}",
+            str(v["n"]),
+            steps if len(steps) < 80 else steps[:77] + "...",
+            str(v["event_time"] or v["at"]),
+        )
+    console.print(table)
+    threshold = info["drift_threshold"]
+    table = Table(title=f"drift: PSI against the training reference (retrain threshold {threshold})")
+    for col in ("column", "PSI", "observations", "reference", "as of"):
+        table.add_column(col)
+    for d in info["drift"]:
+        flag = "[red]" if threshold is not None and d["score"] >= threshold else ""
+        table.add_row(d["feature"], f"{flag}{d['score']:.4f}", str(d["n"]), f"v{d['model_version']}", d["at"])
+    console.print(table)
+
+
+@app.command()
+def retrain(
+    project: ProjectOpt = Path("."),
+    mode: Annotated[
+        str | None, typer.Option(help="warm | scratch (default: warm if there is a champion)")
+    ] = None,
+    reason: Annotated[str, typer.Option(help="recorded with the decision")] = "requested on the command line",
+    as_json: Annotated[bool, typer.Option("--json", help="print the decision as JSON")] = False,
+) -> None:
+    """Train a challenger (warm start or from scratch), gate it, promote it if the policy allows."""
+    from tsops.errors import ConfigError, ModelError
+    from tsops.lifecycle.retrain import retrain as run
+
+    if mode not in (None, "warm", "scratch"):
+        raise ConfigError(f"unknown mode {mode!r}: use warm or scratch", "--mode")
+    d = run(_load(project), mode=mode, reason=reason, show_progress=not as_json)  # type: ignore[arg-type]
+    if as_json:
+        print(json.dumps(d.as_dict()))
+    else:
+        colour = {"promoted": "green", "logged": "green", "rejected": "yellow"}.get(d.outcome, "red")
+        console.print(f"[{colour}]{d.outcome}[/] ({d.mode}) {d.reason}")
+    if d.outcome == "failed":
+        if as_json:
+            raise typer.Exit(2)
+        raise ModelError(d.reason, "tsops retrain")
+    if d.outcome == "rejected":
+        raise typer.Exit(1)  # refused by the gate, as `tsops promote`
+
+
+@app.command()
 def status(
     project: ProjectOpt = Path("."),
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
@@ -227,6 +320,20 @@ def status(
     console.print(
         f"entities: {info['entity_count']}; online store ({info['online_store']}) rows: {info['online_rows']}"
     )
+    if info["decisions"]:
+        table = Table(title="decisions (latest last)")
+        for col in ("at", "decision", "version", "champion", "trigger", "reason"):
+            table.add_column(col)
+        for d in info["decisions"][-20:]:
+            table.add_row(
+                d["at"][:19],
+                f"{d['kind']} {d['outcome']}" + (f" ({d['mode']})" if d["mode"] else ""),
+                "-" if d["version"] is None else str(d["version"]),
+                "-" if d["champion"] is None else str(d["champion"]),
+                d["trigger"],
+                d["reason"],
+            )
+        console.print(table)
 
 
 @app.command()

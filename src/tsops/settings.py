@@ -380,6 +380,116 @@ class StreamSettings(Strict):
         return v
 
 
+class MonitoringSettings(Strict):
+    """`tsops monitor` and the stream's monitor: online accuracy, drift and their history."""
+
+    accuracy_window: int = Field(
+        500, ge=10, description="rolling MAE over the last N errors per model version and horizon step"
+    )
+    drift_window: int = Field(
+        1000, ge=20, description="drift: the last N observations scored against the training reference"
+    )
+    drift_bins: int = Field(10, ge=2, le=100, description="quantile bins of the training reference")
+    drift_features: list[str] | None = Field(
+        None,
+        description="features scored for drift besides the target; default: every feature except "
+        "the window lags and calendar terms",
+    )
+    snapshot_interval_s: float = Field(
+        10.0, ge=0.0, description="how often figures are stored in the history; 0 = every micro-batch"
+    )
+    database: str | None = Field(None, description="SQLAlchemy URL of the history (default: SQLite)")
+    retention_days: float = Field(30.0, gt=0.0, description="history older than this is deleted")
+    report_window: int = Field(168, ge=2, description="`tsops monitor --report`: latest N steps per entity")
+    report_reference_rows: int = Field(5000, ge=100, description="most training rows in the report")
+
+
+RetrainMode = Literal["warm", "scratch"]
+
+
+class DriftTriggerSettings(Strict):
+    """Fires when the drift score of the target (or of any of `columns`) reaches `threshold`."""
+
+    type: Literal["drift"] = "drift"
+    threshold: float = Field(0.25, gt=0.0, description="PSI; 0.1 is a moderate, 0.25 a large shift")
+    columns: list[str] | None = Field(
+        None, description="monitored columns it watches (default: the target only)"
+    )
+    min_rows: int = Field(200, ge=1, description="observations in the drift window before it may fire")
+    mode: RetrainMode = "scratch"
+
+
+class AccuracyTriggerSettings(Strict):
+    """Fires when the champion's online MAE exceeds its training backtest MAE by `margin`."""
+
+    type: Literal["accuracy"] = "accuracy"
+    margin: float = Field(0.25, ge=0.0, description="relative: online MAE > backtest MAE × (1 + margin)")
+    min_samples: int = Field(100, ge=1, description="errors per horizon step before it may fire")
+    mode: RetrainMode = "warm"
+
+
+class ScheduleTriggerSettings(Strict):
+    """Fires when the last retrain (or the champion's registration) is `interval` ago."""
+
+    type: Literal["schedule"] = "schedule"
+    interval: str = Field("7d", description="a duration such as 12h or 7d (wall-clock time)")
+    mode: RetrainMode = "warm"
+
+    @field_validator("interval")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        try:
+            if pd.Timedelta(v) <= pd.Timedelta(0):
+                raise ValueError("must be positive")
+        except ValueError as e:
+            raise ValueError(f"not a positive duration ({e})") from None
+        return v
+
+
+TriggerSettings = Annotated[
+    DriftTriggerSettings | AccuracyTriggerSettings | ScheduleTriggerSettings, Field(discriminator="type")
+]
+
+
+def _default_triggers() -> list[DriftTriggerSettings | AccuracyTriggerSettings | ScheduleTriggerSettings]:
+    return [DriftTriggerSettings(), AccuracyTriggerSettings()]
+
+
+class RollbackSettings(Strict):
+    """Automatic rollback of a promotion whose online accuracy is worse than its predecessor's."""
+
+    enabled: bool = True
+    window: int = Field(200, ge=1, description="errors per horizon step the new champion needs first")
+    margin: float = Field(0.1, ge=0.0, description="relative: new MAE > previous MAE × (1 + margin)")
+
+
+class RetrainSettings(Strict):
+    """`tsops retrain` and the continual-learning loop: triggers, modes, promotion, rollback."""
+
+    triggers: list[TriggerSettings] = Field(default_factory=lambda: _default_triggers())
+    cooldown: str = Field("1h", description="least wall-clock time between automatic retrains")
+    holdout: int | None = Field(
+        None, ge=1, description="steps held out for the backtest and the gate; default backtest.holdout"
+    )
+    scratch_window: int = Field(24 * 90, ge=48, description="scratch: latest N steps per entity used")
+    warm_window: int = Field(24 * 30, ge=48, description="warm start: latest N steps per entity used")
+    warm_epochs: int = Field(3, ge=1, description="warm start: fine-tuning epochs")
+    warm_learning_rate: float = Field(5e-4, gt=0.0, le=1.0, description="warm start: learning rate")
+    threads: int = Field(1, ge=1, description="torch threads of a retrain (it runs beside serving)")
+    auto_promote: bool = Field(True, description="promote a challenger that passes the gate")
+    rollback: RollbackSettings = RollbackSettings()
+
+    @field_validator("cooldown")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        try:
+            if pd.Timedelta(v) < pd.Timedelta(0):
+                raise ValueError("must not be negative")
+        except ValueError as e:
+            raise ValueError(f"not a duration ({e})") from None
+        return v
+
+
 class Settings(Strict):
     version: Literal[1] = 1
     project: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="Feast project name")
@@ -393,6 +503,25 @@ class Settings(Strict):
     serving: ServingSettings = ServingSettings()
     stream: StreamSettings = StreamSettings()
     tune: TuneSettings = TuneSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
+    retrain: RetrainSettings = RetrainSettings()
+
+    @model_validator(mode="after")
+    def _retrain_fits_monitoring(self) -> Settings:
+        """Thresholds that need more samples than the monitor keeps could never be reached."""
+        windows = {"accuracy": self.monitoring.accuracy_window, "drift": self.monitoring.drift_window}
+        needs = [("retrain.rollback.window", self.retrain.rollback.window, "accuracy")]
+        for i, t in enumerate(self.retrain.triggers):
+            if isinstance(t, AccuracyTriggerSettings):
+                needs.append((f"retrain.triggers.{i}.min_samples", t.min_samples, "accuracy"))
+            elif isinstance(t, DriftTriggerSettings):
+                needs.append((f"retrain.triggers.{i}.min_rows", t.min_rows, "drift"))
+        for where, value, kind in needs:
+            if value > windows[kind]:
+                raise ValueError(
+                    f"{where} ({value}) exceeds monitoring.{kind}_window ({windows[kind]}): never reached"
+                )
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

@@ -1,4 +1,5 @@
-"""`tsops status`: models, versions, aliases, metrics; feature views; online rows."""
+"""`tsops status`: models, versions, aliases, metrics; feature views; online rows; the decision
+log (retrains, promotions, rollbacks)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 from tsops import registry
 from tsops.errors import StoreError
 from tsops.features.store import FeatureStoreClient
+from tsops.lifecycle import decisions
 from tsops.settings import Project
 
 MAX_ENTITIES = 1000
@@ -49,4 +51,7 @@ def collect(project: Project) -> dict[str, Any]:
         "feature_views": views,
         "online_store": project.settings.stores.online.type,
         "online_rows": store.online_row_count(entities) if views else 0,
+        "decisions": [
+            d.as_dict() for d in decisions.history(registry.connect(project), project.settings.model.name)
+        ],
     }

@@ -1,5 +1,6 @@
 """Gated alias moves. The challenger becomes champion only if it beats the champion's MAE on
-the same backtest window, both re-evaluated now on the project's current data."""
+the same backtest window, both re-evaluated now on the project's current data. Every move and
+refusal is recorded in the decision log (`lifecycle/decisions.py`)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ from dataclasses import dataclass
 from tsops import registry
 from tsops.errors import ModelError
 from tsops.features.store import FeatureStoreClient
+from tsops.lifecycle import decisions
 from tsops.models import backtest, dataset
 from tsops.settings import Project
+
+PROMOTED_AT = "tsops.promoted_at"
+ROLLBACK_CHECKED = "tsops.rollback_checked"  # the promotion time whose online accuracy was judged
 
 
 @dataclass
@@ -39,8 +44,42 @@ def _compare(project: Project, challenger: int, champion: int) -> tuple[float, f
     return report.overall[str(challenger)]["mae"], report.overall[str(champion)]["mae"], window
 
 
-def promote(project: Project, version: int | None = None, *, force: bool = False) -> PromotionDecision:
-    """Move `champion` to `version` (default: the `challenger`) if it passes the gate."""
+def promote(
+    project: Project, version: int | None = None, *, force: bool = False, record: bool = True
+) -> PromotionDecision:
+    """Move `champion` to `version` (default: the `challenger`) if it passes the gate.
+    `record=False` leaves the decision log to the caller (a retrain records one decision)."""
+    decision = _promote(project, version, force=force)
+    if record:
+        _record(project, decision, "promote", "manual" if not force else "forced")
+    return decision
+
+
+def _record(project: Project, d: PromotionDecision, kind: str, trigger: str) -> None:
+    figures = {"challenger_mae": d.challenger_mae, "champion_mae": d.champion_mae}
+    if kind == "promote" and not d.promoted and d.previous == d.version:
+        return  # "already champion": nothing was decided
+    if kind == "rollback":  # d.version is the restored champion, d.previous the rolled-back one
+        outcome, about = "rolled_back", d.previous
+    else:
+        outcome, about = ("promoted" if d.promoted else "rejected"), d.version
+    decisions.record(
+        registry.connect(project),
+        project.settings.model.name,
+        decisions.Decision(
+            kind=kind,
+            outcome=outcome,
+            reason=d.reason,
+            version=about,
+            champion=d.version if d.promoted else d.previous,
+            previous=d.previous,
+            trigger=trigger,
+            figures={k: v for k, v in figures.items() if v is not None},
+        ),
+    )
+
+
+def _promote(project: Project, version: int | None, *, force: bool) -> PromotionDecision:
     client = registry.connect(project)
     name = project.settings.model.name
     candidate = version or registry.version_for_alias(client, name, registry.CHALLENGER)
@@ -71,8 +110,9 @@ def promote(project: Project, version: int | None = None, *, force: bool = False
     return PromotionDecision(False, candidate, current, reason, new_mae, old_mae)
 
 
-def rollback(project: Project) -> PromotionDecision:
-    """Move `champion` back to the version that held it before the current one."""
+def rollback(project: Project, *, record: bool = True) -> PromotionDecision:
+    """Move `champion` back to the version that held it before the current one. The restored
+    version is marked as judged, so the automatic rollback check never undoes a rollback."""
     client = registry.connect(project)
     name = project.settings.model.name
     current = registry.version_for_alias(client, name, registry.CHAMPION)
@@ -85,4 +125,10 @@ def rollback(project: Project) -> PromotionDecision:
     client.set_model_version_tag(name, str(current), "tsops.rolled_back", "true")
     # The history drops the rolled-back entry, so a second rollback goes one further back.
     client.set_registered_model_tag(name, registry.HISTORY_TAG, json.dumps(history[:-1]))
-    return PromotionDecision(True, target, current, f"rolled back from v{current}")
+    restored = client.get_model_version(name, str(target)).tags.get(PROMOTED_AT)
+    if restored:
+        client.set_model_version_tag(name, str(target), ROLLBACK_CHECKED, restored)
+    decision = PromotionDecision(True, target, current, f"rolled back from v{current}")
+    if record:
+        _record(project, decision, "rollback", "manual")
+    return decision

@@ -78,13 +78,16 @@ def select_origins(
     return role
 
 
-def build(client: FeatureStoreClient, horizon: int) -> TrainingData:
-    """Assemble examples with features from Feast's point-in-time join."""
+def build(client: FeatureStoreClient, horizon: int, *, window: int | None = None) -> TrainingData:
+    """Assemble examples with features from Feast's point-in-time join; with `window`, from
+    the latest `window` steps per entity only (features still see the history before it)."""
     settings = client.project.settings
     series = settings.series
     ent, time, target = series.entity_col, series.time, series.target
     client.compact_offline()  # observations the stream appended since the last training
     history = client.read_offline()[[ent, time, target]].sort_values([ent, time]).reset_index(drop=True)
+    if window is not None:
+        history = history.groupby(ent, sort=False).tail(window).reset_index(drop=True)
     labels = future_targets(history, horizon, entity=ent, target=target).to_numpy()
     role = select_origins(
         history,

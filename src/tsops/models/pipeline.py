@@ -17,7 +17,9 @@ from tsops import registry
 from tsops.features.store import FeatureStoreClient
 from tsops.models import backtest, dataset, search_space, training
 from tsops.models.backtest import BacktestReport
+from tsops.models.lstm import Forecaster
 from tsops.models.pyfunc import output_columns
+from tsops.monitoring import drift
 from tsops.settings import Project
 
 
@@ -37,9 +39,13 @@ def train(
     show_progress: bool = True,
     params: Mapping[str, Any] | None = None,
     lineage: Mapping[str, str] | None = None,
+    init: Forecaster | None = None,
+    window: int | None = None,
 ) -> TrainOutcome:
     """Train, backtest, log and register as `challenger`. `params` overrides `model` fields
-    (a tuning study's best trial); `lineage` adds tags to the run and the version."""
+    (a tuning study's best trial); `lineage` adds tags to the run and the version. `init`:
+    fine-tune this forecaster's weights (warm start); `window`: only the latest N steps per
+    entity (both used by `tsops retrain`)."""
     started = time.perf_counter()
     if params:
         project = Project(project.root, search_space.apply(project.settings, params, "tuned parameters"))
@@ -48,7 +54,7 @@ def train(
     series = settings.series
     client = registry.connect(project)
     store = FeatureStoreClient(project)
-    data = dataset.build(store, model.horizon)
+    data = dataset.build(store, model.horizon, window=window)
     commit = registry.git_commit(project.root)
     first, last = (t.isoformat() for t in data.test_window)
     tags = {
@@ -81,10 +87,12 @@ def train(
             store.features,
             model,
             quick=quick,
+            init=init,
             on_epoch=log_epoch,
             show_progress=show_progress,
         )
         report = backtest.run(data, {"lstm": result.forecaster.predict}, model.horizon, model.season)
+        drift.log_reference(project, data.train.features)  # what the stream monitor scores against
         for name, values in report.overall.items():
             mlflow.log_metrics({f"{name}_{metric}": v for metric, v in values.items()})
         for h, mae in enumerate(report.by_step["lstm"]["mae"], start=1):

@@ -38,6 +38,7 @@ def fit(
     quick: bool = False,
     on_epoch: EpochCallback | None = None,
     show_progress: bool = True,
+    init: Forecaster | None = None,
 ) -> TrainResult:
     torch.manual_seed(model.seed)
     torch.set_num_threads(model.threads)
@@ -57,7 +58,7 @@ def fit(
         scale=spread if spread > 0 else 1.0,
         residual_scale=residual if residual > 0 else 1.0,
     )
-    forecaster = Forecaster(cfg)
+    forecaster = Forecaster(cfg) if init is None else warm_start(init, cfg)
     seq, ctx, base = forecaster.tensors(data.train.features)
     target = forecaster.targets(data.train.labels, base)
     optimizer = torch.optim.Adam(forecaster.net.parameters(), lr=model.learning_rate)
@@ -113,6 +114,19 @@ def fit(
         forecaster.net.load_state_dict(best_state)
     forecaster.net.eval()
     return result
+
+
+def warm_start(init: Forecaster, cfg: ForecasterConfig) -> Forecaster:
+    """A copy of `init` to fine-tune. Its input and output scales are kept, so its weights keep
+    their meaning; the architecture and inputs must match the settings."""
+    fields = ("window_names", "context_names", "horizon", "hidden_size", "num_layers", "season")
+    changed = [f for f in fields if getattr(init.cfg, f) != getattr(cfg, f)]
+    if changed:
+        raise ModelError(
+            f"cannot warm-start: the champion differs from the settings in {changed}; retrain from scratch",
+            "retrain.mode",
+        )
+    return Forecaster(init.cfg, copy.deepcopy(init.net))
 
 
 def validation_mae(forecaster: Forecaster, examples: Examples) -> float:

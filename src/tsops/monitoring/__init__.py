@@ -1,0 +1,1 @@
+"""Online accuracy, drift, their history and reports."""
