@@ -463,7 +463,8 @@ def main() -> None:
     _quiet_libraries()
     code = 0
     try:
-        app(standalone_mode=False)
+        result = app(standalone_mode=False)  # the code of a `typer.Exit(code)`, else None
+        code = result if isinstance(result, int) else 0
     except TsopsError as e:
         err_console.print(f"[bold red]error:[/] {e}", highlight=False)
         code = e.exit_code

@@ -256,6 +256,7 @@ def _work(
     session: str,
     threads: int,
     stop: Callable[[], bool],
+    worker: int = 0,
     after_trial: Callable[[FrozenTrial], None] | None = None,
 ) -> None:
     settings = project.settings
@@ -276,6 +277,7 @@ def _work(
                 MLFLOW_RUN_NAME: f"trial-{trial.number}",
                 "tsops.study": study.study_name,
                 "tsops.trial": str(trial.number),
+                "tsops.worker": str(worker),
             },
         )
         run_id = run.info.run_id
@@ -386,6 +388,7 @@ def _worker_main(
             session=session,
             threads=threads,
             stop=lambda: stop.is_set() or os.getppid() != parent_pid,
+            worker=index,
         )
     except TsopsError as e:
         print(f"tune worker {index}: {e}", file=sys.stderr, flush=True)
