@@ -278,6 +278,30 @@ class TrackingSettings(Strict):
     experiment: str | None = None
 
 
+class DashboardSettings(Strict):
+    """The live dashboard `tsops serve` serves at `/` (data under `/ui/...`)."""
+
+    enabled: bool = Field(True, description="serve the dashboard at / and its data under /ui/")
+    points: int = Field(
+        336, ge=10, le=100_000, description="latest steps of actuals and forecasts per entity"
+    )
+    fan: int = Field(6, ge=1, le=100, description="latest forecasts drawn whole (the horizon fan)")
+    refresh_s: float = Field(1.0, ge=0.1, le=60.0, description="how often files, metrics and stores are read")
+    history_hours: float = Field(
+        6.0, gt=0.0, description="online accuracy and drift history read at start (monitoring tables)"
+    )
+    stream_metrics_url: str | None = Field(
+        None, description="a stream worker's Prometheus endpoint (tsops stream --metrics-port) for its lag"
+    )
+
+    @field_validator("stream_metrics_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL such as http://127.0.0.1:9108/metrics")
+        return v
+
+
 class ServingSettings(Strict):
     """`tsops serve`: the HTTP server."""
 
@@ -291,6 +315,7 @@ class ServingSettings(Strict):
     reload_interval_s: float = Field(2.0, gt=0.0, description="how often to check the champion")
     canary_percent: float = Field(0.0, ge=0.0, le=100.0, description="share routed to challenger")
     shadow: bool = Field(False, description="mirror requests to the challenger, return champion")
+    dashboard: DashboardSettings = DashboardSettings()
 
 
 class KafkaSettings(Strict):

@@ -1,5 +1,6 @@
 """The FastAPI app: MLflow scoring (`/invocations`), Open Inference Protocol v2 (`/v2/...`),
-forecast by entity (`/forecast`), admin (`/admin/...`), `/metrics` and `/docs`.
+forecast by entity (`/forecast`), admin (`/admin/...`), `/metrics`, `/docs` and the live
+dashboard (`/`, `/ui/...`).
 
 Handlers decode with the codecs, predict through the router (adaptive batching per model)
 and encode; every error is a typed `TsopsError` rendered as ``{"error", "detail", "where"}``
@@ -30,6 +31,7 @@ from tsops.serving.errors import BadRequest, status_for
 from tsops.serving.middleware import RequestGuard
 from tsops.serving.state import ServingState
 from tsops.settings import Project
+from tsops.ui import routes as ui_routes
 
 log = logging.getLogger("tsops.serving")
 JSON = "application/json"
@@ -101,6 +103,8 @@ def create_app(project: Project, *, watch: bool = True) -> FastAPI:
             yield
         finally:
             await state.stop()
+            if app.state.dashboard is not None:
+                await asyncio.to_thread(app.state.dashboard.close)
 
     app = FastAPI(
         title="tsops serve",
@@ -245,6 +249,7 @@ def create_app(project: Project, *, watch: bool = True) -> FastAPI:
         return Response(state.metrics.render(), 200, media_type="text/plain; version=0.0.4")
 
     oip_routes.add(app, state)
+    app.state.dashboard = ui_routes.mount(app, state)
     return app
 
 

@@ -54,6 +54,8 @@ def serve(
         "port": bind_port,
         "log_level": "warning",
         "access_log": False,
+        # open dashboard event streams never end by themselves: cut them at shutdown
+        "timeout_graceful_shutdown": 3,
     }
     if worker_count > 1:
         os.environ["TSOPS_PROJECT_DIR"] = str(loaded.root)
