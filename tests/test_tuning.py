@@ -20,7 +20,8 @@ from conftest import TSOPS, run_cli
 from tsops.errors import ConfigError
 from tsops.features.store import FeatureStoreClient
 from tsops.models import dataset
-from tsops.models.tuning import PARENT_RUN_ATTR, REASON_ATTR, tune
+from tsops.models.studies import PARENT_RUN_ATTR, REASON_ATTR
+from tsops.models.tuning import tune
 from tsops.settings import Project
 
 EXPERIMENT = "weather-tuning-tests"

@@ -105,7 +105,7 @@ def train(
 
     loaded = _load(project)
     if from_study:
-        from tsops.models.tuning import best_of_study
+        from tsops.models.studies import best_of_study
 
         if quick:
             raise ConfigError("--from-study trains with the study's epochs; drop --quick", "--quick")

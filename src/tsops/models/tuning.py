@@ -1,10 +1,10 @@
-"""`tsops tune`: an Optuna study over the forecaster's hyperparameters.
+"""`tsops tune`: run trials of the project's Optuna study (`studies.py`), in this process or
+in K worker processes sharing the study.
 
-The study lives in an Optuna storage (SQLite under `.tsops/` by default, PostgreSQL by
-setting), so a rerun continues it and several processes or machines share it. Each trial
-trains on the training origins and is scored on the validation origins (the minimum per-epoch
-validation MAE, the epoch whose weights early stopping keeps); the held-out tail stays for the
-final backtest and the promotion gate. The per-epoch validation MAE feeds the pruner.
+Each trial trains on the training origins and is scored on the validation origins (the
+minimum per-epoch validation MAE: the epoch whose weights early stopping keeps); the held-out
+tail stays for the final backtest and the promotion gate. The per-epoch validation MAE feeds
+the pruner.
 
 Tracking: one MLflow parent run per study (its id is kept in the study), one child run per
 trial with the trial's parameters, per-epoch loss and validation MAE, and its state. The best
@@ -39,32 +39,16 @@ from optuna.trial import FrozenTrial, TrialState
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tsops import registry
-from tsops.errors import ModelError, StoreError, TsopsError
+from tsops.errors import ModelError, TsopsError
 from tsops.features.definitions import FeatureSet
 from tsops.features.store import FeatureStoreClient
-from tsops.models import dataset, search_space, training
+from tsops.models import dataset, search_space, studies, training
 from tsops.models.dataset import TrainingData
 from tsops.settings import Project
-
-PARENT_RUN_ATTR = "tsops.mlflow_parent_run_id"
-SESSION_ATTR = "tsops.session"  # which `tsops tune` run a trial belongs to
-REASON_ATTR = "fail_reason"
-RUN_ATTR = "mlflow_run_id"
-DATA_HASH_ATTR = "tsops.data_hash"
-OBJECTIVE = "val_mae"
 
 
 class TrialInterrupted(Exception):
     """The user stopped the study while this trial was training."""
-
-
-@dataclass
-class BestTrial:
-    study: str
-    number: int
-    value: float
-    params: dict[str, Any]
-    parent_run_id: str | None
 
 
 @dataclass
@@ -76,89 +60,11 @@ class TuneOutcome:
     complete: int  # in the whole study
     pruned: int
     failed: int
-    best: BestTrial | None
+    best: studies.BestTrial | None
     failures: list[tuple[int, str]] = field(default_factory=list)  # this run: trial, reason
     interrupted: bool = False
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
-
-
-def redacted(url: str) -> str:
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url
-
-
-def open_study(project: Project, *, worker: int = 0, create: bool = True) -> optuna.Study:
-    """The project's study (created on first use); worker i's sampler uses seed + i."""
-    tune = project.settings.tune
-    url = project.study_storage
-    sqlite = url.startswith("sqlite")
-    if sqlite:
-        project.state_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        with warnings.catch_warnings():  # heartbeats are flagged experimental
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = optuna.storages.RDBStorage(
-                url,
-                # concurrent workers on one SQLite file wait for the lock instead of failing
-                engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else {"pool_pre_ping": True},
-                heartbeat_interval=60,  # a worker that dies leaves no trial RUNNING for ever
-                grace_period=180,
-            )
-    except Exception as e:  # bad URL, missing driver, unreachable server
-        raise StoreError(f"cannot open the study storage {redacted(url)}: {e}", "tune.storage") from None
-    if not create:
-        try:
-            return optuna.load_study(study_name=project.study_name, storage=storage)
-        except KeyError:
-            raise ModelError(
-                f"no study {project.study_name!r} in {redacted(url)}; run tsops tune first", "tune.study"
-            ) from None
-    seed = None if tune.seed is None else tune.seed + worker
-    specs = search_space.resolve(tune.space, project.settings.features.window)
-    sampler: optuna.samplers.BaseSampler
-    if tune.sampler == "grid":
-        sampler = optuna.samplers.GridSampler(search_space.grid(specs), seed=seed)
-    elif tune.sampler == "random":
-        sampler = optuna.samplers.RandomSampler(seed=seed)
-    else:
-        sampler = optuna.samplers.TPESampler(seed=seed)
-    pruner: optuna.pruners.BasePruner = (
-        optuna.pruners.MedianPruner(
-            n_startup_trials=tune.pruner_startup_trials, n_warmup_steps=tune.pruner_warmup_epochs
-        )
-        if tune.pruner == "median"
-        else optuna.pruners.NopPruner()
-    )
-    return optuna.create_study(
-        study_name=project.study_name,
-        storage=storage,
-        sampler=sampler,
-        pruner=pruner,
-        direction="minimize",
-        load_if_exists=True,
-    )
-
-
-def best_of_study(project: Project) -> BestTrial:
-    """The study's best complete trial (for `tsops train --from-study`)."""
-    _quiet_optuna()
-    study = open_study(project, create=False)
-    try:
-        best = study.best_trial
-    except ValueError:
-        raise ModelError(
-            f"study {study.study_name!r} has no complete trial yet; run tsops tune", "tune.study"
-        ) from None
-    assert best.value is not None
-    return BestTrial(
-        study.study_name, best.number, best.value, dict(best.params), study.user_attrs.get(PARENT_RUN_ATTR)
-    )
 
 
 def tune(
@@ -179,12 +85,12 @@ def tune(
     timeout = timeout if timeout is not None else settings.tune.timeout_s
     deadline = None if timeout is None else time.time() + timeout
     stop = stop or threading.Event()
-    _quiet_optuna()
+    studies.quiet_optuna()
     client = registry.connect(project)
-    study = open_study(project)
+    study = studies.open_study(project)
     store = FeatureStoreClient(project)
     data = dataset.build(store, settings.model.horizon)
-    notes = _prepare_study(project, study, data, store.features.definition_hash())
+    notes = studies.prepare(project, study, data, store.features.definition_hash())
     parent_run_id = _parent_run(client, project, study)
     session = uuid.uuid4().hex[:12]
     threads = max(1, settings.model.threads // workers)
@@ -192,7 +98,7 @@ def tune(
     with _TrialProgress(project.study_name, trials, show_progress) as show:
 
         def refresh(_: object = None) -> None:
-            show(_summary(study, session))
+            show(studies.summary(study, session))
 
         refresh()
         if workers == 1:
@@ -212,7 +118,7 @@ def tune(
             _run_workers(project, data, quotas, deadline, parent_run_id, session, threads, stop, refresh)
         refresh()
     interrupted = stop.is_set()
-    summary = _summary(study, session)
+    summary = studies.summary(study, session)
     _record_best(client, parent_run_id, study)
     client.log_batch(
         parent_run_id,
@@ -228,7 +134,7 @@ def tune(
     client.set_terminated(parent_run_id, "KILLED" if interrupted else "FINISHED")
     return TuneOutcome(
         study=study.study_name,
-        storage=redacted(project.study_storage),
+        storage=studies.redacted(project.study_storage),
         parent_run_id=parent_run_id,
         trials_run=summary.session_finished,
         complete=summary.complete,
@@ -268,7 +174,7 @@ def _work(
     retry_interrupted = settings.tune.sampler != "grid"  # the grid sampler revisits on its own
 
     def objective(trial: optuna.Trial) -> float:
-        trial.set_user_attr(SESSION_ATTR, session)
+        trial.set_user_attr(studies.SESSION_ATTR, session)
         params = search_space.suggest(trial, specs)
         run = client.create_run(
             experiment.experiment_id,
@@ -281,7 +187,7 @@ def _work(
             },
         )
         run_id = run.info.run_id
-        trial.set_user_attr(RUN_ATTR, run_id)
+        trial.set_user_attr(studies.RUN_ATTR, run_id)
         started = time.perf_counter()
         try:
             tuned = search_space.apply(settings, params, f"trial {trial.number}")
@@ -297,7 +203,7 @@ def _work(
                     run_id,
                     metrics=[
                         Metric("train_loss", loss, _now(), epoch),
-                        Metric(OBJECTIVE, val_mae, _now(), epoch),
+                        Metric(studies.OBJECTIVE, val_mae, _now(), epoch),
                     ],
                 )
                 if stop():
@@ -311,7 +217,7 @@ def _work(
             _end_run(client, run_id, TrialState.PRUNED, "FINISHED", started, str(e))
             raise
         except TrialInterrupted as e:
-            trial.set_user_attr(REASON_ATTR, str(e))
+            trial.set_user_attr(studies.REASON_ATTR, str(e))
             _end_run(client, run_id, TrialState.FAIL, "KILLED", started, str(e))
             if retry_interrupted:
                 study.enqueue_trial(params, user_attrs={"tsops.retry_of": trial.number})
@@ -319,14 +225,14 @@ def _work(
             raise
         except Exception as e:  # a non-finite loss, a bad setting, anything: the study goes on
             reason = str(e) or type(e).__name__
-            trial.set_user_attr(REASON_ATTR, reason)
+            trial.set_user_attr(studies.REASON_ATTR, reason)
             _end_run(client, run_id, TrialState.FAIL, "FAILED", started, reason)
             raise
         value = min(result.val_mae)
         client.log_batch(
             run_id,
             metrics=[
-                Metric(f"best_{OBJECTIVE}", value, _now(), 0),
+                Metric(f"best_{studies.OBJECTIVE}", value, _now(), 0),
                 Metric("epochs_run", float(result.epochs_run), _now(), 0),
                 Metric("best_epoch", float(result.best_epoch), _now(), 0),
             ],
@@ -375,9 +281,9 @@ def _worker_main(
 ) -> None:
     """A spawned worker: SIGINT is ignored (inherited); the coordinator sets `stop`."""
     warnings.filterwarnings("ignore")
-    _quiet_optuna()
+    studies.quiet_optuna()
     try:
-        study = open_study(project, worker=index)
+        study = studies.open_study(project, worker=index)
         _work(
             study,
             project,
@@ -444,28 +350,6 @@ def _run_workers(
 # --- the study's bookkeeping: parent run, best trial, progress ------------------------------
 
 
-def _prepare_study(project: Project, study: optuna.Study, data: TrainingData, feature_hash: str) -> list[str]:
-    """A new study records its data and starts from the current settings; a resumed one
-    says when the data changed since."""
-    settings = project.settings
-    if not study.trials:
-        study.set_user_attr(DATA_HASH_ATTR, data.data_hash)
-        study.set_user_attr("tsops.feature_hash", feature_hash)
-        if settings.tune.start_from_defaults and settings.tune.sampler != "grid":
-            specs = search_space.resolve(settings.tune.space, settings.features.window)
-            defaults = search_space.defaults_in_space(settings, specs)
-            if defaults:
-                study.enqueue_trial(defaults, user_attrs={"tsops.defaults": True})
-        return []
-    before = study.user_attrs.get(DATA_HASH_ATTR)
-    if before and before != data.data_hash:
-        return [
-            f"the data changed since this study began (hash {before} → {data.data_hash}); earlier "
-            "trials were scored on other data. Set tune.study to a new name to start afresh."
-        ]
-    return []
-
-
 def _parent_run(client: MlflowClient, project: Project, study: optuna.Study) -> str:
     """The study's MLflow parent run: created with the study, reopened on every resume."""
     tune = project.settings.tune
@@ -476,7 +360,7 @@ def _parent_run(client: MlflowClient, project: Project, study: optuna.Study) -> 
             {k: v.model_dump(exclude_defaults=True) for k, v in tune.space.tuned().items()}
         ),
     }
-    run_id = study.user_attrs.get(PARENT_RUN_ATTR)
+    run_id = study.user_attrs.get(studies.PARENT_RUN_ATTR)
     if run_id:
         try:
             if client.get_run(run_id).info.lifecycle_stage == "active":
@@ -491,16 +375,16 @@ def _parent_run(client: MlflowClient, project: Project, study: optuna.Study) -> 
         experiment.experiment_id,
         tags={MLFLOW_RUN_NAME: f"tune-{study.study_name}", "tsops.study": study.study_name, **tags},
     )
-    storage = redacted(project.study_storage)
+    storage = studies.redacted(project.study_storage)
     client.log_batch(
         run.info.run_id,
         params=[
             Param("study", study.study_name),
             Param("storage", storage),
-            Param("objective", f"minimize {OBJECTIVE}"),
+            Param("objective", f"minimize {studies.OBJECTIVE}"),
         ],
     )
-    study.set_user_attr(PARENT_RUN_ATTR, run.info.run_id)
+    study.set_user_attr(studies.PARENT_RUN_ATTR, run.info.run_id)
     return str(run.info.run_id)
 
 
@@ -518,7 +402,7 @@ def _record_best(
     assert best.value is not None
     client.log_batch(
         parent_run_id,
-        metrics=[Metric(f"best_{OBJECTIVE}", best.value, _now(), best.number)],
+        metrics=[Metric(f"best_{studies.OBJECTIVE}", best.value, _now(), best.number)],
         tags=[
             RunTag("tsops.best_trial", str(best.number)),
             *(RunTag(f"best.{k}", str(v)) for k, v in best.params.items()),
@@ -526,45 +410,8 @@ def _record_best(
     )
     client.log_text(
         parent_run_id,
-        json.dumps({"trial": best.number, OBJECTIVE: best.value, "params": best.params}, indent=1),
+        json.dumps({"trial": best.number, studies.OBJECTIVE: best.value, "params": best.params}, indent=1),
         "best_params.json",
-    )
-
-
-@dataclass
-class _Summary:
-    finished: int
-    complete: int
-    pruned: int
-    failed: int
-    session_finished: int
-    session_failures: list[tuple[int, str]]
-    best: BestTrial | None
-
-
-def _summary(study: optuna.Study, session: str) -> _Summary:
-    trials = study.get_trials(deepcopy=False)
-    by_state = {s: [t for t in trials if t.state == s] for s in TrialState}
-    mine = [t for t in trials if t.state.is_finished() and t.user_attrs.get(SESSION_ATTR) == session]
-    complete = [t for t in by_state[TrialState.COMPLETE] if t.value is not None]
-    top = min(complete, key=lambda t: (t.value, t.number)) if complete else None
-    best = (
-        BestTrial(study.study_name, top.number, float(top.value), dict(top.params), None)
-        if top is not None and top.value is not None
-        else None
-    )
-    return _Summary(
-        finished=sum(1 for t in trials if t.state.is_finished()),
-        complete=len(complete),
-        pruned=len(by_state[TrialState.PRUNED]),
-        failed=len(by_state[TrialState.FAIL]),
-        session_finished=len(mine),
-        session_failures=[
-            (t.number, str(t.user_attrs.get(REASON_ATTR, "failed")))
-            for t in mine
-            if t.state == TrialState.FAIL
-        ],
-        best=best,
     )
 
 
@@ -583,21 +430,17 @@ class _TrialProgress:
         )
         self.task = self.bar.add_task("tune", total=total, info="")
 
-    def __enter__(self) -> Callable[[_Summary], None]:
+    def __enter__(self) -> Callable[[studies.Summary], None]:
         self.bar.__enter__()
         return self.show
 
     def __exit__(self, *exc: object) -> None:
         self.bar.__exit__(*exc)  # type: ignore[arg-type]
 
-    def show(self, s: _Summary) -> None:
+    def show(self, s: studies.Summary) -> None:
         best = f"best {s.best.value:.4f} (#{s.best.number})" if s.best else "best -"
         info = f"study: {s.finished} done, {s.pruned} pruned, {s.failed} failed, {best}"
         self.bar.update(self.task, completed=min(s.session_finished, self.total), info=info)
-
-
-def _quiet_optuna() -> None:
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # our progress and summary say it all
 
 
 def _now() -> int:
