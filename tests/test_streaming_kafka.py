@@ -11,9 +11,10 @@ import time
 import uuid
 from pathlib import Path
 
+import httpx
 import numpy as np
 
-from conftest import TSOPS, synthetic_events, write_jsonl
+from conftest import TSOPS, free_port, synthetic_events, write_jsonl
 from test_streaming import assert_stream_equals_batch, read_jsonl
 from tsops.streaming.runner import replay_to_kafka
 
@@ -32,9 +33,10 @@ def kafka_project(stream_project, broker):  # type: ignore[no-untyped-def]
     )
 
 
-def start_worker(project, log: Path) -> subprocess.Popen[str]:  # type: ignore[no-untyped-def]
+def start_worker(project, log: Path, metrics_port: int | None = None) -> subprocess.Popen[str]:  # type: ignore[no-untyped-def]
+    extra = ["--metrics-port", str(metrics_port)] if metrics_port else []
     return subprocess.Popen(
-        [*TSOPS, "stream", "--project", str(project.root), "--json"],
+        [*TSOPS, "stream", "--project", str(project.root), "--json", *extra],
         stdout=subprocess.PIPE,
         stderr=log.open("a"),
         text=True,
@@ -60,6 +62,22 @@ def wait_for_keys(project, expected: set[str], workers, timeout: float) -> None:
             assert w.poll() is None, f"worker exited early with {w.returncode}"
         time.sleep(0.5)
     raise AssertionError(f"not every event got a prediction within {timeout} s")
+
+
+def wait_until_processing(metrics_port: int, worker: subprocess.Popen[str], timeout: float) -> None:
+    """Until the worker's own metrics say it has applied events."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert worker.poll() is None, f"worker exited early with {worker.returncode}"
+        try:
+            text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2).text
+            done = [ln for ln in text.splitlines() if ln.startswith("tsops_stream_events_processed_total")]
+            if done and float(done[0].split()[-1]) > 0:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"the worker applied no event within {timeout} s")
 
 
 def stop_gracefully(worker: subprocess.Popen[str]) -> dict:
@@ -110,14 +128,15 @@ def test_two_workers_share_partitions_and_survive_one_leaving(stream_project, ka
     project = kafka_project(stream_project, kafka_broker)
     events = synthetic_events(project, 3000)  # 15k events
     log = tmp_path / "workers.log"
-    a, b = start_worker(project, log), start_worker(project, log)
+    port_a = free_port()
+    a, b = start_worker(project, log, port_a), start_worker(project, log)
     producer = threading.Thread(
         target=replay_to_kafka,
         args=(project, write_jsonl(tmp_path / "events.jsonl", events)),
         kwargs={"rate": 2500},
     )
     producer.start()
-    time.sleep(12)
+    wait_until_processing(port_a, a, timeout=180)  # however slow the machine is to start it
     summary_a = stop_gracefully(a)  # SIGTERM mid-run: flush, commit, exit 0
     assert summary_a["processed"] > 0
     producer.join()

@@ -382,8 +382,14 @@ class StreamSettings(Strict):
         default_factory=lambda: [SinkSettings(type="file", path=".tsops/predictions.jsonl")]
     )
     dead_letter: SinkSettings = SinkSettings(type="file", path=".tsops/dead_letters.jsonl")
-    batch_size: int = Field(500, ge=1, description="most events per poll (one micro-batch)")
+    batch_size: int = Field(5000, ge=1, description="most events per poll (one micro-batch)")
     poll_timeout_ms: int = Field(100, ge=1)
+    reload_interval_s: float = Field(
+        5.0, ge=0, description="how often a worker checks the registry for a new champion; 0 = never"
+    )
+    checkpoint_interval_ms: int = Field(
+        1000, ge=0, description="how often feature rows, states and offsets are made durable; 0 = every poll"
+    )
     duplicates: Literal["dead_letter", "drop"] = Field(
         "dead_letter", description="events at or before an entity's last applied time"
     )

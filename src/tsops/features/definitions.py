@@ -5,6 +5,7 @@ new observation (stream). Both must agree to 1e-6; `tests/test_feature_parity.py
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -44,6 +45,10 @@ class EntityState:
         if cached is None:
             cached = self._array = np.fromiter(self.values, float, len(self.values))
         return cached
+
+    def copy(self) -> EntityState:
+        """An independent snapshot (the stream's checkpoint writes it while the state moves on)."""
+        return EntityState(self.lookback, deque(self.values), self.last_time, copy.deepcopy(self.pending))
 
     def to_dict(self) -> dict[str, object]:
         return {

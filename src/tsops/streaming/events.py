@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pandas as pd
@@ -62,17 +63,45 @@ def parse(payload: str, series: SeriesSettings, latest_allowed: pd.Timestamp, *,
         raise EventError("wrong_type", f"target {value!r} is not a number", series.target)
     if not math.isfinite(value):
         raise EventError("non_finite", f"target {value!r} is not finite", series.target)
+    ns = _utc_ns(raw[series.time], series.time)
+    if ns > latest_allowed.value:
+        message = f"time {raw[series.time]} is after {latest_allowed}"
+        raise EventError("future_timestamp", message, series.time)
+    if ns < _EARLIEST_NS:
+        raise EventError("wrong_type", f"time {raw[series.time]!r} is before {pd.Timestamp.min}", series.time)
+    if floor:
+        ns -= ns % series.step.value
+    return Event(str(entity), pd.Timestamp(ns), float(value))
+
+
+_EPOCH = datetime(1970, 1, 1)
+_EARLIEST_NS = pd.Timestamp.min.value
+_NANOS = re.compile(r"\.\d{7}")
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _utc_ns(raw: Any, where: str) -> int:
+    """An event time as UTC nanoseconds. ISO 8601 strings take the standard library's C parser
+    (several times faster than `pd.Timestamp`, which stays the fallback for other spellings)."""
+    if isinstance(raw, str):
+        try:
+            # Sub-microsecond digits would be cut off by datetime: those go to pandas.
+            dt = None if _NANOS.search(raw) else datetime.fromisoformat(raw)
+        except ValueError:
+            dt = None
+        if dt is not None:
+            if dt.tzinfo is not None:
+                dt = dt.astimezone(UTC).replace(tzinfo=None)
+            return (dt - _EPOCH) // _MICROSECOND * 1000
     try:
-        ts = pd.Timestamp(raw[series.time])
-    except (ValueError, TypeError) as e:
-        raise EventError("wrong_type", f"time {raw[series.time]!r}: {e}", series.time) from None
+        ts = pd.Timestamp(raw)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise EventError("wrong_type", f"time {raw!r}: {e}", where) from None
     if ts is pd.NaT or pd.isna(ts):
-        raise EventError("wrong_type", f"time {raw[series.time]!r} is not a timestamp", series.time)
+        raise EventError("wrong_type", f"time {raw!r} is not a timestamp", where)
     if ts.tzinfo is not None:
         ts = ts.tz_convert("UTC").tz_localize(None)
-    if ts > latest_allowed:
-        raise EventError("future_timestamp", f"time {ts} is after {latest_allowed}", series.time)
-    return Event(str(entity), ts.floor(series.step) if floor else ts, float(value))
+    return int(ts.value)
 
 
 def dead_letter(error: TsopsError, record: RawRecord) -> dict[str, Any]:

@@ -1,9 +1,10 @@
-"""The stream processor: poll → validate → state and features (incremental engine) →
-predict (batched per poll) → sinks, dead letters, offline log, online store → commit.
+"""The stream processor: poll → validate → (bars) → state and features → predict (one model
+call per poll) → prediction sinks and dead letters, then, every checkpoint interval, offline log
+→ online store → states → commit (`checkpoint.py`, in the background).
 
-Writes happen in that order, and offsets are committed last, so a crash at any point replays
-the batch: predictions already written are written again identically (same idempotency key),
-and events whose state was already written are duplicates that change nothing.
+Offsets are committed last, with the states that match them, so a crash at any point replays
+from the last checkpoint: predictions already written are written again identically (same
+idempotency key), and events whose state was already written are duplicates that change nothing.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from tsops.features.definitions import EntityState
 from tsops.features.store import FeatureStoreClient
 from tsops.models.lstm import Forecaster
 from tsops.settings import Project
+from tsops.streaming.checkpoint import Checkpointer
 from tsops.streaming.events import Event, EventError, RawRecord, dead_letter, parse
 from tsops.streaming.metrics import StreamMetrics
+from tsops.streaming.reload import ChampionWatcher
 from tsops.streaming.sinks import Sink
 from tsops.streaming.sources import Source
 from tsops.streaming.state import KeyedState
@@ -40,6 +43,12 @@ class Summary:
     gap_steps_filled: int = 0
     bars_closed: int = 0
     batches: int = 0
+    reloads: int = 0  # champion versions swapped in while running
+    seconds: float = 0.0  # from the first poll to the last checkpoint
+
+    def rate(self) -> float:
+        """Events consumed per second of processing."""
+        return self.consumed / self.seconds if self.seconds > 0 else 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -51,6 +60,9 @@ class Summary:
             "warming_up": self.warming_up,
             "gap_steps_filled": self.gap_steps_filled,
             "bars_closed": self.bars_closed,
+            "reloads": self.reloads,
+            "seconds": round(self.seconds, 3),
+            "events_per_second": round(self.rate(), 1),
             "batches": self.batches,
         }
 
@@ -86,6 +98,13 @@ class Processor:
         aggregate = self.settings.aggregate
         self.bars = None if aggregate is None else TumblingBars(aggregate, self.series)
         self._received: list[float] = []  # when the predicted events were polled
+        self.watcher = ChampionWatcher(project, model_version, self.settings.reload_interval_s)
+        self.checkpointer = Checkpointer(
+            lambda: FeatureStoreClient(project),
+            source,
+            self.series.entity_col,
+            self.settings.checkpoint_interval_ms,
+        )
         self._columns = [
             self.series.entity_col,
             self.series.time,
@@ -94,7 +113,9 @@ class Processor:
         ]
 
     def on_revoke(self, partitions: list[int]) -> None:
-        """Called by a Kafka source in a rebalance (after the last batch was committed)."""
+        """Called by a Kafka source in a rebalance: checkpoint, then forget the entities of the
+        revoked partitions (their new owner loads them from the store)."""
+        self.checkpointer.flush(wait=True)
         self.state.drop_partitions(partitions)
 
     def run(
@@ -107,24 +128,37 @@ class Processor:
         `until_idle`) no record arrived for that many seconds."""
         stop = stop or threading.Event()
         timeout = self.settings.poll_timeout_ms / 1000
-        last_record = time.monotonic()
-        while not stop.is_set() and not self.source.exhausted:
-            if max_events is not None and self.summary.consumed >= max_events:
-                break
-            records = self.source.poll(self.settings.batch_size, timeout)
-            if records:
-                self.handle(records)
-                last_record = time.monotonic()
-            elif until_idle is not None and time.monotonic() - last_record > until_idle:
-                break
-            lag = self.source.lag()
-            if lag is not None:
-                self.metrics.lag.set(lag)
+        last_record = started = time.monotonic()
+        self.watcher.start()
+        try:
+            while not stop.is_set() and not self.source.exhausted:
+                if max_events is not None and self.summary.consumed >= max_events:
+                    break
+                records = self.source.poll(self.settings.batch_size, timeout)
+                if records:
+                    self.handle(records)
+                    last_record = time.monotonic()
+                else:
+                    if self.checkpointer.due():
+                        self.checkpointer.flush()
+                    if until_idle is not None and time.monotonic() - last_record > until_idle:
+                        break
+                lag = self.source.lag()
+                if lag is not None:
+                    self.metrics.lag.set(lag)
+        finally:
+            self.watcher.stop()
+            self.checkpointer.close()  # the last checkpoint, on every way out but a crash
+            self.summary.seconds = time.monotonic() - started
         return self.summary
 
     # -- one micro-batch ------------------------------------------------------------------
 
     def handle(self, records: list[RawRecord]) -> None:
+        offer = self.watcher.take()
+        if offer is not None:  # a promotion: this micro-batch on is predicted by the new champion
+            self.model_version, self.forecaster = offer
+            self.summary.reloads += 1
         latest_allowed = pd.Timestamp.now("UTC").tz_localize(None) + self.max_future
         dead: list[dict[str, Any]] = []
         parsed: list[tuple[RawRecord, Event]] = []
@@ -176,11 +210,9 @@ class Processor:
         for sink in self.sinks:
             sink.write(predictions)
         self.dead_letter_sink.write(dead)
-        if len(offline):
-            self.client.append_offline(offline)
-            self.client.write_online(offline.groupby(self.series.entity_col, sort=False).tail(1))
-        self.state.write_through(touched)
-        self.source.commit(records)
+        self.checkpointer.add(offline, {e: self.state.states[e] for e in touched}, records)
+        if self.checkpointer.due():
+            self.checkpointer.flush()
 
         s, m = self.summary, self.metrics
         s.consumed += len(records)

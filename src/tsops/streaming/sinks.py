@@ -6,13 +6,13 @@ transaction); the processor commits source offsets after that.
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+import orjson
 import pandas as pd
 
 from tsops.settings import Project, SinkSettings
@@ -22,6 +22,11 @@ class Sink(Protocol):
     def write(self, records: list[dict[str, Any]]) -> None: ...
 
     def close(self) -> None: ...
+
+
+def encode(record: dict[str, Any]) -> bytes:
+    """One record as compact JSON (orjson: the sinks' hot path, ~10x the stdlib encoder)."""
+    return orjson.dumps(record, default=str)
 
 
 def _resolve(project: Project, path: str) -> Path:
@@ -53,7 +58,7 @@ class FileSink:
         (self.path if self.parquet else self.path.parent).mkdir(parents=True, exist_ok=True)
         if not self.parquet:
             _drop_torn_tail(self.path)
-        self._handle = None if self.parquet else self.path.open("a")
+        self._handle = None if self.parquet else self.path.open("ab")
 
     def write(self, records: list[dict[str, Any]]) -> None:
         if not records:
@@ -65,7 +70,7 @@ class FileSink:
             os.replace(tmp, part)
             return
         assert self._handle is not None
-        self._handle.write("".join(json.dumps(r, default=str) + "\n" for r in records))
+        self._handle.write(b"\n".join(map(encode, records)) + b"\n")
         self._handle.flush()
         os.fsync(self._handle.fileno())
 
@@ -95,9 +100,7 @@ class KafkaSink:
     def write(self, records: list[dict[str, Any]]) -> None:
         for r in records:
             key = str(r.get("entity", ""))
-            self.producer.produce(
-                self.topic, json.dumps(r, default=str).encode(), key.encode(), on_delivery=self._ack
-            )
+            self.producer.produce(self.topic, encode(r), key.encode(), on_delivery=self._ack)
             self.producer.poll(0)
         while self.producer.flush(1.0) > 0:  # rides out a broker pause; never drops
             pass
@@ -140,7 +143,7 @@ class SqlSink:
                 "entity": str(r.get("entity", "")),
                 "event_time": str(r.get("event_time", "")),
                 "kind": str(r.get("error", "prediction")),
-                "record": json.dumps(r, default=str),
+                "record": encode(r).decode(),
             }
         with self.engine.begin() as conn:  # one transaction per batch
             conn.execute(self.table.delete().where(self.table.c.key.in_(list(rows))))

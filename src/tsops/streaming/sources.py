@@ -185,7 +185,13 @@ class KafkaSource:
     def poll(self, max_records: int, timeout: float) -> list[RawRecord]:
         from confluent_kafka import KafkaError
 
-        messages = self.consumer.consume(num_messages=max_records, timeout=timeout)
+        # Wait for the first record only, then take what the client already holds: a poll
+        # returns as soon as there is work (consume(n, timeout) would wait to fill n records).
+        first = self.consumer.poll(timeout)
+        if first is None:
+            return []
+        more = self.consumer.consume(num_messages=max_records - 1, timeout=0) if max_records > 1 else []
+        messages = [first, *more]
         now = time.perf_counter()
         out = []
         for m in messages:
