@@ -200,7 +200,9 @@ def test_ticks_aggregate_into_bars_with_allowed_lateness(stream_project, tmp_pat
     closed = [b for b in bars if b["timestamp"] < max(x["timestamp"] for x in bars)]
     assert_stream_equals_batch(project, closed)
     predictions = read_jsonl(project.root / ".tsops" / "predictions.jsonl")
-    assert {p["event_time"] for p in predictions} == {pd.Timestamp(b["timestamp"]).isoformat() for b in closed}
+    assert {p["event_time"] for p in predictions} == {
+        pd.Timestamp(b["timestamp"]).isoformat() for b in closed
+    }
 
 
 def test_open_bars_survive_a_restart_and_a_replay_adds_nothing_twice(stream_project, tmp_path):
@@ -218,3 +220,49 @@ def test_open_bars_survive_a_restart_and_a_replay_adds_nothing_twice(stream_proj
     final = max(b["timestamp"] for b in bars)
     closed = [{**b, "value": b["value"] - 2.0} for b in bars if b["timestamp"] < final]
     assert_stream_equals_batch(project, closed)
+
+
+def test_a_running_worker_switches_to_a_new_champion(stream_project, tmp_path):
+    import threading
+    import time
+
+    from mlflow import MlflowClient
+
+    project = stream_project(stream={"reload_interval_s": 0.3, "checkpoint_interval_ms": 0})
+    name = project.settings.model.name
+    client = MlflowClient(project.tracking_uri, project.tracking_uri)
+    old = client.get_model_version_by_alias(name, "champion")
+    events = synthetic_events(project, 20)
+    path = write_jsonl(tmp_path / "events.jsonl", events[:50])
+    stop = threading.Event()
+    worker = threading.Thread(
+        target=run_stream, args=(project,), kwargs={"source": f"file:{path}", "follow": True, "stop": stop}
+    )
+    worker.start()
+    out = project.root / ".tsops" / "predictions.jsonl"
+
+    def wait_for(n: int) -> list[dict]:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            rows = read_jsonl(out) if out.exists() else []
+            if len(rows) >= n:
+                return rows
+            time.sleep(0.2)
+        raise AssertionError(f"fewer than {n} predictions")
+
+    try:
+        wait_for(50)
+        new = client.create_model_version(name, old.source, old.run_id)  # a real new registry version
+        client.set_registered_model_alias(name, "champion", new.version)
+        time.sleep(3)  # several reload intervals: the worker has loaded it
+        with path.open("a") as f:
+            f.writelines(json.dumps(e) + "\n" for e in events[50:])
+        rows = wait_for(len(events))
+    finally:
+        stop.set()
+        worker.join(60)
+        client.set_registered_model_alias(name, "champion", old.version)  # other tests share the registry
+    versions = [r["model_version"] for r in rows]
+    assert versions[:50] == [int(old.version)] * 50
+    assert versions[50:] == [int(new.version)] * (len(events) - 50)
+    assert all(r["key"].endswith(f"|{r['model_version']}") for r in rows)
