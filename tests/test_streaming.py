@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from conftest import run_cli, synthetic_events, write_jsonl
 from tsops.features.engines import batch_features
@@ -266,3 +267,24 @@ def test_a_running_worker_switches_to_a_new_champion(stream_project, tmp_path):
     assert versions[:50] == [int(old.version)] * 50
     assert versions[50:] == [int(new.version)] * (len(events) - 50)
     assert all(r["key"].endswith(f"|{r['model_version']}") for r in rows)
+
+
+def test_the_stream_joins_its_forecasts_with_later_actuals(stream_project, tmp_path):
+    from tsops.monitoring.history import ALL_STEPS, MonitorHistory
+
+    project = stream_project(monitoring={"accuracy_window": 100_000, "snapshot_interval_s": 0})
+    events = synthetic_events(project, 40)
+    run_stream(project, source=f"file:{write_jsonl(tmp_path / 'e.jsonl', events)}")
+    actual = {(e["entity_id"], pd.Timestamp(e["timestamp"])): e["value"] for e in events}
+    errors_by_step: dict[int, list[float]] = {}
+    for p in read_jsonl(project.root / ".tsops" / "predictions.jsonl"):
+        for h, (t, v) in enumerate(zip(p["target_times"], p["values"], strict=True), start=1):
+            if (p["entity"], pd.Timestamp(t)) in actual:
+                errors_by_step.setdefault(h, []).append(abs(v - actual[(p["entity"], pd.Timestamp(t))]))
+    history = MonitorHistory.for_project(project)
+    latest = {row.step: row for row in history.latest_accuracy()}
+    history.close()
+    assert set(latest) == {ALL_STEPS, *errors_by_step}
+    for h, errors in errors_by_step.items():
+        assert latest[h].n == len(errors)
+        assert latest[h].mae == pytest.approx(np.mean(errors), rel=1e-9)

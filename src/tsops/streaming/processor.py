@@ -21,6 +21,7 @@ import pandas as pd
 from tsops.features.definitions import EntityState
 from tsops.features.store import FeatureStoreClient
 from tsops.models.lstm import Forecaster
+from tsops.monitoring.monitor import StreamMonitor
 from tsops.settings import Project
 from tsops.streaming.checkpoint import Checkpointer
 from tsops.streaming.events import Event, EventError, RawRecord, dead_letter, parse
@@ -78,6 +79,7 @@ class Processor:
         forecaster: Forecaster,
         model_version: int,
         metrics: StreamMetrics | None = None,
+        monitor: StreamMonitor | None = None,
     ):
         self.project = project
         self.settings = project.settings.stream
@@ -93,6 +95,7 @@ class Processor:
         self.horizon = forecaster.cfg.horizon
         self.state = KeyedState(client)
         self.metrics = metrics or StreamMetrics()
+        self.monitor = monitor  # online accuracy and drift (`tsops.monitoring`)
         self.summary = Summary()
         self.max_future = pd.Timedelta(self.settings.max_future)
         aggregate = self.settings.aggregate
@@ -170,6 +173,7 @@ class Processor:
         self.state.load({ev.entity for _, ev in parsed})
 
         blocks: dict[str, NewRows] = {}
+        observed: list[Event] = []  # the observations (bars) applied: the actuals for monitoring
         # Events that closed at least one bar: predict from the entity's row of the last one.
         closing: list[tuple[RawRecord, Event, NewRows, int]] = []
         touched: set[str] = set()  # entities whose state changed (open bars included)
@@ -197,6 +201,7 @@ class Processor:
                 continue
             applied += 1
             touched.add(ev.entity)
+            observed.extend(bars)
             if bars:  # else a tick went into a bar that is still open
                 self.summary.bars_closed += len(bars) if self.bars is not None else 0
                 closing.append((r, bars[-1], block, len(block.values) - 1))
@@ -210,6 +215,9 @@ class Processor:
         for sink in self.sinks:
             sink.write(predictions)
         self.dead_letter_sink.write(dead)
+        if self.monitor is not None:
+            rows = offline[self.monitor.features].to_dict("records") if len(offline) else []
+            self.monitor.on_batch(observed, rows, predictions)
         self.checkpointer.add(offline, {e: self.state.states[e] for e in touched}, records)
         if self.checkpointer.due():
             self.checkpointer.flush()

@@ -12,6 +12,7 @@ from typing import Any
 from tsops import registry
 from tsops.errors import ConfigError
 from tsops.features.store import FeatureStoreClient
+from tsops.monitoring.monitor import StreamMonitor
 from tsops.settings import Project
 from tsops.streaming import sinks as sink_registry
 from tsops.streaming.metrics import StreamMetrics
@@ -43,6 +44,7 @@ def run_stream(
     until_idle: float | None = None,
     metrics_port: int | None = None,
     stop: threading.Event | None = None,
+    monitoring: bool = True,
 ) -> Summary:
     """Run the python engine until the source ends, `max_events`, SIGTERM/SIGINT or `stop`."""
     kind, path = parse_source(source, project)
@@ -66,7 +68,8 @@ def run_stream(
         src = FileSource(project, path, speedup=cfg.speedup, follow=follow, from_beginning=from_beginning)
     else:
         src = KafkaSource(project, on_revoke=revoked)
-    processor = Processor(project, src, sinks, dead, client, forecaster, version, metrics)
+    monitor = StreamMonitor(project, registry=metrics.registry) if monitoring else None
+    processor = Processor(project, src, sinks, dead, client, forecaster, version, metrics, monitor)
     processor_ref.append(processor)
 
     previous = {}
@@ -82,6 +85,8 @@ def run_stream(
         src.close()
         for s in [*sinks, dead]:
             s.close()
+        if monitor is not None:
+            monitor.close()
     if kind == "file" and not follow:
         client.compact_offline()
     return summary
