@@ -77,13 +77,13 @@ def tune(
     show_progress: bool = True,
 ) -> TuneOutcome:
     """Run `trials` more trials of the project's study (split over `workers` processes), or
-    fewer when `timeout` seconds pass first or `stop` is set."""
+    fewer when `stop` is set or `timeout` seconds have passed since the training data was
+    loaded (no trial starts after that; running ones finish, as Optuna's timeout)."""
     started = time.perf_counter()
     settings = project.settings
     trials = trials or settings.tune.trials
     workers = min(workers or settings.tune.workers, trials)
     timeout = timeout if timeout is not None else settings.tune.timeout_s
-    deadline = None if timeout is None else time.time() + timeout
     stop = stop or threading.Event()
     studies.quiet_optuna()
     client = registry.connect(project)
@@ -95,6 +95,7 @@ def tune(
     session = uuid.uuid4().hex[:12]
     threads = max(1, settings.model.threads // workers)
     quotas = [trials // workers + (1 if i < trials % workers else 0) for i in range(workers)]
+    deadline = None if timeout is None else time.time() + timeout  # worker start-up included
     with _TrialProgress(project.study_name, trials, show_progress) as show:
 
         def refresh(_: object = None) -> None:
