@@ -107,8 +107,10 @@ class AccuracyTracker:
 
     # -- forecasts ------------------------------------------------------------------------
 
-    def add_forecasts(self, records: list[dict[str, Any]]) -> None:
-        """Remember prediction records until their actuals arrive (a replayed record is kept once)."""
+    def add_forecasts(self, records: list[dict[str, Any]]) -> int | None:
+        """Remember prediction records until their actuals arrive (a replayed record is kept
+        once); returns the model version of the last readable record."""
+        last = None
         for rec in records:
             try:
                 entity = str(rec["entity"])
@@ -131,6 +133,8 @@ class AccuracyTracker:
             by_version = self.pending.setdefault(entity, {}).setdefault(origin, {})
             if version not in by_version:
                 by_version[version] = _Pending(values)
+            last = version
+        return last
 
     # -- actuals --------------------------------------------------------------------------
 

@@ -41,8 +41,10 @@ class StreamMonitor:
 
     `registry`: a Prometheus registry to add the metrics to (default: an own one, `.metrics.registry`).
     `history`: where snapshots go (default: the project's monitoring database); `persist=False`
-    keeps everything in memory. `reference_loader(version)` returns a model version's drift
-    reference (default: the MLflow artifact logged at training).
+    keeps everything in memory. `reference_version`: score drift against this version's
+    training reference from the start (default: the version of the first forecasts); the
+    reference then follows the version of the latest forecasts. `reference_loader(version)`
+    returns a version's reference (default: the MLflow artifact logged at training).
     """
 
     def __init__(
@@ -52,6 +54,7 @@ class StreamMonitor:
         registry: CollectorRegistry | None = None,
         history: MonitorHistory | None = None,
         persist: bool = True,
+        reference_version: int | None = None,
         reference_loader: Callable[[int], DriftReference | None] | None = None,
         clock: Callable[[], datetime] = utcnow,
     ):
@@ -79,6 +82,8 @@ class StreamMonitor:
         self._drift_changed = False
         self._last_persist = -float("inf")
         self._last_prune = -float("inf")
+        if reference_version is not None:
+            self._use_reference(reference_version)
         self.batches = 0
         self.errors = 0  # failures inside the monitor (logged)
         self.persist_errors = 0
@@ -109,7 +114,7 @@ class StreamMonitor:
         acc, m = self.accuracy, self.metrics
         before = acc.counts.as_dict()
         joined_before = {v: r.total for v, r in acc.versions.items()}
-        acc.add_forecasts(predictions)
+        serving = acc.add_forecasts(predictions)
         updated = acc.add_actuals(events)
         self._changed_versions |= updated
         after = acc.counts.as_dict()
@@ -138,8 +143,8 @@ class StreamMonitor:
             for name in self.features:
                 column = np.fromiter((r.get(name, np.nan) for r in feature_rows), float, len(feature_rows))
                 self.window.add(name, column)
-        if predictions:
-            self._use_reference(int(predictions[-1]["model_version"]))
+        if serving is not None:
+            self._use_reference(serving)
         if self.reference is not None and (events or feature_rows or predictions):
             self.drift_scores = self.window.scores(self.reference)
             self._drift_changed = True

@@ -1,0 +1,283 @@
+"""Online accuracy, drift, their Prometheus metrics and history, `tsops monitor` and the
+Evidently report: the `StreamMonitor` fed with what the real stream processor reads and writes."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from conftest import run_cli, synthetic_events, write_jsonl, write_synthetic_project
+from tsops import registry
+from tsops.data.synthetic import DriftSpec, SyntheticSpec, generate_range
+from tsops.features.definitions import FeatureSet
+from tsops.features.engines import batch_features
+from tsops.features.store import FeatureStoreClient
+from tsops.monitoring.history import ALL_STEPS, MonitorHistory
+from tsops.monitoring.monitor import StreamMonitor
+from tsops.streaming.events import Event, parse
+from tsops.streaming.runner import run_stream
+from tsops.streaming.steps import prediction_records
+
+H = 24
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def streamed_batches(project, events: list[dict], path: Path):  # type: ignore[no-untyped-def]
+    """Run the real stream over `events`, then hand its micro-batches to the monitor as a worker
+    does: the applied events, their feature rows (from the offline store it wrote) and the
+    prediction records it wrote for them."""
+    summary = run_stream(project, source=f"file:{write_jsonl(path, events)}")
+    assert summary.processed == len(events)
+    by_key = {
+        (p["entity"], p["event_time"]): p for p in read_jsonl(project.root / ".tsops" / "predictions.jsonl")
+    }
+    client = FeatureStoreClient(project)
+    client.compact_offline()
+    series = project.settings.series
+    offline = client.read_offline().set_index([series.entity_col, series.time])
+    parsed = [parse(json.dumps(e), series, pd.Timestamp.max) for e in events]
+    size = project.settings.stream.batch_size
+    for i in range(0, len(parsed), size):
+        chunk = parsed[i : i + size]
+        rows = [offline.loc[(e.entity, e.time), client.features.names].to_dict() for e in chunk]
+        preds = [
+            by_key[(e.entity, e.time.isoformat())] for e in chunk if (e.entity, e.time.isoformat()) in by_key
+        ]
+        yield chunk, rows, preds
+
+
+def bare_project(root: Path, **extra: dict):  # type: ignore[no-untyped-def]
+    """Settings only (no store, no model): enough for the accuracy join."""
+    return write_synthetic_project(root, extra=extra)
+
+
+def persistence_batch(project, entity: str, start: int, stop: int, *, version: int = 1, bias: float = 0.0):  # type: ignore[no-untyped-def]
+    """Events whose value at step k is k, and the forecasts a persistence model (+ bias) makes
+    from them with the stream's record format: the error at horizon step h is exactly h + bias."""
+    t0 = pd.Timestamp("2024-06-01")
+    events = [Event(entity, t0 + pd.Timedelta(hours=k), float(k)) for k in range(start, stop)]
+    forecasts = np.array([[e.value - bias] * H for e in events])
+    records = prediction_records(
+        events,
+        forecasts,
+        series=project.settings.series,
+        model="m",
+        version=version,
+        latencies_ms=[0.0] * len(events),
+    )
+    return events, records
+
+
+def test_forecasts_join_their_actuals_into_the_exact_rolling_mae_per_version_and_step(tmp_path) -> None:
+    project = bare_project(
+        tmp_path / "p",
+        monitoring={"accuracy_window": 10},
+        retrain={"triggers": [{"type": "drift"}], "rollback": {"window": 10}},
+    )
+    monitor = StreamMonitor(project, persist=False, reference_loader=lambda v: None)
+    events, records = persistence_batch(project, "a", 0, 60)
+    monitor.on_batch(events, [], records)
+    figure = monitor.snapshot()["accuracy"][0]
+    assert figure["model_version"] == 1
+    assert figure["mae_by_step"] == [float(h) for h in range(1, H + 1)]
+    assert figure["mae"] == pytest.approx(np.mean(range(1, H + 1)), abs=1e-12)
+    assert figure["n_by_step"] == [10] * H  # the window holds the last 10 errors per step
+    # Ten more origins of a model that is 1 worse: the window now holds only those errors.
+    events, records = persistence_batch(project, "a", 60, 70 + H, bias=1.0)
+    monitor.on_batch(events, [], records)
+    figure = monitor.snapshot()["accuracy"][0]
+    assert figure["mae_by_step"] == [float(h + 1) for h in range(1, H + 1)]
+
+
+def test_the_stream_processors_forecasts_join_their_actuals_exactly(stream_project, tmp_path) -> None:
+    project = stream_project(monitoring={"accuracy_window": 1000})
+    events = synthetic_events(project, 100)
+    monitor = StreamMonitor(project, persist=False)
+    predictions = []
+    for chunk, rows, preds in streamed_batches(project, events, tmp_path / "events.jsonl"):
+        monitor.on_batch(chunk, rows, preds)
+        predictions += preds
+    # Independently: every (forecast, step) whose target time has an observation.
+    actual = {(e["entity_id"], pd.Timestamp(e["timestamp"])): e["value"] for e in events}
+    errors = defaultdict(list)
+    for p in predictions:
+        for h, (target, value) in enumerate(zip(p["target_times"], p["values"], strict=True), 1):
+            if (p["entity"], pd.Timestamp(target)) in actual:
+                errors[(p["model_version"], h)].append(
+                    abs(value - actual[(p["entity"], pd.Timestamp(target))])
+                )
+    snapshot = monitor.snapshot()
+    [figure] = snapshot["accuracy"]
+    version = figure["model_version"]
+    expected = [np.mean(errors[(version, h)]) for h in range(1, H + 1)]
+    assert np.allclose(figure["mae_by_step"], expected, rtol=0, atol=1e-9)
+    assert figure["n_by_step"] == [len(errors[(version, h)]) for h in range(1, H + 1)]
+    assert snapshot["counts"]["joined"] == sum(len(v) for v in errors.values())
+    assert snapshot["counts"]["unmatched"] == {"no_forecast": 5, "duplicate": 0, "out_of_order": 0}
+
+
+def test_unknown_duplicate_and_out_of_order_actuals_are_counted_and_logged(tmp_path, caplog) -> None:
+    project = bare_project(tmp_path / "p")
+    monitor = StreamMonitor(project, persist=False, reference_loader=lambda v: None)
+    t0 = pd.Timestamp("2024-06-01")
+    _, records = persistence_batch(project, "a", 0, 1)  # one forecast from t0: 0 for every step
+    caplog.set_level(logging.INFO, logger="tsops.monitoring")
+    monitor.on_batch([], [], [*records, {"entity": "a", "values": "not a forecast"}])
+    at = [Event("a", t0 + pd.Timedelta(hours=k), v) for k, v in ((2, 2.0), (1, 1.0), (1, 5.0), (2, 9.0))]
+    monitor.on_batch([*at, Event("nobody", t0, 1.0)], [], [])
+    counts = monitor.snapshot()["counts"]
+    # t0+2h joins step 2; the late t0+1h still finds its pending forecast (step 1); the second
+    # t0+1h and t0+2h find nothing left to join.
+    assert counts["joined"] == 2
+    assert counts["out_of_order"] == 2
+    assert counts["unmatched"] == {"no_forecast": 1, "duplicate": 1, "out_of_order": 1}
+    assert counts["invalid_forecasts"] == 1
+    assert monitor.snapshot()["accuracy"][0]["mae_by_step"][:2] == [1.0, 2.0]
+    assert "out_of_order 1" in caplog.text and "duplicate 1" in caplog.text
+    assert "unreadable prediction record" in caplog.text
+    assert monitor.errors == 0
+
+
+def test_pending_forecasts_stay_bounded_and_unjoined_steps_expire(tmp_path) -> None:
+    project = bare_project(tmp_path / "p")
+    monitor = StreamMonitor(project, persist=False, reference_loader=lambda v: None)
+    most = 0
+    for start in range(0, 1000, 100):
+        batch_events, batch_records = [], []
+        for entity in ("a", "b", "c"):
+            events, records = persistence_batch(project, entity, start, start + 100)
+            batch_events += [e for e in events if e.time.hour != 5]  # a gap every day: never joined
+            batch_records += records
+        monitor.on_batch(batch_events, [], batch_records)
+        most = max(most, monitor.snapshot()["counts"]["pending_forecasts"])
+    counts = monitor.snapshot()["counts"]
+    # Forecasts live until their last target is a horizon older than the entity's latest actual.
+    assert most <= 3 * (100 + 2 * H)
+    assert counts["pending_forecasts"] <= 3 * (2 * H + 1)
+    # Every missing hour whose forecasts have all expired lost one step of each of H forecasts.
+    gone = [k for k in range(1000) if k % 24 == 5 and k + H < 999 - 2 * H]
+    assert counts["expired_steps"] >= 3 * H * len(gone)
+    assert counts["unmatched"]["no_forecast"] == 3
+
+
+def test_prometheus_metrics_carry_the_rolling_mae_by_version_and_step(tmp_path) -> None:
+    project = bare_project(tmp_path / "p")
+    prom = CollectorRegistry()
+    monitor = StreamMonitor(project, registry=prom, persist=False, reference_loader=lambda v: None)
+    events, records = persistence_batch(project, "a", 0, 60, version=3)
+    monitor.on_batch(events, [], records)
+    assert prom.get_sample_value("tsops_online_mae", {"model_version": "3", "step": "5"}) == 5.0
+    assert prom.get_sample_value("tsops_online_mae", {"model_version": "3", "step": "all"}) == pytest.approx(
+        12.5
+    )
+    assert prom.get_sample_value("tsops_accuracy_unmatched_actuals_total", {"reason": "no_forecast"}) == 1
+    assert prom.get_sample_value("tsops_accuracy_joined_total", {"model_version": "3"}) == sum(
+        60 - h for h in range(1, H + 1)
+    )
+    text = generate_latest(prom).decode()
+    assert 'tsops_online_mae_samples{model_version="3",step="24"}' in text
+
+
+def drifted_events(project, steps: int, level_shift: float) -> list[Event]:  # type: ignore[no-untyped-def]
+    syn = project.settings.data.synthetic
+    start = pd.Timestamp(syn.start) + pd.Timedelta(hours=syn.periods)
+    spec = SyntheticSpec(
+        entities=syn.entities,
+        start=syn.start,
+        periods=syn.periods,
+        seed=syn.seed,
+        drift=DriftSpec(at=start, level_shift=level_shift),
+    )
+    frame = generate_range(spec, syn.periods, syn.periods + steps).sort_values(["timestamp", "entity_id"])
+    return [Event(e, t, float(v)) for e, t, v in frame.itertuples(index=False)]
+
+
+def test_drift_is_near_zero_on_reference_like_data_and_high_after_a_level_shift(stream_model) -> None:
+    project = stream_model
+    champion = registry.version_for_alias(registry.connect(project), "synthetic", registry.CHAMPION)
+    scores = {}
+    for shift in (0.0, 1.0):
+        events = drifted_events(project, 200, shift)  # 1000 observations: the default window
+        history = pd.read_parquet(project.data_path)
+        frame = pd.DataFrame([(e.entity, e.time, e.value) for e in events], columns=history.columns)
+        features = FeatureSet(project.settings.features)
+        full = batch_features(
+            pd.concat([history, frame]).sort_values(["entity_id", "timestamp"]).reset_index(drop=True),
+            features,
+            entity="entity_id",
+            time="timestamp",
+            target="value",
+        )
+        rows = full[full["timestamp"] >= frame["timestamp"].min()][features.names].to_dict("records")
+        monitor = StreamMonitor(project, persist=False, reference_version=champion)
+        monitor.on_batch(events, rows, [])
+        drift = monitor.snapshot()["drift"]
+        assert drift["reference_version"] == champion and drift["rows"] == 1000
+        assert set(drift["scores"]) == {
+            "value",
+            "lag_168",
+            "roll_mean_24",
+            "roll_std_24",
+            "roll_mean_168",
+            "roll_std_168",
+        }
+        scores[shift] = drift["scores"]["value"]["score"]
+    assert scores[0.0] < 0.1  # sampling noise alone is about (bins - 1) / n = 0.009
+    assert scores[1.0] > 0.25  # a level shift of one seasonal amplitude
+
+
+def test_snapshots_are_stored_and_tsops_monitor_shows_them(stream_project, tmp_path) -> None:
+    project = stream_project(monitoring={"snapshot_interval_s": 0}, stream={"batch_size": 500})
+    monitor = StreamMonitor(project)
+    for chunk, rows, preds in streamed_batches(project, synthetic_events(project, 120), tmp_path / "e.jsonl"):
+        monitor.on_batch(chunk, rows, preds)
+    snapshot = monitor.snapshot()
+    monitor.close()
+    [figure] = snapshot["accuracy"]
+    history = MonitorHistory.for_project(project)
+    overall = history.accuracy(step=ALL_STEPS)
+    assert len(overall) == 2  # two micro-batches of 500 events (600 events), one row each
+    assert overall[-1].mae == pytest.approx(figure["mae"]) and overall[-1].n == figure["n"]
+    assert overall[-1].event_time == pd.Timestamp(snapshot["event_time"]).to_pydatetime()
+    assert {r.feature for r in history.latest_drift()} == set(snapshot["drift"]["scores"])
+    result = run_cli("monitor", "--project", str(project.root), "--json")
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    [version] = shown["accuracy"]
+    assert version["model_version"] == figure["model_version"] and "champion" in version["aliases"]
+    assert version["mae"] == pytest.approx(figure["mae"])
+    assert [s["mae"] for s in version["by_step"]] == pytest.approx(figure["mae_by_step"])
+    assert version["backtest_mae"] > 0
+    assert {d["feature"] for d in shown["drift"]} == set(snapshot["drift"]["scores"])
+    text = run_cli("monitor", "--project", str(project.root), env={"COLUMNS": "200"})
+    assert text.returncode == 0 and "online accuracy" in text.stdout and "roll_std_24" in text.stdout
+
+
+def test_report_writes_evidently_html_and_logs_it_to_the_champions_run(stream_project, tmp_path) -> None:
+    from tsops.monitoring.report import write_report
+
+    project = stream_project(monitoring={"report_window": 100})
+    events = [
+        {"entity_id": e.entity, "timestamp": e.time.isoformat(), "value": e.value}
+        for e in drifted_events(project, 100, 2.0)
+    ]
+    run_stream(project, source=f"file:{write_jsonl(tmp_path / 'e.jsonl', events)}")
+    out = write_report(project, tmp_path / "drift.html")
+    html = out.path.read_text()
+    assert html.lstrip().startswith("<!DOCTYPE html>") and "Drifted Columns" in html
+    client = registry.connect(project)
+    assert out.run_id == client.get_model_version("synthetic", str(out.version)).run_id
+    logged = [a.path for a in client.list_artifacts(out.run_id, "monitoring")]
+    assert "monitoring/drift.html" in logged
+    assert out.current_rows == 5 * 100
+    assert out.scores["value"] > 0.25  # Evidently's own PSI sees the shifted level too
