@@ -89,12 +89,14 @@ class ChunkProcessor:
                     reasons.setdefault(i, reason)
         if reasons and self.first_only:  # the fail policy stops here: no need to score
             return self._result(batch, conformed, np.array([], dtype=np.int64), {}, reasons, index, first_row)
-        candidates = np.array([i for i in range(batch.num_rows) if i not in reasons], dtype=np.int64)
+        candidates = np.arange(batch.num_rows, dtype=np.int64)
+        if reasons:
+            candidates = np.setdiff1d(candidates, np.fromiter(reasons, dtype=np.int64, count=len(reasons)))
         model_input = conformed.select(self.model.model_columns(conformed.schema.names))
         if len(candidates) < batch.num_rows:
             model_input = model_input.take(pa.array(candidates))
         scored = (
-            self.model.score(model_input.to_pandas(), first_only=self.first_only)
+            self.model.score(model_input.to_pandas(split_blocks=True), first_only=self.first_only)
             if len(candidates)
             else Scored({}, np.zeros(0, dtype=bool))
         )

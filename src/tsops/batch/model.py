@@ -94,9 +94,8 @@ class BatchModel:
         named = self.schema is not None and not self.schema.is_tensor_spec() and self.schema.has_input_names()
         self.inputs: list[str] | None = list(self.schema.input_names()) if named else None
         self.required: list[str] = list(self.schema.required_input_names()) if named else []
-        self.types: dict[str, str] = (
-            {c.name: str(c.type) for c in self.schema.inputs if c.name is not None} if named else {}
-        )
+        columns = self.schema.inputs if named else []
+        self.types: dict[str, str] = {c.name: getattr(c.type, "name", str(c.type)) for c in columns if c.name}
 
     @classmethod
     def load(cls, uri: str, tracking_uri: str | None) -> BatchModel:

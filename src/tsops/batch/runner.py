@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import time
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,12 +23,12 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from tsops.batch.chunks import ChunkProcessor, ChunkResult, kept_columns, output_batch, rechunk
+from tsops.batch.chunks import ChunkResult
 from tsops.batch.config import Job
 from tsops.batch.model import BatchModel
 from tsops.batch.plugins import BatchContext
-from tsops.batch.targets import FileParams, ParquetTarget, Target
-from tsops.errors import DataError, ModelError
+from tsops.batch.targets import FileParams, ParquetTarget
+from tsops.errors import DataError, ModelError, TsopsError
 
 
 @dataclass
@@ -73,9 +73,22 @@ def progress_bar(total: int | None, show: bool) -> Iterator[tuple[Progress, Any]
         yield bar, bar.add_task("scoring", total=total)
 
 
-def run(job: Job, *, show_progress: bool = True) -> Summary:
-    """Run a validated job with its engine; returns what was read, written and rejected."""
+class Interrupted(TsopsError):
+    """SIGTERM or Ctrl-C: the run stopped between chunks and published nothing."""
+
+    kind = "interrupted"
+    exit_code = 130
+
+
+def run(job: Job, *, show_progress: bool = True, stop: threading.Event | None = None) -> Summary:
+    """Run a validated job with its engine; returns what was read, written and rejected.
+    `stop` (set by a signal handler) ends the run at the next chunk boundary, aborting the
+    target: a signal never lands in the middle of a library call."""
     job.context.run_id = uuid.uuid4().hex[:12]
+    # plugins first: a missing file or an unreachable database is reported before the
+    # (slower) model download
+    source = job.source.build(job.context)
+    target = job.target.build(job.context)
     tracking = job.config.model.tracking_uri
     if tracking is None and job.context.project_dir is not None:
         tracking = job.context.project.tracking_uri
@@ -84,8 +97,10 @@ def run(job: Job, *, show_progress: bool = True) -> Summary:
         if job.config.engine == "spark":
             from tsops.batch.spark import run_spark
 
-            return run_spark(job, model)
-        return run_local(job, model, show_progress=show_progress)
+            return run_spark(job, model, source, target, stop=stop)
+        from tsops.batch.local import run_local
+
+        return run_local(job, model, source, target, show_progress=show_progress, stop=stop)
     finally:
         model.close()
 
@@ -179,77 +194,6 @@ class StagedTarget:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def run_local(job: Job, model: BatchModel, *, show_progress: bool = True) -> Summary:
-    started = time.perf_counter()
-    cfg = job.config
-    source = job.source.build(job.context)
-    target: Target = job.target.build(job.context)
-    sink: Any = StagedTarget(target, cfg.chunk_rows) if getattr(target, "staged", False) else target
-    skip = cfg.rejects.policy == "skip"
-    rejects = RejectsFile(job) if skip else None
-    processor = ChunkProcessor(model, first_only=not skip)
-    total = getattr(source, "total_rows", lambda: None)()
-    rows_read = rows_written = chunks = 0
-    out_schema: pa.Schema | None = None
-    in_schema: pa.Schema | None = None
-    keep: list[str] = []
-    opened = False
-    try:
-        with progress_bar(total, show_progress) as (bar, task):
-            for index, batch in enumerate(rechunk(source.batches(), cfg.chunk_rows)):
-                if in_schema is None:
-                    in_schema = batch.schema
-                    model.check_columns(in_schema.names)
-                result = processor.process(batch, index, rows_read)
-                rows_read += batch.num_rows
-                chunks += 1
-                if result.rejected is not None:
-                    if not skip:
-                        fail_on_reject(result, index)
-                    assert rejects is not None
-                    rejects.write(result.rejected)
-                if result.accepted.num_rows:
-                    if out_schema is None:
-                        keep = kept_columns(cfg.keep, result.accepted.schema.names, list(result.predictions))
-                    output = output_batch(result, keep)
-                    if out_schema is None:
-                        out_schema = output.schema
-                        sink.open(out_schema)
-                        opened = True
-                    elif not output.schema.equals(out_schema):
-                        output = _cast(output, out_schema, index)
-                    sink.write(output)
-                    rows_written += output.num_rows
-                bar.update(task, advance=batch.num_rows)
-        if in_schema is None:
-            raise DataError("the source has no rows; nothing was written", describe(cfg.data.source))
-        if not opened:
-            if rejects is not None:
-                rejects.commit(result_schema(in_schema))
-            raise DataError(
-                f"every row ({rows_read}) was rejected; the target was left as it was",
-                str(job.rejects_path),
-            )
-        sink.commit()
-        if rejects is not None:
-            rejects.commit(result_schema(in_schema))
-    except BaseException:
-        sink.abort()
-        if rejects is not None:
-            rejects.abort()
-        raise
-    return Summary(
-        engine="local",
-        rows_read=rows_read,
-        rows_written=rows_written,
-        rejected=rejects.rows if rejects else 0,
-        chunks=chunks,
-        seconds=time.perf_counter() - started,
-        target=describe(cfg.data.target),
-        rejects=str(job.rejects_path) if rejects else None,
-    )
-
-
 def result_schema(in_schema: pa.Schema) -> pa.Schema:
     from tsops.batch.sources import REJECT_COLUMN
 
@@ -258,7 +202,7 @@ def result_schema(in_schema: pa.Schema) -> pa.Schema:
     return in_schema
 
 
-def _cast(batch: pa.RecordBatch, schema: pa.Schema, index: int) -> pa.RecordBatch:
+def cast_output(batch: pa.RecordBatch, schema: pa.Schema, index: int) -> pa.RecordBatch:
     try:
         return batch.cast(schema)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as e:

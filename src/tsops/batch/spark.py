@@ -17,6 +17,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +29,8 @@ import pyarrow.dataset as ds
 from tsops.batch.chunks import CHUNK, REASON, ROW, ChunkProcessor, ChunkResult, kept_columns, rechunk
 from tsops.batch.config import Job, SparkSpec
 from tsops.batch.model import BatchModel
-from tsops.batch.runner import RejectsFile, Summary, describe
+from tsops.batch.runner import Interrupted, RejectsFile, Summary, describe
+from tsops.batch.sources import REJECT_COLUMN
 from tsops.errors import DataError, ModelError
 
 PARTITION = "partition"
@@ -138,37 +140,19 @@ def _stage_source(source: Any, folder: Path, chunk_rows: int) -> Path:
     return path
 
 
-def run_spark(job: Job, model: BatchModel) -> Summary:
+def run_spark(
+    job: Job, model: BatchModel, source: Any, target: Any, *, stop: threading.Event | None = None
+) -> Summary:
     started = time.perf_counter()
     cfg = job.config
     spark = session(cfg.spark, cfg.chunk_rows)
     from pyspark.sql import functions as F
-    from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 
-    source = job.source.build(job.context)
-    target = job.target.build(job.context)
     work = Path(tempfile.mkdtemp(prefix="tsops-batch-spark-", dir=cfg.spark.staging_dir))
+    watching = _cancel_jobs_on(stop, spark)
     try:
-        if hasattr(source, "spark_frame"):
-            frame = source.spark_frame(spark)
-        else:
-            frame = spark.read.parquet(str(_stage_source(source, work, cfg.chunk_rows)))
-        model.check_columns(frame.columns)
-        partitions = frame.rdd.getNumPartitions()
-        in_schema = to_arrow_schema(frame.schema, timezone="UTC")
-        predictions = _prediction_types(model, frame.limit(SAMPLE_ROWS).toArrow())
-        input_names = [f.name for f in in_schema]
-        keep = kept_columns(cfg.keep, [n for n in input_names if n != "_tsops_reject"], list(predictions))
-        fields = [*in_schema, *(pa.field(n, t) for n, t in predictions.items())]
-        fields += [pa.field(REASON, pa.string()), pa.field(PARTITION, pa.int64())]
-        fields += [pa.field(CHUNK, pa.int64()), pa.field(ROW, pa.int64())]
-        staging_schema = pa.schema(fields)
-        model_path = _model_path(spark, model)
-        scored = frame.mapInArrow(
-            _scorer(model_path, model.uri, staging_schema), from_arrow_schema(staging_schema)
-        )
-        stage = work / "scored"
-        scored.write.parquet(str(stage))
+        stage, keep, predictions, input_names, partitions = _score(spark, job, model, source, work)
+        _check(stop)
         staged = ds.dataset(stage, format="parquet")
         is_rejected = ds.field(REASON).is_valid()
         rows_read = staged.count_rows()
@@ -194,17 +178,14 @@ def run_spark(job: Job, model: BatchModel) -> Summary:
         else:
             _write_local(target, staged, out_columns, ~is_rejected, cfg.chunk_rows)
         if cfg.rejects.policy == "skip":
-            rejects = RejectsFile(job)
-            reject_columns = [n for n in input_names if n != "_tsops_reject"]
-            reject_columns += [REASON, PARTITION, CHUNK, ROW]
-            try:
-                for batch in staged.to_batches(columns=reject_columns, filter=is_rejected):
-                    rejects.write(batch)
-                rejects.commit(pa.schema([staged.schema.field(c) for c in reject_columns]))
-            except BaseException:
-                rejects.abort()
-                raise
+            reject_columns = [*(n for n in input_names if n != REJECT_COLUMN), REASON, PARTITION, CHUNK, ROW]
+            _write_rejects(job, staged, reject_columns, is_rejected)
+    except Exception:
+        if stop is not None and stop.is_set():
+            raise Interrupted("stopped; nothing was written", "signal") from None
+        raise
     finally:
+        watching.set()
         shutil.rmtree(work, ignore_errors=True)
     return Summary(
         engine="spark",
@@ -216,6 +197,66 @@ def run_spark(job: Job, model: BatchModel) -> Summary:
         target=describe(cfg.data.target),
         rejects=str(job.rejects_path) if cfg.rejects.policy == "skip" else None,
     )
+
+
+def _score(
+    spark: Any, job: Job, model: BatchModel, source: Any, work: Path
+) -> tuple[Path, list[str], dict[str, pa.DataType], list[str], int]:
+    """One pass of the model over the source into a staging folder (accepted and rejected
+    rows together); returns it with the kept and prediction columns."""
+    from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
+
+    cfg = job.config
+    if hasattr(source, "spark_frame"):
+        frame = source.spark_frame(spark)
+    else:
+        frame = spark.read.parquet(str(_stage_source(source, work, cfg.chunk_rows)))
+    model.check_columns(frame.columns)
+    in_schema = to_arrow_schema(frame.schema, timezone="UTC")
+    predictions = _prediction_types(model, frame.limit(SAMPLE_ROWS).toArrow())
+    input_names = [f.name for f in in_schema]
+    keep = kept_columns(cfg.keep, [n for n in input_names if n != REJECT_COLUMN], list(predictions))
+    fields = [*in_schema, *(pa.field(n, t) for n, t in predictions.items())]
+    fields += [pa.field(REASON, pa.string()), pa.field(PARTITION, pa.int64())]
+    fields += [pa.field(CHUNK, pa.int64()), pa.field(ROW, pa.int64())]
+    staging_schema = pa.schema(fields)
+    scorer = _scorer(_model_path(spark, model), model.uri, staging_schema)
+    stage = work / "scored"
+    frame.mapInArrow(scorer, from_arrow_schema(staging_schema)).write.parquet(str(stage))
+    return stage, keep, predictions, input_names, frame.rdd.getNumPartitions()
+
+
+def _write_rejects(job: Job, staged: ds.Dataset, columns: list[str], is_rejected: Any) -> None:
+    rejects = RejectsFile(job)
+    try:
+        for batch in staged.to_batches(columns=columns, filter=is_rejected):
+            rejects.write(batch)
+        rejects.commit(pa.schema([staged.schema.field(c) for c in columns]))
+    except BaseException:
+        rejects.abort()
+        raise
+
+
+def _check(stop: threading.Event | None) -> None:
+    if stop is not None and stop.is_set():
+        raise Interrupted("stopped; nothing was written", "signal")
+
+
+def _cancel_jobs_on(stop: threading.Event | None, spark: Any) -> threading.Event:
+    """A signal cancels the running Spark jobs (the run then aborts); set the returned event
+    when the run is over."""
+    done = threading.Event()
+    if stop is None:
+        return done
+
+    def watch() -> None:
+        while not done.is_set():
+            if stop.wait(0.5):
+                spark.sparkContext.cancelAllJobs()
+                return
+
+    threading.Thread(target=watch, name="tsops-batch-cancel", daemon=True).start()
+    return done
 
 
 def _prediction_types(model: BatchModel, sample: pa.Table) -> dict[str, pa.DataType]:
