@@ -442,21 +442,29 @@ def batch(
 
 @app.command()
 def demo(
-    directory: Annotated[Path, typer.Option(help="where the demo project lives")] = Path("demo-project"),
-    example: Annotated[str, typer.Option(help="weather | synthetic")] = "weather",
+    directory: Annotated[Path, typer.Option("--dir", help="the demo project folder")] = Path("demo-project"),
+    duration: Annotated[
+        float | None, typer.Option(help="end after this many seconds (default: when the replay ends)")
+    ] = None,
+    seconds: Annotated[float, typer.Option(help="wall-clock length of the accelerated replay")] = 150.0,
+    entities: Annotated[int, typer.Option(help="series in the synthetic project")] = 6,
+    port: Annotated[int, typer.Option(help="port of the server and its dashboard")] = 8000,
+    kafka: Annotated[bool, typer.Option("--kafka", help="replay through an embedded Kafka broker")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the timeline as one JSON object")] = False,
 ) -> None:
-    """Create the example project, ingest, train quickly, promote, and show the status."""
-    from tsops.settings import CONFIG_FILE
+    """The whole live loop: train, serve with the dashboard, stream with drift injected midway,
+    watch accuracy and drift, retrain, promote, recover. Ctrl-C ends it."""
+    from tsops.demo import DemoOptions, run
 
-    if not (directory / CONFIG_FILE).exists():
-        init(directory, example=example)
-    ingest(directory)
-    train(directory, quick=True)
-    try:
-        promote(directory)
-    except typer.Exit:
-        pass  # a refused challenger leaves the champion in place; the demo goes on
-    status(directory)
+    options = DemoOptions(
+        directory=directory, entities=entities, seconds=seconds, duration=duration, port=port, kafka=kafka
+    )
+    out = Console(stderr=True) if as_json else console
+    timeline = run(options, out)
+    if as_json:
+        print(json.dumps(timeline, default=str))
+        return
+    console.print_json(json.dumps(timeline, default=str))
 
 
 def main() -> None:
