@@ -45,6 +45,8 @@ def run_stream(
     metrics_port: int | None = None,
     stop: threading.Event | None = None,
     monitoring: bool = True,
+    metrics: StreamMetrics | None = None,
+    monitor: StreamMonitor | None = None,
 ) -> Summary:
     """Run the python engine until the source ends, `max_events`, SIGTERM/SIGINT or `stop`."""
     kind, path = parse_source(source, project)
@@ -53,7 +55,7 @@ def run_stream(
     cfg = project.settings.stream
     sinks = [sink_registry.build(project, s) for s in cfg.sinks]
     dead = sink_registry.build(project, cfg.dead_letter)
-    metrics = StreamMetrics()
+    metrics = metrics or StreamMetrics()
     if metrics_port:
         metrics.serve(metrics_port)
     processor_ref: list[Processor] = []
@@ -68,7 +70,9 @@ def run_stream(
         src = FileSource(project, path, speedup=cfg.speedup, follow=follow, from_beginning=from_beginning)
     else:
         src = KafkaSource(project, on_revoke=revoked)
-    monitor = StreamMonitor(project, registry=metrics.registry) if monitoring else None
+    own_monitor = monitor is None and monitoring  # a caller's monitor stays open for the caller
+    if own_monitor:
+        monitor = StreamMonitor(project, registry=metrics.registry)
     processor = Processor(project, src, sinks, dead, client, forecaster, version, metrics, monitor)
     processor_ref.append(processor)
 
@@ -85,7 +89,7 @@ def run_stream(
         src.close()
         for s in [*sinks, dead]:
             s.close()
-        if monitor is not None:
+        if own_monitor and monitor is not None:
             monitor.close()
     if kind == "file" and not follow:
         client.compact_offline()
