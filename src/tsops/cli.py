@@ -9,7 +9,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -361,18 +361,24 @@ def stream(
     ] = None,
     metrics_port: Annotated[int | None, typer.Option(help="serve Prometheus metrics here")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+    engine: Annotated[
+        str | None, typer.Option(help="python or spark (default: stream.engine)", show_default=False)
+    ] = None,
 ) -> None:
-    """Turn observation events into fresh features and forecasts (python engine)."""
+    """Turn observation events into fresh features and forecasts (python or Spark engine)."""
     import signal
     import threading
+
+    from tsops.errors import ConfigError
 
     stop = threading.Event()  # from start-up on, SIGTERM/SIGINT finish the batch, commit, exit 0
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    from tsops.streaming.runner import run_stream
-
-    summary = run_stream(
-        _load(project),
+    loaded = _load(project)
+    engine = engine or loaded.settings.stream.engine
+    if engine not in ("python", "spark"):
+        raise ConfigError(f"unknown engine {engine!r}: use python or spark", "--engine")
+    options: dict[str, Any] = dict(
         stop=stop,
         source=source,
         follow=follow,
@@ -380,7 +386,15 @@ def stream(
         max_events=max_events,
         until_idle=until_idle,
         metrics_port=metrics_port,
-    ).as_dict()
+    )
+    if engine == "spark":
+        from tsops.streaming.spark.engine import run_spark_stream
+
+        summary = run_spark_stream(loaded, **options).as_dict()
+    else:
+        from tsops.streaming.runner import run_stream
+
+        summary = run_stream(loaded, **options).as_dict()
     if as_json:
         print(json.dumps(summary))
         return

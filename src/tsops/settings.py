@@ -372,9 +372,30 @@ class AggregateSettings(Strict):
         return pd.Timedelta(self.allowed_lateness)
 
 
+class SparkStreamSettings(Strict):
+    """`tsops stream --engine spark`: the same pipeline on Spark Structured Streaming."""
+
+    master: str = Field("local[2]", description="Spark master URL (local mode or a cluster)")
+    trigger_interval_ms: int = Field(
+        500, ge=0, description="micro-batch trigger interval; 0 starts each batch when the last ends"
+    )
+    checkpoint_dir: str = Field(
+        ".tsops/spark-checkpoints", description="Spark checkpoints (offsets and state), one folder per source"
+    )
+    shuffle_partitions: int = Field(2, ge=1, description="partitions of the per-entity state")
+    kafka_reader: Literal["python", "connector"] = Field(
+        "python", description="python: a Python data source with confluent-kafka; connector: Spark's kafka"
+    )
+    max_events_per_batch: int = Field(20_000, ge=1, description="most events one micro-batch reads")
+    conf: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="more Spark settings, e.g. spark.jars.packages"
+    )
+
+
 class StreamSettings(Strict):
     """`tsops stream`: where events come from, where records go, and the policies."""
 
+    engine: Literal["python", "spark"] = Field("python", description="python processor or Spark")
     source: Literal["file", "kafka"] = "file"
     path: str | None = Field(None, description="file source: CSV or JSONL of events")
     speedup: float = Field(0.0, ge=0.0, description="file replay: event-time speed-up, 0 = max")
@@ -400,6 +421,7 @@ class StreamSettings(Strict):
         None, description="aggregate raw events into schema.freq bars (unset: events are already bars)"
     )
     kafka: KafkaSettings = KafkaSettings()
+    spark: SparkStreamSettings = SparkStreamSettings()
 
     @field_validator("max_future")
     @classmethod

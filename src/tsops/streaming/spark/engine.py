@@ -1,0 +1,364 @@
+"""`tsops stream --engine spark`: the stream pipeline as a Spark Structured Streaming query.
+
+    raw payloads (Kafka or a file; `source.py`)
+      → validate and key by entity (`Keyer`, `events.parse`)
+      → per-entity state (`transformWithStateInPandas`, RocksDB state store; `EntityProcessor`
+        runs `steps.TumblingBars`, `steps.plan_points` and `steps.NewRows`)
+      → forecasts (`mapInPandas`, `Predictor`: the champion, once per Python worker)
+      → `foreachBatch` on the driver (`BatchWriter`): prediction sinks → dead letters → offline
+        append → online rows → state write-through, then Spark commits the batch.
+
+Progress (source offsets and Spark's state) lives in the checkpoint; a crash replays the
+uncommitted batch from the same offsets, and every write is idempotent (the same records
+with the same keys), so a replay changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tsops.errors import ConfigError, ModelError
+from tsops.features.definitions import EntityState
+from tsops.features.store import FeatureStoreClient
+from tsops.settings import Project, SparkStreamSettings
+from tsops.streaming import sinks as sink_registry
+from tsops.streaming.metrics import StreamMetrics
+from tsops.streaming.processor import Summary
+from tsops.streaming.runner import parse_source
+from tsops.streaming.sinks import Sink
+
+ROCKSDB = "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider"
+STOP_FILE = "stopping"
+
+
+def spark_session(settings: SparkStreamSettings) -> Any:
+    """The SparkSession (an existing one is reused; its runtime settings are applied)."""
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    from pyspark.sql import SparkSession
+
+    from tsops.streaming.spark.source import FileEventsSource, KafkaEventsSource
+
+    conf: dict[str, Any] = {
+        "spark.sql.shuffle.partitions": settings.shuffle_partitions,
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.streaming.stateStore.providerClass": ROCKSDB,
+        **settings.conf,
+    }
+    builder = (
+        SparkSession.builder.master(settings.master)
+        .appName("tsops-stream")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+    )
+    for key, value in conf.items():
+        builder = builder.config(key, str(value))
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    for key, value in conf.items():
+        try:
+            spark.conf.set(key, str(value))
+        except Exception:  # a static setting of a session that was already running
+            pass
+    spark.dataSource.register(KafkaEventsSource)
+    spark.dataSource.register(FileEventsSource)
+    return spark
+
+
+def source_name(project: Project, kind: str, path: Path | None) -> str:
+    """The offset space of the source, named as the python engine names it (so open bars'
+    offsets and checkpoints line up between engines)."""
+    if kind == "file":
+        assert path is not None
+        return f"file-{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]}"
+    return f"kafka-{project.settings.stream.kafka.events_topic}"
+
+
+class BatchWriter:
+    """`foreachBatch` on the driver: the python engine's writes, in its crash-safe order."""
+
+    def __init__(
+        self,
+        project: Project,
+        client: FeatureStoreClient,
+        sinks: list[Sink],
+        dead_letter_sink: Sink,
+        metrics: StreamMetrics,
+    ):
+        self.series = project.settings.series
+        self.client = client
+        self.sinks = sinks
+        self.dead_letter_sink = dead_letter_sink
+        self.metrics = metrics
+        self.summary = Summary()
+        self.entities: set[str] = set()
+        self.last_data = time.monotonic()
+        self.columns = [self.series.entity_col, self.series.time, self.series.target, *client.features.names]
+
+    def __call__(self, batch: Any, batch_id: int) -> None:
+        frame = batch.toPandas()
+        kind = frame["kind"]
+        predictions = sorted(
+            (json.loads(t) for t in frame.loc[kind == "prediction", "text"]), key=lambda r: r["key"]
+        )
+        dead = sorted(
+            (json.loads(t) for t in frame.loc[kind == "dead", "text"]),
+            key=lambda d: (d["partition"], d["offset"]),
+        )
+        rows = self._feature_rows(frame[kind == "row"])
+        lookback = self.client.features.lookback
+        states = {
+            e: EntityState.from_dict(lookback, json.loads(t))
+            for e, t in frame.loc[kind == "state", ["entity", "text"]].itertuples(index=False)
+        }
+        for sink in self.sinks:
+            sink.write(predictions)
+        self.dead_letter_sink.write(dead)
+        if len(rows):
+            self.client.append_offline(rows)
+            ent, when = self.series.entity_col, self.series.time
+            latest = rows.sort_values([ent, when], kind="stable").groupby(ent, sort=False).tail(1)
+            self.client.write_online(latest.reset_index(drop=True))
+        self.client.write_states(states)
+        self._count(frame, predictions, dead, states)
+
+    def _feature_rows(self, rows: pd.DataFrame) -> pd.DataFrame:
+        if rows.empty:
+            return pd.DataFrame(columns=self.columns)
+        values = np.vstack(rows["values"].to_numpy())
+        table = pd.DataFrame(values, columns=self.columns[2:])
+        table.insert(0, self.series.time, pd.to_datetime(rows["time_ns"].to_numpy(dtype=np.int64)))
+        table.insert(0, self.series.entity_col, rows["entity"].to_numpy())
+        return table
+
+    def _count(
+        self,
+        frame: pd.DataFrame,
+        predictions: list[dict[str, Any]],
+        dead: list[dict[str, Any]],
+        states: dict[str, EntityState],
+    ) -> None:
+        counts: Counter[str] = Counter()
+        for text in frame.loc[frame["kind"] == "counts", "text"]:
+            counts.update(json.loads(text))
+        s, m = self.summary, self.metrics
+        if counts["consumed"]:
+            s.batches += 1
+            self.last_data = time.monotonic()
+        s.consumed += counts["consumed"]
+        s.processed += counts["applied"]
+        s.dropped += counts["dropped"]
+        s.warming_up += counts["warming_up"]
+        s.gap_steps_filled += counts["gap_steps_filled"]
+        s.bars_closed += counts["bars_closed"]
+        s.predictions += len(predictions)
+        for d in dead:
+            s.dead_letters[d["error"]] += 1
+            m.dead_letters.labels(d["error"]).inc()
+        m.events_in.inc(counts["consumed"])
+        m.events_processed.inc(counts["applied"])
+        m.predictions.inc(len(predictions))
+        for p in predictions:
+            m.latency.observe(p["latency_ms"] / 1000)
+        self.entities.update(states)
+        m.state_size.set(len(self.entities))
+
+
+def raw_events(
+    spark: Any, project: Project, kind: str, path: Path | None, follow: bool, stop_file: Path
+) -> Any:
+    """The source as a streaming DataFrame of `payload, partition, offset, received`."""
+    cfg = project.settings.stream
+    limit = str(cfg.spark.max_events_per_batch)
+    if kind == "file":
+        return (
+            spark.readStream.format("tsops_file")
+            .option("path", str(path))
+            .option("max_records", limit)
+            .option("follow", "true" if follow else "false")
+            .option("stop_file", str(stop_file))
+            .load()
+        )
+    from tsops.streaming.kafka import consumer_config, ensure_topic
+
+    kafka = cfg.kafka
+    ensure_topic(kafka, kafka.events_topic)
+    if cfg.spark.kafka_reader == "connector":
+        return _connector_events(spark, project, limit)
+    config = {**consumer_config(kafka), "group.id": f"{kafka.group_id}-spark", "enable.partition.eof": False}
+    return (
+        spark.readStream.format("tsops_kafka")
+        .option("topic", kafka.events_topic)
+        .option("config", json.dumps(config))
+        .option("max_records", limit)
+        .option("poll_timeout_ms", str(cfg.poll_timeout_ms))
+        .option("stop_file", str(stop_file))
+        .load()
+    )
+
+
+def _connector_events(spark: Any, project: Project, limit: str) -> Any:
+    """Spark's own Kafka source (the spark-sql-kafka jar must be on the classpath)."""
+    from pyspark.errors import AnalysisException
+    from pyspark.sql import functions as F
+
+    kafka = project.settings.stream.kafka
+    reader = (
+        spark.readStream.format("kafka")
+        .option("kafka.bootstrap.servers", kafka.bootstrap_servers)
+        .option("subscribe", kafka.events_topic)
+        .option("startingOffsets", "earliest")
+        .option("maxOffsetsPerTrigger", limit)
+        .option("failOnDataLoss", "true")
+    )
+    for key, value in kafka.extra.items():
+        reader = reader.option(f"kafka.{key}", str(value))
+    try:
+        frame = reader.load()
+    except AnalysisException as e:
+        raise ConfigError(
+            "Spark's Kafka connector is not on the classpath (add org.apache.spark:spark-sql-kafka-0-10 "
+            "to stream.spark.conf spark.jars.packages, or use kafka_reader: python)",
+            "stream.spark.kafka_reader",
+            [str(e).splitlines()[0]],
+        ) from None
+    return frame.select(
+        F.col("value").cast("string").alias("payload"),
+        F.col("partition").cast("int").alias("partition"),
+        F.col("offset"),
+        (F.unix_micros(F.current_timestamp()) / 1e6).alias("received"),
+    )
+
+
+def start_query(
+    spark: Any,
+    project: Project,
+    kind: str,
+    path: Path | None,
+    *,
+    follow: bool,
+    checkpoint: Path,
+    version: int,
+    writer: BatchWriter,
+) -> Any:
+    from tsops.streaming.spark.stateful import KEYED_SCHEMA, OUTPUT_SCHEMA, EntityProcessor, Keyer, Predictor
+
+    cfg = project.settings.stream.spark
+    stop_file = checkpoint / STOP_FILE
+    stop_file.unlink(missing_ok=True)
+    name = source_name(project, kind, path)
+    outputs = (
+        raw_events(spark, project, kind, path, follow, stop_file)
+        .mapInPandas(Keyer(project), KEYED_SCHEMA)
+        .groupBy("key")
+        .transformWithStateInPandas(EntityProcessor(project, name), OUTPUT_SCHEMA, "Append", "None")
+        .mapInPandas(Predictor(project, version), OUTPUT_SCHEMA)
+    )
+    stream = outputs.writeStream.foreachBatch(writer).option("checkpointLocation", str(checkpoint))
+    if kind == "file" and not follow:
+        stream = stream.trigger(availableNow=True)  # a replay ends at the end of the file
+    elif cfg.trigger_interval_ms > 0:
+        stream = stream.trigger(processingTime=f"{cfg.trigger_interval_ms} milliseconds")
+    return stream.start()
+
+
+def stop_gracefully(query: Any, stop_file: Path, timeout: float = 120.0) -> None:
+    """Let the running micro-batch finish (no new one is planned once `stop_file` exists),
+    then stop the query. A batch interrupted anyway is replayed from the checkpoint."""
+    stop_file.touch()
+    deadline = time.monotonic() + timeout
+    while query.isActive and time.monotonic() < deadline:
+        if not query.status["isTriggerActive"]:
+            break
+        time.sleep(0.02)
+    query.stop()
+
+
+def run_spark_stream(
+    project: Project,
+    *,
+    source: str | None = None,
+    follow: bool = False,
+    from_beginning: bool = False,
+    max_events: int | None = None,
+    until_idle: float | None = None,
+    metrics_port: int | None = None,
+    stop: threading.Event | None = None,
+    spark: Any = None,
+) -> Summary:
+    """Run the Spark engine until a file replay ends, `max_events`, `until_idle`, SIGTERM/SIGINT
+    or `stop`; the same options and summary as the python engine's `run_stream`. A session
+    passed in `spark` is left running; one created here is stopped at the end."""
+    from tsops import registry
+
+    kind, path = parse_source(source, project)
+    if kind == "file" and (path is None or not path.exists()):
+        raise ConfigError("event file not found", str(path))
+    name = project.settings.model.name
+    version = registry.version_for_alias(registry.connect(project), name, registry.CHAMPION)
+    if version is None:
+        raise ModelError(f"no version has the alias {registry.CHAMPION!r}; run tsops train / promote", name)
+    cfg = project.settings.stream
+    client = FeatureStoreClient(project)
+    sinks = [sink_registry.build(project, s) for s in cfg.sinks]
+    dead = sink_registry.build(project, cfg.dead_letter)
+    metrics = StreamMetrics()
+    if metrics_port:
+        metrics.serve(metrics_port)
+    writer = BatchWriter(project, client, sinks, dead, metrics)
+    base = Path(cfg.spark.checkpoint_dir).expanduser()
+    checkpoint = (base if base.is_absolute() else project.root / base) / source_name(project, kind, path)
+    if from_beginning:
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    checkpoint.mkdir(parents=True, exist_ok=True)
+
+    previous = {}
+    if stop is None:
+        stop = threading.Event()
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                previous[sig] = signal.signal(sig, lambda *_: stop.set())  # type: ignore[union-attr]
+    own_session = spark is None
+    session = spark_session(cfg.spark) if own_session else spark
+    try:
+        query = start_query(
+            session, project, kind, path, follow=follow, checkpoint=checkpoint, version=version, writer=writer
+        )
+        started = writer.last_data = time.monotonic()
+        while query.isActive:
+            status = query.status
+            if status["isDataAvailable"] and status["isTriggerActive"]:
+                writer.last_data = time.monotonic()  # a batch with data is running, not idle
+            idle = until_idle is not None and time.monotonic() - writer.last_data > until_idle
+            enough = max_events is not None and writer.summary.consumed >= max_events
+            if stop.is_set() or idle or enough:
+                stop_gracefully(query, checkpoint / STOP_FILE)
+                break
+            query.awaitTermination(0.1)
+        writer.summary.seconds = time.monotonic() - started
+        error = query.exception()
+        if error is not None:
+            raise RuntimeError(f"the Spark query failed: {error}")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for s in [*sinks, dead]:
+            s.close()
+        if own_session:
+            session.stop()
+    if kind == "file" and not follow:
+        client.compact_offline()
+    return writer.summary

@@ -1,0 +1,203 @@
+"""The Spark engine (`tsops stream --engine spark`) against the python engine: the same events
+through both give the same features, state, predictions and dead letters; the Kafka Python
+data source reads the real broker; the engines take over from each other's state; SIGTERM
+stops a Kafka query gracefully."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+import uuid
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from conftest import TSOPS, synthetic_events, write_jsonl, write_synthetic_project
+from test_streaming import assert_stream_equals_batch, read_jsonl, ticks_for
+from tsops.features.store import FeatureStoreClient
+from tsops.streaming.runner import replay_to_kafka, run_stream
+from tsops.streaming.spark.engine import run_spark_stream, spark_session
+
+
+@pytest.fixture(scope="module")
+def spark():  # type: ignore[no-untyped-def]
+    from tsops.settings import SparkStreamSettings
+
+    session = spark_session(SparkStreamSettings())
+    yield session
+    session.stop()
+
+
+@pytest.fixture()
+def twin_projects(stream_model, tmp_path):  # type: ignore[no-untyped-def]
+    """Two fresh, ingested copies of the small synthetic project: one per engine."""
+    from tsops.features.ingest import ingest
+
+    def make(**extra: dict) -> tuple:
+        made = []
+        for name in ("python", "spark"):
+            project = write_synthetic_project(
+                tmp_path / name, tracking_uri=stream_model.tracking_uri, extra=extra
+            )
+            ingest(project, quiet=True)
+            made.append(project)
+        return tuple(made)
+
+    return make
+
+
+def predictions_of(project) -> dict[str, dict]:  # type: ignore[no-untyped-def]
+    path = project.root / ".tsops" / "predictions.jsonl"
+    return {p["key"]: p for p in read_jsonl(path)} if path.exists() else {}
+
+
+def dead_letters_of(project) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+    path = project.root / ".tsops" / "dead_letters.jsonl"
+    return sorted((d["error"], d["payload"]) for d in read_jsonl(path)) if path.exists() else []
+
+
+def assert_same_outcome(python_project, spark_project, entities: list[str]) -> None:  # type: ignore[no-untyped-def]
+    """Online features, state and offline rows equal; every prediction equal to 1e-6."""
+    a, b = FeatureStoreClient(python_project), FeatureStoreClient(spark_project)
+    names = a.features.names
+    online_a, online_b = a.online(entities), b.online(entities)
+    assert np.allclose(
+        online_a[names].to_numpy(float), online_b[names].to_numpy(float), atol=1e-6, equal_nan=True
+    )
+    states_a, states_b = a.read_states(entities), b.read_states(entities)
+    for e in entities:
+        assert states_a[e].last_time == states_b[e].last_time
+        assert np.allclose(list(states_a[e].values), list(states_b[e].values), atol=1e-6)
+        assert states_a[e].pending.get("bars", {}).keys() == states_b[e].pending.get("bars", {}).keys()
+    a.compact_offline()
+    b.compact_offline()
+    key = ["entity_id", "timestamp"]
+    off_a = a.read_offline().sort_values(key).reset_index(drop=True)
+    off_b = b.read_offline().sort_values(key).reset_index(drop=True)
+    assert off_a[key].equals(off_b[key])
+    assert np.allclose(off_a[names].to_numpy(float), off_b[names].to_numpy(float), atol=1e-6, equal_nan=True)
+    pa, pb = predictions_of(python_project), predictions_of(spark_project)
+    assert pa and pa.keys() == pb.keys()
+    for k, p in pa.items():
+        assert p["target_times"] == pb[k]["target_times"]
+        assert np.allclose(p["values"], pb[k]["values"], atol=1e-6)
+    assert dead_letters_of(python_project) == dead_letters_of(spark_project)
+
+
+def poisoned(events: list[dict]) -> list:
+    lines: list = list(events)
+    lines.insert(10, json.dumps({"entity_id": "e000", "value": 1.0}))  # missing_field
+    lines.insert(30, '{"entity_id": "e001", "timestamp": ')  # invalid_json
+    lines.insert(50, json.dumps({"entity_id": "e002", "timestamp": "2024-05-01", "value": "hot"}))
+    lines.insert(70, '{"entity_id": "e003", "timestamp": "2024-05-01T00:00:00", "value": NaN}')
+    lines.insert(90, json.dumps({"entity_id": "zzz", "timestamp": "2024-05-01", "value": 1.0}))
+    lines.insert(110, json.dumps({"entity_id": "e004", "timestamp": "2999-01-01", "value": 1.0}))
+    lines.insert(lines.index(events[100]) + 1, json.dumps(events[100]))  # duplicate
+    lines.append(json.dumps(events[5]))  # late
+    return lines
+
+
+def test_spark_engine_equals_python_engine_on_a_file_replay_with_poison(twin_projects, spark, tmp_path):
+    python_project, spark_project = twin_projects(stream={"unknown_entities": "dead_letter"})
+    events = synthetic_events(python_project, 40)
+    path = write_jsonl(tmp_path / "events.jsonl", poisoned(events))
+    expected = run_stream(python_project, source=f"file:{path}").as_dict()
+    got = run_spark_stream(spark_project, source=f"file:{path}", spark=spark).as_dict()
+    for field in ("consumed", "processed", "dead_letters", "predictions", "warming_up", "gap_steps_filled"):
+        assert got[field] == expected[field], field
+    assert got["consumed"] == got["processed"] + sum(got["dead_letters"].values()) == len(events) + 8
+    assert got["dead_letters"] == Counter(
+        missing_field=1, invalid_json=1, wrong_type=1, non_finite=1, unknown_entity=1,
+        future_timestamp=1, duplicate=1, late=1,
+    )  # fmt: skip
+    entities = sorted({e["entity_id"] for e in events})
+    assert_same_outcome(python_project, spark_project, entities)
+    assert_stream_equals_batch(spark_project, events)
+
+
+def test_engines_take_over_from_each_others_state(stream_project, spark, tmp_path):
+    project = stream_project()
+    events = synthetic_events(project, 24)  # 5 entities × 24 steps, in time order
+    first, second, third = events[:40], events[40:80], events[80:]
+    spark_file = write_jsonl(tmp_path / "spark.jsonl", first)
+    run_spark_stream(project, source=f"file:{spark_file}", spark=spark)
+    run_stream(project, source=f"file:{write_jsonl(tmp_path / 'python.jsonl', second)}")
+    with spark_file.open("a") as f:  # Spark resumes its checkpoint with stale state of its own
+        f.writelines(json.dumps(e) + "\n" for e in third)
+    summary = run_spark_stream(project, source=f"file:{spark_file}", spark=spark)
+    assert summary.consumed == summary.processed == summary.predictions == len(third)
+    assert summary.dead_letters == {}
+    assert_stream_equals_batch(project, events)
+    keys = {k.rsplit("|", 1)[0] for k in predictions_of(project)}
+    assert keys == {f"{e['entity_id']}|{e['timestamp']}" for e in events}
+
+
+def test_connector_reader_without_its_jar_is_a_config_error(stream_project, spark, kafka_broker):
+    from tsops.errors import ConfigError
+
+    project = stream_project(
+        stream={
+            "source": "kafka",
+            "kafka": {
+                "bootstrap_servers": kafka_broker.bootstrap,
+                "events_topic": f"e-{uuid.uuid4().hex[:8]}",
+            },
+            "spark": {"kafka_reader": "connector"},
+        }
+    )
+    with pytest.raises(ConfigError, match="connector") as caught:
+        run_spark_stream(project, spark=spark)
+    assert caught.value.where == "stream.spark.kafka_reader"
+
+
+def test_kafka_ticks_through_spark_equal_the_python_engine_and_sigterm_stops_it(
+    twin_projects, kafka_broker, tmp_path
+):
+    topic = f"events-{uuid.uuid4().hex[:8]}"
+    kafka_broker.create_topic(topic, 4)
+    python_project, spark_project = twin_projects(
+        stream={
+            "source": "kafka",
+            "aggregate": {"how": "mean", "allowed_lateness": "20min"},
+            "kafka": {
+                "bootstrap_servers": kafka_broker.bootstrap,
+                "events_topic": topic,
+                "group_id": f"g-{topic}",
+            },
+            "spark": {"trigger_interval_ms": 200},
+        }
+    )
+    lines = [*ticks_for(synthetic_events(python_project, 12)), "not json"]
+    assert replay_to_kafka(python_project, write_jsonl(tmp_path / "ticks.jsonl", lines))["published"] == len(
+        lines
+    )
+    log = tmp_path / "spark.log"
+    worker = subprocess.Popen(
+        [*TSOPS, "stream", "--project", str(spark_project.root), "--engine", "spark", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=log.open("w"),
+        text=True,
+    )
+    try:
+        expected = run_stream(python_project, max_events=len(lines)).as_dict()
+        want = predictions_of(python_project).keys()
+        deadline = time.time() + 240
+        while not (want <= predictions_of(spark_project).keys() and dead_letters_of(spark_project)):
+            assert worker.poll() is None, log.read_text()[-3000:]
+            assert time.time() < deadline, "the Spark engine did not predict every closed bar in time"
+            time.sleep(0.5)
+        worker.send_signal(signal.SIGTERM)
+        out, _ = worker.communicate(timeout=120)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert worker.returncode == 0, log.read_text()[-3000:]
+    got = json.loads(out.strip().splitlines()[-1])
+    for field in ("consumed", "processed", "dead_letters", "predictions", "bars_closed"):
+        assert got[field] == expected[field], field
+    assert got["dead_letters"] == {"invalid_json": 1} and got["bars_closed"] > 0
+    entities = sorted({x["entity_id"] for x in lines[:-1]})
+    assert_same_outcome(python_project, spark_project, entities)
