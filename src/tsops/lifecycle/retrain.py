@@ -329,11 +329,10 @@ class Retrainer:
             run_id = client.get_model_version(name, str(champion)).run_id
             metrics = client.get_run(run_id).data.metrics if run_id else {}
             self._backtest_mae[champion] = metrics.get("lstm_mae")
-        attempted = None
         retrains = [d for d in decisions.history(client, name) if d.kind == "retrain"]
-        if retrains:
-            attempted = datetime.fromisoformat(retrains[-1].at).astimezone(UTC).replace(tzinfo=None)
-        last = attempted
+        automatic = [d for d in retrains if d.trigger != "manual"]
+        last = _utc(retrains[-1].at) if retrains else None
+        attempted = _utc(automatic[-1].at) if automatic else None
         if last is None and champion is not None:
             created = client.get_model_version(name, str(champion)).creation_timestamp
             last = datetime.fromtimestamp(created / 1000, UTC).replace(tzinfo=None)
@@ -344,6 +343,10 @@ class Retrainer:
             now=now,
             last_retrain_attempt=attempted,
         )
+
+
+def _utc(iso: str) -> datetime:
+    return datetime.fromisoformat(iso).astimezone(UTC).replace(tzinfo=None)
 
 
 def _timedelta(text: str) -> timedelta:

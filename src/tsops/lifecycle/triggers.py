@@ -29,9 +29,9 @@ from tsops.settings import (
 class TriggerContext:
     champion: int | None
     backtest_mae: float | None  # the champion's training backtest MAE (run metric `lstm_mae`)
-    last_retrain: datetime | None  # naive UTC; the champion's registration if never retrained
+    last_retrain: datetime | None  # naive UTC, any retrain; the champion's registration if none
     now: datetime  # naive UTC
-    last_retrain_attempt: datetime | None = None  # the latest recorded retrain, failed ones too
+    last_retrain_attempt: datetime | None = None  # the latest automatic retrain, failed ones too
 
 
 @dataclass(frozen=True)

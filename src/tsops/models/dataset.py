@@ -101,6 +101,7 @@ def build(client: FeatureStoreClient, horizon: int, *, window: int | None = None
     origins = history[role != ""]
     features = client.historical(origins[[ent, time]])
     examples = Examples(features, labels[(role != "").to_numpy()])
+    _refuse_non_finite(examples, client.features.names, ent, time, target)
     roles = role[role != ""].to_numpy()
     test = examples.subset(roles == "test")
     train_history = [
@@ -113,4 +114,19 @@ def build(client: FeatureStoreClient, horizon: int, *, window: int | None = None
         train_history=train_history,
         test_window=(test.features[time].min(), test.features[time].max()),
         data_hash=data_snapshot_hash(history),
+    )
+
+
+def _refuse_non_finite(examples: Examples, names: list[str], ent: str, time: str, target: str) -> None:
+    """A non-finite feature or label (an absurd value overflowing a rolling statistic, a NaN
+    written to the offline store) would poison training or the backtest: refuse it by name."""
+    finite = np.isfinite(examples.features[names].to_numpy(float)).all(axis=1)
+    finite &= np.isfinite(examples.labels).all(axis=1)
+    if finite.all():
+        return
+    first = examples.features.iloc[int(np.argmin(finite))]
+    raise DataError(
+        f"{int((~finite).sum())} example(s) have non-finite features or labels, the first for "
+        f"{first[ent]} at {first[time]}; check the {target} values in the steps before and after it",
+        "offline store",
     )
