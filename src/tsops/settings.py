@@ -283,7 +283,7 @@ class DashboardSettings(Strict):
 
     enabled: bool = Field(True, description="serve the dashboard at / and its data under /ui/")
     points: int = Field(
-        336, ge=10, le=100_000, description="latest steps of actuals and forecasts per entity"
+        168, ge=10, le=100_000, description="latest steps of actuals and forecasts per entity"
     )
     fan: int = Field(6, ge=1, le=100, description="latest forecasts drawn whole (the horizon fan)")
     refresh_s: float = Field(1.0, ge=0.1, le=60.0, description="how often files, metrics and stores are read")

@@ -27,7 +27,6 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,28 +34,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tsops.settings import DriftTriggerSettings, Project, SinkSettings
-from tsops.ui.promtext import Histogram, Reading
+from tsops.settings import DriftTriggerSettings, Project
+from tsops.ui.activity import RequestActivity, SinkTail, StreamActivity, WorkerMetrics
 from tsops.ui.series import EntitySeries
 from tsops.ui.stores import MonitoringReader, RegistryReader
-from tsops.ui.tails import FileVersion, JsonlTail, PartsTail
+from tsops.ui.tails import FileVersion, PartsTail
 
 log = logging.getLogger("tsops.ui")
 
 IDLE_S = 60.0  # the thread stops this long after the last dashboard request
-RATE_WINDOW_S = 10.0  # request rate and latency quantiles over the last 10 s
 REGISTRY_EVERY_S = 5.0
 MONITORING_EVERY_S = 2.0
 RECENT_DEAD_LETTERS = 8
 TIMELINE_SAMPLES = 600  # wall-clock samples of requests and stream throughput kept (10 min at 1 s)
 SHOWN_POINTS = 300  # longer series are thinned to this many points in the payload
-NOT_SERVING = ("/", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
-
-
-def serving_route(labels: dict[str, str]) -> bool:
-    """Routes whose latency the dashboard reports: not its own, not metrics or docs."""
-    route = labels.get("route", "")
-    return route not in NOT_SERVING and not route.startswith("/ui/")
 
 
 def thin(points: list[Any], most: int = SHOWN_POINTS) -> list[Any]:
@@ -65,31 +56,6 @@ def thin(points: list[Any], most: int = SHOWN_POINTS) -> list[Any]:
         return points
     picks = np.linspace(0, len(points) - 1, most).round().astype(int)
     return [points[i] for i in picks]
-
-
-class SinkTail:
-    """Tails a file sink: JSONL lines or Parquet part files (other sink types are not readable)."""
-
-    def __init__(self, project: Project, cfg: SinkSettings | None):
-        self.tail: JsonlTail | PartsTail | None = None
-        self.path: Path | None = None
-        self.reason: str | None = None
-        if cfg is None or cfg.type != "file" or not cfg.path:
-            kind = "no sink" if cfg is None else f"a {cfg.type} sink"
-            self.reason = f"{kind}: the dashboard reads a file sink (stream.sinks with type file)"
-            return
-        p = Path(cfg.path).expanduser()
-        self.path = p if p.is_absolute() else project.root / p
-        self.tail = PartsTail(self.path) if self.path.suffix.lower() == ".parquet" else JsonlTail(self.path)
-
-    def read(self) -> tuple[list[dict[str, Any]], bool]:
-        """(new records, whether the file was replaced)."""
-        if isinstance(self.tail, JsonlTail):
-            lines = self.tail.read()
-            return lines.records, lines.reset
-        if isinstance(self.tail, PartsTail):
-            return [r for t in self.tail.read() for r in t.to_pylist()], False
-        return [], False
 
 
 class DashboardFeed:
@@ -109,7 +75,6 @@ class DashboardFeed:
         s = project.settings
         self.project = project
         self.cfg = s.serving.dashboard
-        self.serving_metrics = serving_metrics
         self.loaded = loaded or (lambda: {})
         self.clock = clock
         series = s.series
@@ -128,19 +93,19 @@ class DashboardFeed:
         self.monitoring = MonitoringReader(project, timedelta(hours=self.cfg.history_hours))
         self.serving_timeline: deque[list[Any]] = deque(maxlen=TIMELINE_SAMPLES)
         self.stream_timeline: deque[list[Any]] = deque(maxlen=TIMELINE_SAMPLES)
-        self._readings: deque[tuple[float, Reading]] = deque()
-        self._stream_readings: deque[tuple[float, Reading]] = deque()
+        self.requests = None if serving_metrics is None else RequestActivity(serving_metrics)
+        self.stream = StreamActivity()
+        url = self.cfg.stream_metrics_url
+        self.worker = None if url is None else WorkerMetrics(url, min(2.0, self.cfg.refresh_s))
         self.models: dict[str, Any] = {"available": False, "reason": "not read yet", "versions": []}
         self.dead_total = 0
         self.dead_by_reason: Counter[str] = Counter()
         self.dead_recent: deque[dict[str, Any]] = deque(maxlen=RECENT_DEAD_LETTERS)
-        self.predictions_total = 0
         self.last_prediction_at: float | None = None
-        self.stream_metrics: dict[str, Any] = {"url": self.cfg.stream_metrics_url, "error": None}
+        self.worker_figures: dict[str, Any] = {"url": url, "error": None}
         self.errors: dict[str, str] = {}  # source → last error, shown on the page
         self.version = 0  # bumped whenever something the page shows changed
         self.refreshed_at: float | None = None
-        self._last_tick = clock()
         self._last_registry = -float("inf")
         self._last_monitoring = -float("inf")
         self._lock = threading.RLock()  # guards the state above
@@ -185,13 +150,14 @@ class DashboardFeed:
         with self._refresh_lock:
             now = self.clock()
             changed = False
-            steps: list[tuple[str, Callable[[float], bool]]] = [
+            steps: list[tuple[str, Callable[[float], bool]]] = []
+            if self.worker is not None:  # first: the stream files' sample carries its lag
+                steps.append(("stream_metrics", self._scrape_stream))
+            steps += [
                 ("actuals", self._read_actuals),
                 ("forecasts", self._read_stream_files),
                 ("serving", self._sample_serving),
             ]
-            if self.cfg.stream_metrics_url:
-                steps.append(("stream_metrics", self._scrape_stream))
             if now - self._last_registry >= REGISTRY_EVERY_S:
                 self._last_registry = now
                 steps.append(("registry", self._read_registry))
@@ -210,7 +176,6 @@ class DashboardFeed:
                         self.errors[name] = message
                         changed = True
             with self._lock:
-                self._last_tick = now
                 self.refreshed_at = now
                 if changed:
                     self.version += 1
@@ -252,8 +217,6 @@ class DashboardFeed:
     def _read_stream_files(self, now: float) -> bool:
         records, reset = self.predictions.read()
         dead, dead_reset = self.dead.read()
-        latencies = [float(r["latency_ms"]) for r in records if isinstance(r.get("latency_ms"), int | float)]
-        dt = max(now - self._last_tick, 1e-3)
         with self._lock:
             if reset:
                 self.series.clear_forecasts()
@@ -261,7 +224,6 @@ class DashboardFeed:
                 self.dead_total, self.dead_by_reason = 0, Counter()
                 self.dead_recent.clear()
             self.series.add_forecasts(records)
-            self.predictions_total += len(records)
             if records:
                 self.last_prediction_at = now
             for d in dead:
@@ -271,94 +233,26 @@ class DashboardFeed:
                     {"at": d.get("at"), "reason": reason, "detail": str(d.get("detail", ""))[:200]}
                 )
             self.dead_total += len(dead)
-            p50, p95 = np.percentile(latencies, [50, 95]).tolist() if latencies else (None, None)
-            self.stream_timeline.append(
-                [
-                    int(now * 1000),
-                    round(len(records) / dt, 3),
-                    p50,
-                    p95,
-                    round(len(dead) / dt, 3),
-                    self._lag(),
-                ]
-            )
+            sample = self.stream.add(now, records, len(dead), self.worker_figures.get("lag"))
+            if sample is not None:
+                self.stream_timeline.append(sample)
         return bool(records or dead or reset or dead_reset)
 
-    def _lag(self) -> float | None:
-        return self.stream_metrics.get("lag")
-
     def _sample_serving(self, now: float) -> bool:
-        if self.serving_metrics is None:
-            return False
-        reading = Reading.of(self.serving_metrics.collect())
-        figures = self._window(self._readings, now, reading)
-        if figures is None:
+        sample = None if self.requests is None else self.requests.sample(now)
+        if sample is None:
             return False
         with self._lock:
-            self.serving_timeline.append([int(now * 1000), *figures])
+            self.serving_timeline.append(sample)
         return True
-
-    def _window(
-        self, readings: deque[tuple[float, Reading]], now: float, reading: Reading
-    ) -> list[Any] | None:
-        """[requests/s, p50, p95, p99 (s), error share] over the last RATE_WINDOW_S seconds."""
-        readings.append((now, reading))
-        while len(readings) > 2 and now - readings[1][0] >= RATE_WINDOW_S:
-            readings.popleft()
-        then, earlier = readings[0]
-        if then == now:
-            return None
-        span = now - then
-        hist = reading.histogram("tsops_request_seconds", serving_route) or Histogram()
-        recent = hist.minus(earlier.histogram("tsops_request_seconds", serving_route))
-
-        def failed(labels: dict[str, str]) -> bool:
-            return serving_route(labels) and labels.get("status", "200") >= "400"
-
-        errors = (reading.total("tsops_requests_total", failed) or 0) - (
-            earlier.total("tsops_requests_total", failed) or 0
-        )
-        q = [recent.quantile(x) for x in (0.5, 0.95, 0.99)]
-        share = errors / recent.count if recent.count > 0 else 0.0
-        return [round(recent.count / span, 3), *q, round(max(share, 0.0), 4)]
 
     def _scrape_stream(self, now: float) -> bool:
-        import httpx
-
-        url = self.cfg.stream_metrics_url
-        assert url
-        try:
-            text = httpx.get(url, timeout=min(2.0, self.cfg.refresh_s)).text
-        except httpx.HTTPError as e:
-            with self._lock:
-                changed = self.stream_metrics.get("error") is None
-                self.stream_metrics = {"url": url, "error": f"cannot read {url}: {e}"}
-            return changed
-        reading = Reading.parse(text)
-        self._stream_readings.append((now, reading))
-        while len(self._stream_readings) > 2 and now - self._stream_readings[1][0] >= RATE_WINDOW_S:
-            self._stream_readings.popleft()
-        then, earlier = self._stream_readings[0]
-        span = max(now - then, 1e-3)
-        consumed = reading.total("tsops_stream_events_consumed_total")
-        before = earlier.total("tsops_stream_events_consumed_total")
-        hist = reading.histogram("tsops_stream_processing_seconds") or Histogram()
-        recent = hist.minus(earlier.histogram("tsops_stream_processing_seconds"))
+        assert self.worker is not None
+        figures = self.worker.scrape(now)
         with self._lock:
-            self.stream_metrics = {
-                "url": url,
-                "error": None,
-                "lag": reading.total("tsops_stream_consumer_lag"),
-                "consumed": consumed,
-                "processed": reading.total("tsops_stream_events_processed_total"),
-                "dead_letters": reading.by_label("tsops_stream_dead_letters_total", "reason"),
-                "events_per_s": None
-                if consumed is None or then == now
-                else round((consumed - (before or 0)) / span, 3),
-                "processing_p95_s": recent.quantile(0.95),
-                "entities": reading.total("tsops_stream_state_entities"),
-            }
-        return True
+            changed = figures != self.worker_figures
+            self.worker_figures = figures
+        return changed
 
     def _read_registry(self, now: float) -> bool:
         models = self.registry.read()
@@ -419,14 +313,14 @@ class DashboardFeed:
                 "loaded": self.loaded(),
                 "entities": len(self.series.actuals),
                 "serving": {
-                    "available": self.serving_metrics is not None,
+                    "available": self.requests is not None,
                     "timeline": thin(list(self.serving_timeline)),
                     "columns": ["t", "requests_per_s", "p50_s", "p95_s", "p99_s", "error_share"],
                 },
                 "stream": {
                     "predictions_path": None if self.predictions.path is None else str(self.predictions.path),
                     "predictions_reason": self.predictions.reason,
-                    "predictions_total": self.predictions_total,
+                    "predictions_total": self.stream.totals.predictions,
                     "actuals_total": self.series.actuals_added,
                     "last_prediction_age_s": None
                     if self.last_prediction_at is None
@@ -440,7 +334,7 @@ class DashboardFeed:
                         "dead_per_s",
                         "lag",
                     ],
-                    "metrics": dict(self.stream_metrics),
+                    "metrics": dict(self.worker_figures),
                 },
                 "dead_letters": {
                     "path": None if self.dead.path is None else str(self.dead.path),
