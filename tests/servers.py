@@ -460,3 +460,108 @@ class KafkaBroker:
         if self.directory is not None:
             shutil.rmtree(self.directory, ignore_errors=True)
             self.directory = None
+
+
+class PrometheusServer:
+    """A throw-away Prometheus (the Debian `prometheus` package) on loopback, scraping the given
+    targets every second and evaluating the given rule files every second."""
+
+    def __init__(self, targets: dict[str, list[str]], rule_files: list[Path] | None = None) -> None:
+        self.host = LOOPBACK
+        self.port = 0
+        self.targets = targets  # job name → ["host:port", ...] (scraped at /metrics)
+        self.rule_files = rule_files or []
+        self.directory: Path | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def config(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "rule_files": [str(p) for p in self.rule_files],
+                "scrape_configs": [
+                    {"job_name": job, "static_configs": [{"targets": hosts}]}
+                    for job, hosts in self.targets.items()
+                ],
+            },
+            sort_keys=False,
+        )
+
+    def start(self) -> PrometheusServer:
+        binary = shutil.which("prometheus")
+        if binary is None:
+            raise ServerStartError("prometheus is not installed (run `make setup`)")
+        self.directory = _make_server_dir("tsops-prometheus-", None, None)
+        config = self.directory / "prometheus.yml"
+        config.write_text(self.config())
+        log_path = self.directory / "prometheus.log"
+        error: ServerStartError | None = None
+        for _ in range(START_ATTEMPTS):
+            self.port = free_port()
+            with open(log_path, "ab") as log:
+                self._proc = subprocess.Popen(
+                    [
+                        binary,
+                        f"--config.file={config}",
+                        f"--storage.tsdb.path={self.directory / 'data'}",
+                        f"--web.listen-address={self.host}:{self.port}",
+                        "--storage.tsdb.retention.time=1h",
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=self.directory,
+                )
+            try:
+                _wait_until_ready("prometheus", self._proc, log_path, self._ready)
+                return self
+            except ServerStartError as exc:
+                error = exc
+                _stop_process(self._proc, signal.SIGKILL)
+        self.stop()
+        assert error is not None
+        raise error
+
+    def _ready(self) -> None:
+        import httpx
+
+        httpx.get(f"{self.url}/-/ready", timeout=1).raise_for_status()
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        """The result vector of an instant query."""
+        import httpx
+
+        body = httpx.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=10).json()
+        if body.get("status") != "success":
+            raise RuntimeError(f"prometheus query {promql!r} failed: {body}")
+        return list(body["data"]["result"])
+
+    def api(self, path: str) -> Any:
+        """`data` of a GET on the HTTP API, e.g. `targets`, `rules`, `alerts`."""
+        import httpx
+
+        body = httpx.get(f"{self.url}/api/v1/{path}", timeout=10).json()
+        if body.get("status") != "success":
+            raise RuntimeError(f"prometheus /api/v1/{path} failed: {body}")
+        return body["data"]
+
+    def log(self) -> str:
+        return _tail(self.directory / "prometheus.log", 40) if self.directory else "<no log>"
+
+    def stop(self) -> None:
+        _stop_process(self._proc, signal.SIGTERM)
+        self._proc = None
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            self.directory = None
+
+    def __enter__(self) -> PrometheusServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
