@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from tsops.errors import ModelError
-from tsops.models.baselines import seasonal_naive
 
 
 @dataclass(frozen=True)
@@ -76,21 +75,36 @@ class Forecaster:
         self.cfg = cfg
         self.net = net or LSTMNet(cfg)
         kinds = [_context_kind(n) for n in cfg.context_names]
-        self._level = np.array([k == "level" for k in kinds])
-        self._spread = np.array([k == "spread" for k in kinds])
+        self._level = np.array([k == "level" for k in kinds], dtype=bool)
+        self._spread = np.array([k == "spread" for k in kinds], dtype=bool)
+        backs = [cfg.season * -(-h // cfg.season) - h for h in range(1, cfg.horizon + 1)]
+        self._base_names = [f"lag_{b}" for b in backs]  # the seasonal-naive forecast's lags
+        self._plans: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
-    def tensors(self, features: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-        """(sequence, context, base forecast) for feature rows; the window runs oldest → newest."""
-        missing = [c for c in self.cfg.input_names if c not in features.columns]
-        if missing:
-            raise ModelError(f"input lacks feature column(s) {missing[:5]}", "input")
-        window = features[self.cfg.window_names].to_numpy(dtype=np.float64)
-        context = features[self.cfg.context_names].to_numpy(dtype=np.float64)
-        bad = ~np.isfinite(window).all(axis=1) | ~np.isfinite(context).all(axis=1)
-        if bad.any():
-            row = int(np.argmax(bad))
-            cols = [c for c in self.cfg.input_names if not np.isfinite(float(features[c].iloc[row]))]
-            raise ModelError(f"row {row}: non-finite value(s) in {cols[:5]}", "input")
+    def plan(self, columns: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Column indices (window, context, seasonal-naive lags) of a matrix with `columns`,
+        computed once per column layout."""
+        plan = self._plans.get(columns)
+        if plan is None:
+            at = {c: i for i, c in enumerate(columns)}
+            missing = [c for c in (*self.cfg.input_names, *self._base_names) if c not in at]
+            if missing:
+                raise ModelError(f"input lacks feature column(s) {missing[:5]}", "input")
+            plan = self._plans[columns] = (
+                np.array([at[c] for c in self.cfg.window_names], dtype=np.intp),
+                np.array([at[c] for c in self.cfg.context_names], dtype=np.intp),
+                np.array([at[c] for c in self._base_names], dtype=np.intp),
+            )
+        return plan
+
+    def arrays(
+        self, matrix: np.ndarray, columns: tuple[str, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """(sequence, context, base forecast) for a finite float64 matrix of feature rows: the
+        window runs oldest → newest, scaled around its latest value."""
+        window_at, context_at, base_at = self.plan(columns)
+        window = matrix[:, window_at]
+        context = matrix[:, context_at]  # fancy indexing: a copy, safe to scale in place
         anchor = window[:, 0].copy()
         seq = (window[:, ::-1] - anchor[:, None]) / self.cfg.scale
         context[:, self._level] = (context[:, self._level] - anchor[:, None]) / self.cfg.scale
@@ -98,15 +112,41 @@ class Forecaster:
         return (
             torch.from_numpy(np.ascontiguousarray(seq, dtype=np.float32)).unsqueeze(-1),
             torch.from_numpy(context.astype(np.float32)),
-            seasonal_naive(features, self.cfg.horizon, self.cfg.season),
+            matrix[:, base_at],
         )
+
+    def tensors(self, features: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """`arrays` for a DataFrame of feature rows, after checking they are complete."""
+        missing = [c for c in self.cfg.input_names if c not in features.columns]
+        if missing:
+            raise ModelError(f"input lacks feature column(s) {missing[:5]}", "input")
+        columns = tuple(dict.fromkeys([*self.cfg.input_names, *self._base_names]))
+        matrix = features[list(columns)].to_numpy(dtype=np.float64)
+        inputs = matrix[:, : len(self.cfg.input_names)]
+        bad = ~np.isfinite(inputs).all(axis=1)
+        if bad.any():
+            row = int(np.argmax(bad))
+            cols = [c for c in self.cfg.input_names if not np.isfinite(float(features[c].iloc[row]))]
+            raise ModelError(f"row {row}: non-finite value(s) in {cols[:5]}", "input")
+        return self.arrays(matrix, columns)
 
     def targets(self, labels: np.ndarray, base: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(((labels - base) / self.cfg.residual_scale).astype(np.float32))
 
     def predict(self, features: pd.DataFrame, batch_size: int = 4096) -> np.ndarray:
         """Forecasts of shape (rows, horizon) in the target's units."""
-        seq, ctx, base = self.tensors(features)
+        return self._forecast(*self.tensors(features), batch_size)
+
+    def predict_matrix(
+        self, matrix: np.ndarray, columns: tuple[str, ...], batch_size: int = 4096
+    ) -> np.ndarray:
+        """`predict` for a finite float64 matrix whose columns are `columns` (the hot paths:
+        serving and streaming; no DataFrame, no checks beyond the column plan)."""
+        return self._forecast(*self.arrays(matrix, columns), batch_size)
+
+    def _forecast(
+        self, seq: torch.Tensor, ctx: torch.Tensor, base: np.ndarray, batch_size: int
+    ) -> np.ndarray:
         self.net.eval()
         outs = []
         with torch.inference_mode():

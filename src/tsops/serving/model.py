@@ -12,7 +12,7 @@ import torch
 
 from tsops import registry
 from tsops.errors import ModelError
-from tsops.models.lstm import Forecaster, _context_kind
+from tsops.models.lstm import Forecaster
 from tsops.models.pyfunc import output_columns
 from tsops.serving.batching import AdaptiveBatcher
 from tsops.serving.metrics import ServingMetrics
@@ -46,42 +46,18 @@ class ServedModel:
 
     def __post_init__(self) -> None:
         """Index the signature's columns once, so predicting is array slicing only."""
-        cfg = self.forecaster.cfg
-        at = {c: i for i, c in enumerate(self.columns)}
-        missing = [c for c in cfg.input_names if c not in at]
-        if missing:
-            raise ModelError(f"the signature lacks the forecaster's input(s) {missing[:5]}", "")
-        kinds = [_context_kind(n) for n in cfg.context_names]
-        self._window = np.array([at[c] for c in cfg.window_names])
-        self._context = np.array([at[c] for c in cfg.context_names], dtype=np.intp)
-        self._level = np.array([k == "level" for k in kinds], dtype=bool)
-        self._spread = np.array([k == "spread" for k in kinds], dtype=bool)
-        season = cfg.season
-        backs = [season * -(-h // season) - h for h in range(1, cfg.horizon + 1)]
-        self._base = np.array([at[f"lag_{b}"] for b in backs])  # seasonal-naive columns
+        self._columns = tuple(self.columns)
+        try:
+            self.forecaster.plan(self._columns)
+        except ModelError as e:
+            raise ModelError(f"the signature does not fit the forecaster: {e.message}", "") from None
 
     def predict_now(self, matrix: np.ndarray) -> np.ndarray:
-        """Unbatched forecasts for a finite (rows, columns) float64 matrix.
-
-        The same arithmetic as `Forecaster.predict` (which `mlflow models serve` runs through
-        the pyfunc) on array slices instead of DataFrame columns: a 1-row call spends its time
-        in the network, not in pandas. The equality test against `mlflow models serve` guards
-        that both stay the same."""
+        """Unbatched forecasts for a finite (rows, columns) float64 matrix: the forecaster's own
+        arithmetic on array slices (`Forecaster.predict_matrix`), so a 1-row call spends its time
+        in the network, not in pandas."""
         fix_torch_threads()
-        cfg = self.forecaster.cfg
-        window = matrix[:, self._window]
-        context = matrix[:, self._context]
-        anchor = window[:, 0].copy()
-        seq = (window[:, ::-1] - anchor[:, None]) / cfg.scale
-        context[:, self._level] = (context[:, self._level] - anchor[:, None]) / cfg.scale
-        context[:, self._spread] = context[:, self._spread] / cfg.scale
-        base = matrix[:, self._base]
-        with torch.inference_mode():
-            delta = self.forecaster.net(
-                torch.from_numpy(np.ascontiguousarray(seq, dtype=np.float32)).unsqueeze(-1),
-                torch.from_numpy(context.astype(np.float32)),
-            ).numpy()
-        return base + delta.astype(np.float64) * cfg.residual_scale
+        return self.forecaster.predict_matrix(matrix, self._columns)
 
     def start_batching(self, max_batch_size: int, max_wait_s: float, metrics: ServingMetrics) -> None:
         version = str(self.version)

@@ -101,6 +101,7 @@ class Processor:
         aggregate = self.settings.aggregate
         self.bars = None if aggregate is None else TumblingBars(aggregate, self.series)
         self._received: list[float] = []  # when the predicted events were polled
+        self._names = tuple(self.features.names)
         self.watcher = ChampionWatcher(project, model_version, self.settings.reload_interval_s)
         self.checkpointer = Checkpointer(
             lambda: FeatureStoreClient(project),
@@ -274,7 +275,7 @@ class Processor:
         kept = [item for item, ok in zip(items, ready, strict=True) if ok]
         if not kept:
             return []
-        yhat = self.forecaster.predict(pd.DataFrame(features[ready], columns=self.features.names))
+        yhat = self.forecaster.predict_matrix(features[ready], self._names)
         now = time.perf_counter()
         records = prediction_records(
             [ev for _, ev, _ in kept],
