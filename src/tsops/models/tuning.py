@@ -27,7 +27,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import optuna
@@ -96,28 +96,32 @@ def tune(
     threads = max(1, settings.model.threads // workers)
     quotas = [trials // workers + (1 if i < trials % workers else 0) for i in range(workers)]
     deadline = None if timeout is None else time.time() + timeout  # worker start-up included
-    with _TrialProgress(project.study_name, trials, show_progress) as show:
+    try:
+        with _TrialProgress(project.study_name, trials, show_progress) as show:
 
-        def refresh(_: object = None) -> None:
-            show(studies.summary(study, session))
+            def refresh(_: object = None) -> None:
+                show(studies.summary(study, session))
 
-        refresh()
-        if workers == 1:
-            _work(
-                study,
-                project,
-                data,
-                quota=trials,
-                deadline=deadline,
-                parent_run_id=parent_run_id,
-                session=session,
-                threads=threads,
-                stop=stop.is_set,
-                after_trial=refresh,
-            )
-        else:
-            _run_workers(project, data, quotas, deadline, parent_run_id, session, threads, stop, refresh)
-        refresh()
+            refresh()
+            if workers == 1:
+                _work(
+                    study,
+                    project,
+                    data,
+                    quota=trials,
+                    deadline=deadline,
+                    parent_run_id=parent_run_id,
+                    session=session,
+                    threads=threads,
+                    stop=stop.is_set,
+                    after_trial=refresh,
+                )
+            else:
+                _run_workers(project, data, quotas, deadline, parent_run_id, session, threads, stop, refresh)
+            refresh()
+    except BaseException:
+        client.set_terminated(parent_run_id, "FAILED")
+        raise
     interrupted = stop.is_set()
     summary = studies.summary(study, session)
     _record_best(client, parent_run_id, study)
@@ -141,7 +145,7 @@ def tune(
         complete=summary.complete,
         pruned=summary.pruned,
         failed=summary.failed,
-        best=summary.best,
+        best=replace(summary.best, parent_run_id=parent_run_id) if summary.best else None,
         failures=summary.session_failures,
         interrupted=interrupted,
         notes=notes,
