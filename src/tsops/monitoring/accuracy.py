@@ -85,131 +85,218 @@ class AccuracyCounts:
         }
 
 
+_KEY_SHIFT = 2**32  # pending keys: entity code × 2^32 + (origin step − base + 2^31)
+_NO_TIME = np.iinfo(np.int64).min
+
+
 @dataclass
 class _Pending:
-    values: list[float]
-    joined: int = 0  # bit h set: step h already has its actual
+    """The pending forecasts of one model version, columnar."""
+
+    horizon: int
+    keys: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    codes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    origins: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # in steps
+    values: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    joined: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), bool))  # step h-1 has its actual
+    _index: pd.Index | None = None
+
+    def __post_init__(self) -> None:
+        self.values = np.zeros((0, self.horizon))
+        self.joined = np.zeros((0, self.horizon), bool)
+
+    @property
+    def index(self) -> pd.Index:
+        if self._index is None:
+            self._index = pd.Index(self.keys)
+        return self._index
+
+    def append(self, keys: np.ndarray, codes: np.ndarray, origins: np.ndarray, values: np.ndarray) -> None:
+        self.keys = np.concatenate([self.keys, keys])
+        self.codes = np.concatenate([self.codes, codes])
+        self.origins = np.concatenate([self.origins, origins])
+        self.values = np.concatenate([self.values, values])
+        self.joined = np.concatenate([self.joined, np.zeros(values.shape, bool)])
+        self._index = None
+
+    def keep(self, mask: np.ndarray) -> None:
+        self.keys, self.codes, self.origins = self.keys[mask], self.codes[mask], self.origins[mask]
+        self.values, self.joined = self.values[mask], self.joined[mask]
+        self._index = None
 
 
 class AccuracyTracker:
-    """Pending forecasts per entity and rolling errors per model version. Not thread-safe: the
+    """Pending forecasts and rolling errors per model version, joined per micro-batch with
+    array operations (a hash lookup of every (actual, step) pair). Not thread-safe: the
     `StreamMonitor` serialises calls."""
 
     def __init__(self, horizon: int, step: pd.Timedelta, window: int):
         self.horizon = horizon
         self.step_ns = int(step.value)
         self.window = window
-        self.pending: dict[str, dict[int, dict[int, _Pending]]] = {}  # entity → origin → version
-        self.latest: dict[str, int] = {}  # entity → latest actual time (ns)
+        self.codes: dict[str, int] = {}  # entity → code
+        self.latest = np.zeros(0, np.int64)  # per code: latest actual's step (_NO_TIME: none yet)
+        self.base: int | None = None  # the first step seen, to keep keys small
+        self.pending: dict[int, _Pending] = {}
         self.versions: dict[int, RollingErrors] = {}
         self.counts = AccuracyCounts()
-        self.latest_event_time: int | None = None
+        self.latest_event_time: int | None = None  # ns
+
+    def _code(self, entity: str) -> int:
+        code = self.codes.get(entity)
+        if code is None:
+            code = self.codes[entity] = len(self.codes)
+            if code >= len(self.latest):
+                self.latest = np.concatenate([self.latest, np.full(max(16, code), _NO_TIME)])
+        return code
+
+    def _keys(self, codes: np.ndarray, steps: np.ndarray) -> np.ndarray:
+        if self.base is None:
+            self.base = int(steps.min())
+        return codes * _KEY_SHIFT + (steps - self.base + 2**31)
 
     # -- forecasts ------------------------------------------------------------------------
 
     def add_forecasts(self, records: list[dict[str, Any]]) -> int | None:
         """Remember prediction records until their actuals arrive (a replayed record is kept
         once); returns the model version of the last readable record."""
-        last = None
+        codes, times, versions, values, kept = [], [], [], [], []
+        code_of = self.codes
         for rec in records:
             try:
-                entity = str(rec["entity"])
-                origin = _ns(rec["event_time"])
-                version = int(rec["model_version"])
-                values = [float(v) for v in rec["values"]]
-            except (KeyError, TypeError, ValueError) as e:
-                self.counts.invalid_forecasts += 1
-                log.warning("accuracy: unreadable prediction record (%s: %s): %r", type(e).__name__, e, rec)
-                continue
-            if len(values) != self.horizon:
-                self.counts.invalid_forecasts += 1
-                log.warning(
-                    "accuracy: prediction record with %d steps, expected %d: %s",
-                    len(values),
-                    self.horizon,
-                    rec.get("key"),
+                entity, time, version, row = (
+                    str(rec["entity"]),
+                    rec["event_time"],
+                    int(rec["model_version"]),
+                    rec["values"],
                 )
+                if len(row) != self.horizon:
+                    raise ValueError(f"{len(row)} steps, expected {self.horizon}")
+            except (KeyError, TypeError, ValueError) as e:
+                self._invalid(rec, e)
                 continue
-            by_version = self.pending.setdefault(entity, {}).setdefault(origin, {})
-            if version not in by_version:
-                by_version[version] = _Pending(values)
-            last = version
-        return last
+            code = code_of.get(entity)
+            codes.append(self._code(entity) if code is None else code)
+            times.append(time)
+            versions.append(version)
+            values.append(row)
+            kept.append(rec)
+        if not codes:
+            return None
+        try:
+            value_arr = np.asarray(values, dtype=float)
+            ok = np.isfinite(value_arr).all(axis=1)
+        except (TypeError, ValueError):  # find the records with non-numeric values
+            ok = np.array([_numbers(row) for row in values])
+            value_arr = np.asarray(
+                [row if good else [0.0] * self.horizon for row, good in zip(values, ok, strict=True)], float
+            )
+        if not ok.all():
+            for i in np.flatnonzero(~ok):
+                self._invalid(kept[i], ValueError("non-numeric or non-finite forecast values"))
+            codes, times, versions = [[x[i] for i in np.flatnonzero(ok)] for x in (codes, times, versions)]
+            value_arr = value_arr[ok]
+            if not codes:
+                return None
+        steps = _ns_array(times) // self.step_ns
+        code_arr, version_arr = np.asarray(codes, np.int64), np.asarray(versions)
+        keys = self._keys(code_arr, steps)
+        for version in np.unique(version_arr):
+            pending = self.pending.get(int(version))
+            if pending is None:
+                pending = self.pending[int(version)] = _Pending(self.horizon)
+            rows = np.flatnonzero(version_arr == version)
+            _, first = np.unique(keys[rows], return_index=True)  # a record replayed in one batch
+            rows = rows[np.sort(first)]
+            rows = rows[pending.index.get_indexer(keys[rows]) < 0]  # ... or in an earlier one
+            pending.append(keys[rows], code_arr[rows], steps[rows], value_arr[rows])
+        return versions[-1]
+
+    def _invalid(self, record: Any, error: Exception) -> None:
+        self.counts.invalid_forecasts += 1
+        log.warning(
+            "accuracy: unreadable prediction record (%s: %s): %r", type(error).__name__, error, record
+        )
 
     # -- actuals --------------------------------------------------------------------------
 
     def add_actuals(self, events: list[Event]) -> set[int]:
         """Join observations with pending forecasts; returns the model versions that got errors."""
-        versions: list[int] = []
-        steps: list[int] = []
-        errors: list[float] = []
-        unmatched: list[tuple[str, Event]] = []
-        touched: set[str] = set()
-        step_ns, horizon = self.step_ns, self.horizon
-        for ev in events:
-            t = int(ev.time.value)
-            latest = self.latest.get(ev.entity)
-            self.counts.actuals += 1
-            if latest is not None and t < latest:
-                self.counts.out_of_order += 1
-            pending = self.pending.get(ev.entity)
-            joined = 0
-            if pending:
-                for h in range(1, horizon + 1):
-                    by_version = pending.get(t - h * step_ns)
-                    if by_version is None:
-                        continue
-                    bit = 1 << h
-                    for version, p in by_version.items():
-                        if p.joined & bit:
-                            continue
-                        p.joined |= bit
-                        versions.append(version)
-                        steps.append(h)
-                        errors.append(abs(p.values[h - 1] - ev.value))
-                        joined += 1
-            if joined == 0:
-                if latest is None or t > latest:
-                    reason = "no_forecast"
-                else:
-                    reason = "duplicate" if t == latest else "out_of_order"
-                self.counts.unmatched[reason] += 1
-                unmatched.append((reason, ev))
-            self.counts.joined += joined
-            if latest is None or t > latest:
-                self.latest[ev.entity] = t
-                touched.add(ev.entity)
-            if self.latest_event_time is None or t > self.latest_event_time:
-                self.latest_event_time = t
-        for entity in touched:
-            self._expire(entity)
-        self._log_unmatched(unmatched)
-        if not errors:
+        if not events:
             return set()
-        v, s, e = np.asarray(versions), np.asarray(steps), np.asarray(errors)
-        updated = set(int(x) for x in np.unique(v))
-        for version in updated:
+        n, horizon = len(events), self.horizon
+        code_of = self.codes
+        codes = np.fromiter((code_of.get(e.entity, -1) for e in events), np.int64, n)
+        for i in np.flatnonzero(codes < 0):
+            codes[i] = self._code(events[i].entity)
+        steps = np.fromiter((e.time.value for e in events), np.int64, n) // self.step_ns
+        actual = np.fromiter((e.value for e in events), float, n)
+        # The entity's latest actual before each one, in batch order.
+        earlier = pd.Series(steps).groupby(codes).cummax().groupby(codes).shift(1)
+        previous = np.maximum(self.latest[codes], earlier.fillna(_NO_TIME).to_numpy(np.int64))
+        seen = previous != _NO_TIME
+        self.counts.actuals += n
+        self.counts.out_of_order += int((seen & (steps < previous)).sum())
+        joined = np.zeros(n, np.int64)
+        updated = set()
+        h = np.arange(1, horizon + 1)
+        for version, pending in self.pending.items():
+            if not len(pending.keys):
+                continue
+            wanted = self._keys(codes[:, None], steps[:, None] - h[None, :])
+            position = pending.index.get_indexer(wanted.ravel()).reshape(n, horizon)
+            row, col = np.nonzero(position >= 0)  # row: the actual; col: step - 1 (row-major order)
+            hit = position[row, col]
+            fresh = ~pending.joined[hit, col]
+            row, col, hit = row[fresh], col[fresh], hit[fresh]
+            _, first = np.unique(hit * horizon + col, return_index=True)  # one actual per (forecast, step)
+            first = np.sort(first)
+            row, col, hit = row[first], col[first], hit[first]
+            if not len(row):
+                continue
+            pending.joined[hit, col] = True
             rolling = self.versions.get(version)
             if rolling is None:
                 rolling = self.versions[version] = RollingErrors(horizon, self.window)
-            mask = v == version
-            rolling.add(s[mask], e[mask])
+            rolling.add(col + 1, np.abs(pending.values[hit, col] - actual[row]))
+            joined += np.bincount(row, minlength=n)
+            updated.add(version)
+        self.counts.joined += int(joined.sum())
+        self._account_unmatched(events, joined == 0, steps, previous, seen)
+        np.maximum.at(self.latest, codes, steps)
+        newest = int(steps.max()) * self.step_ns
+        if self.latest_event_time is None or newest > self.latest_event_time:
+            self.latest_event_time = newest
+        self._expire()
         return updated
 
-    def _expire(self, entity: str) -> None:
+    def _account_unmatched(
+        self, events: list[Event], none: np.ndarray, steps: np.ndarray, previous: np.ndarray, seen: np.ndarray
+    ) -> None:
+        reasons = np.where(
+            ~seen | (steps > previous),
+            "no_forecast",
+            np.where(steps == previous, "duplicate", "out_of_order"),
+        )
+        unmatched = [(str(reasons[i]), events[i]) for i in np.flatnonzero(none)]
+        for reason, _ in unmatched:
+            self.counts.unmatched[reason] += 1
+        self._log_unmatched(unmatched)
+
+    def _expire(self) -> None:
         """Drop forecasts whose every target is older than the latest actual minus the horizon."""
-        pending = self.pending.get(entity)
-        if not pending:
-            return
-        cutoff = self.latest[entity] - 2 * self.horizon * self.step_ns
-        full = (1 << (self.horizon + 1)) - 2  # bits 1..H
-        for origin in [o for o in pending if o < cutoff]:
-            for p in pending.pop(origin).values():
-                self.counts.expired_steps += self.horizon - bin(p.joined & full).count("1")
+        for pending in self.pending.values():
+            if not len(pending.keys):
+                continue
+            latest = self.latest[pending.codes]
+            gone = (latest != _NO_TIME) & (pending.origins < latest - 2 * self.horizon)
+            if gone.any():
+                self.counts.expired_steps += int((~pending.joined[gone]).sum())
+                pending.keep(~gone)
 
     @property
     def pending_count(self) -> int:
-        return sum(len(by_version) for origins in self.pending.values() for by_version in origins.values())
+        return sum(len(p.keys) for p in self.pending.values())
 
     def _log_unmatched(self, unmatched: list[tuple[str, Event]]) -> None:
         if not unmatched:
@@ -243,16 +330,18 @@ class AccuracyTracker:
         return out
 
 
-def _ns(value: Any) -> int:
-    """Nanoseconds since the epoch (UTC) of an ISO time string or timestamp."""
-    if isinstance(value, str):
-        try:
-            return int(np.datetime64(value, "ns").astype(np.int64))
-        except ValueError:
-            pass  # offsets and other forms pandas understands
-    ts = pd.Timestamp(value)
-    if ts is pd.NaT:
-        raise ValueError(f"not a time: {value!r}")
-    if ts.tzinfo is not None:
-        ts = ts.tz_convert("UTC").tz_localize(None)
-    return int(ts.value)
+def _ns_array(values: list[Any]) -> np.ndarray:
+    """Nanoseconds since the epoch (UTC) of ISO time strings (the stream's records) or timestamps."""
+    try:
+        return np.asarray(values, dtype="datetime64[ns]").astype(np.int64)
+    except (ValueError, TypeError):
+        pass  # offsets and other forms pandas understands
+    times = pd.to_datetime(pd.Series(values), utc=True)
+    return times.dt.tz_localize(None).to_numpy("datetime64[ns]").astype(np.int64)
+
+
+def _numbers(row: Any) -> bool:
+    try:
+        return bool(np.isfinite(np.asarray(row, dtype=float)).all())
+    except (TypeError, ValueError):
+        return False
