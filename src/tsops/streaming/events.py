@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import pandas as pd
 
 from tsops.errors import TsopsError
@@ -46,9 +47,12 @@ def parse(payload: str, series: SeriesSettings, latest_allowed: pd.Timestamp, *,
     The time is floored to the series' interval unless `floor` is false (raw ticks that the
     stream aggregates into bars)."""
     try:
-        raw: Any = json.loads(payload)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise EventError("invalid_json", f"not JSON: {e}") from None
+        raw: Any = orjson.loads(payload)  # the hot path: several times the stdlib's speed
+    except orjson.JSONDecodeError:
+        try:  # the stdlib also reads NaN and Infinity, which then get their own reason below
+            raw = json.loads(payload)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise EventError("invalid_json", f"not JSON: {e}") from None
     if not isinstance(raw, dict):
         raise EventError("invalid_json", "an event must be a JSON object")
     needed = [c for c in (series.entity, series.time, series.target) if c]
