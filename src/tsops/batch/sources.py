@@ -28,7 +28,7 @@ from tsops.errors import DataError, StoreError
 from tsops.settings import Strict
 
 REJECT_COLUMN = "_tsops_reject"
-CSV_BLOCK_BYTES = 8 << 20  # pyarrow's 1 MiB default cuts 10-column CSVs into ~6k-row batches
+CSV_BLOCK_BYTES = 2 << 20  # pyarrow's 1 MiB default cuts 10-column CSVs into ~6k-row batches
 
 
 class Source(Protocol):
@@ -54,7 +54,8 @@ class CsvParams(FileParams):
 
 
 class FileSource:
-    """Parquet or CSV through pyarrow.dataset: bounded memory whatever the input size."""
+    """Parquet or CSV: pyarrow.dataset finds the files, partitions and the common schema;
+    each file is then streamed, so memory stays bounded whatever the input size."""
 
     format: Literal["parquet", "csv"]
     Params: type[FileParams] = FileParams
@@ -94,15 +95,34 @@ class FileSource:
         return pa.schema([schema.field(c) for c in self.params.columns]) if self.params.columns else schema
 
     def batches(self) -> Iterator[pa.RecordBatch]:
-        try:
-            yield from self.dataset.to_batches(
-                columns=self.params.columns,
-                batch_size=self.context.chunk_rows,
-                batch_readahead=2,
-                fragment_readahead=1,
-            )
-        except pa.ArrowInvalid as e:
-            raise DataError(f"cannot read: {e}", self.location) from None
+        """File by file, each through its format's streaming reader: the dataset scanner reads
+        ahead without bound when the consumer is slower (1 GB and more on a 10M-row file).
+        Partition values (`key=value` folders) become columns; types follow the dataset's."""
+        schema = self.schema
+        for fragment in self.dataset.get_fragments():
+            keys = ds.get_partition_keys(fragment.partition_expression) or {}
+            in_file = [f for f in schema if f.name in fragment.physical_schema.names]
+            try:
+                for batch in self._read_file(fragment.path, in_file):
+                    n = batch.num_rows
+                    arrays = [
+                        pa.array([keys[f.name]] * n, f.type)
+                        if f.name in keys
+                        else batch.column(f.name).cast(f.type)
+                        if f.name in batch.schema.names
+                        else pa.nulls(n, f.type)  # a column this file lacks
+                        for f in schema
+                    ]
+                    yield pa.RecordBatch.from_arrays(arrays, schema=schema)
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+                raise DataError(f"cannot read: {e}", fragment.path) from None
+
+    def _read_file(self, path: str, fields: list[pa.Field]) -> Iterator[pa.RecordBatch]:
+        import pyarrow.parquet as pq
+
+        # pre_buffer would read every column chunk of the file ahead
+        reader = pq.ParquetFile(path, pre_buffer=False)
+        yield from reader.iter_batches(batch_size=self.context.chunk_rows, columns=[f.name for f in fields])
 
     def total_rows(self) -> int | None:
         return self.dataset.count_rows()
@@ -133,6 +153,19 @@ class CsvSource(FileSource):
             convert_options=pacsv.ConvertOptions(column_types=types),
             read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
         )
+
+    def _read_file(self, path: str, fields: list[pa.Field]) -> Iterator[pa.RecordBatch]:
+        import pyarrow.csv as pacsv
+
+        reader = pacsv.open_csv(
+            path,
+            read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
+            parse_options=pacsv.ParseOptions(delimiter=self.params.delimiter),
+            convert_options=pacsv.ConvertOptions(
+                column_types={f.name: f.type for f in fields}, include_columns=[f.name for f in fields]
+            ),
+        )
+        yield from reader
 
     def total_rows(self) -> int | None:
         return None  # counting would read the whole file once more
