@@ -204,5 +204,3 @@ def test_status_json_shows_the_decision_history(project) -> None:
     assert shown == recorded
     assert shown[0]["kind"] == "promote" and shown[0]["reason"] == "first model"
     assert all(d["reason"] for d in shown)
-    text = run_cli("status", "--project", str(project.root), env={"COLUMNS": "250"})
-    assert text.returncode == 0 and "decisions" in text.stdout and "first model" in text.stdout
