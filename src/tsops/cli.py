@@ -250,12 +250,15 @@ def monitor(
             str(v["event_time"] or v["at"]),
         )
     console.print(table)
-    threshold = info["drift_threshold"]
-    table = Table(title=f"drift: PSI against the training reference (retrain threshold {threshold})")
+    threshold, watched = info["drift_threshold"], info["drift_watched"] or []
+    trigger = (
+        f"the drift trigger watches {', '.join(watched)} at {threshold}" if watched else "no drift trigger"
+    )
+    table = Table(title=f"drift: PSI against the training reference ({trigger})")
     for col in ("column", "PSI", "observations", "reference", "as of"):
         table.add_column(col)
     for d in info["drift"]:
-        flag = "[red]" if threshold is not None and d["score"] >= threshold else ""
+        flag = "[red]" if d["feature"] in watched and d["score"] >= threshold else ""
         table.add_row(d["feature"], f"{flag}{d['score']:.4f}", str(d["n"]), f"v{d['model_version']}", d["at"])
     console.print(table)
 

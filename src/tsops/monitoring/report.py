@@ -53,15 +53,18 @@ def summary(project: Project) -> dict[str, Any]:
             entry.update(mae=row.mae, n=row.n, at=row.as_dict()["at"], event_time=row.as_dict()["event_time"])
         else:
             entry["by_step"].append({"step": row.step, "mae": row.mae, "n": row.n})
-    threshold = next(
-        (t.threshold for t in project.settings.retrain.triggers if isinstance(t, DriftTriggerSettings)), None
-    )
+    trigger = _drift_trigger(project)
     return {
         "accuracy": [versions[v] for v in sorted(versions)],
         "drift": [r.as_dict() for r in sorted(drift_rows, key=lambda r: -r.score)],
-        "drift_threshold": threshold,
+        "drift_threshold": None if trigger is None else trigger.threshold,
+        "drift_watched": None if trigger is None else (trigger.columns or [project.settings.series.target]),
         "database": history.url.split("@")[-1],
     }
+
+
+def _drift_trigger(project: Project) -> DriftTriggerSettings | None:
+    return next((t for t in project.settings.retrain.triggers if isinstance(t, DriftTriggerSettings)), None)
 
 
 @dataclass
@@ -108,9 +111,8 @@ def write_report(project: Project, output: Path | None = None) -> ReportOutcome:
             f"nothing to compare: {len(ref)} reference and {len(current)} recent rows in the offline store",
             str(project.offline_path),
         )
-    threshold = next(
-        (t.threshold for t in settings.retrain.triggers if isinstance(t, DriftTriggerSettings)), None
-    )
+    trigger = _drift_trigger(project)
+    threshold = None if trigger is None else trigger.threshold
     definition = DataDefinition(numerical_columns=columns)
     report = Report([DataDriftPreset(columns=columns, method="psi", threshold=threshold)])
     snapshot = report.run(
