@@ -119,7 +119,7 @@ def test_spark_engine_equals_python_engine_on_a_file_replay_with_poison(twin_pro
 
 
 def test_engines_take_over_from_each_others_state(stream_project, spark, tmp_path):
-    project = stream_project()
+    project = stream_project(stream={"spark": {"shuffle_partitions": 1}})  # one stateful worker: faster
     events = synthetic_events(project, 24)  # 5 entities × 24 steps, in time order
     first, second, third = events[:40], events[40:80], events[80:]
     spark_file = write_jsonl(tmp_path / "spark.jsonl", first)
@@ -135,18 +135,14 @@ def test_engines_take_over_from_each_others_state(stream_project, spark, tmp_pat
     assert keys == {f"{e['entity_id']}|{e['timestamp']}" for e in events}
 
 
-def test_connector_reader_without_its_jar_is_a_config_error(stream_project, spark, kafka_broker):
+def test_connector_reader_without_its_jar_is_a_config_error(stream_model, spark, kafka_broker, tmp_path):
     from tsops.errors import ConfigError
 
-    project = stream_project(
-        stream={
-            "source": "kafka",
-            "kafka": {
-                "bootstrap_servers": kafka_broker.bootstrap,
-                "events_topic": f"e-{uuid.uuid4().hex[:8]}",
-            },
-            "spark": {"kafka_reader": "connector"},
-        }
+    kafka = {"bootstrap_servers": kafka_broker.bootstrap, "events_topic": f"e-{uuid.uuid4().hex[:8]}"}
+    project = write_synthetic_project(  # refused before anything is read: no ingest needed
+        tmp_path / "proj",
+        tracking_uri=stream_model.tracking_uri,
+        extra={"stream": {"source": "kafka", "kafka": kafka, "spark": {"kafka_reader": "connector"}}},
     )
     with pytest.raises(ConfigError, match="connector") as caught:
         run_spark_stream(project, spark=spark)

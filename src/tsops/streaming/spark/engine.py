@@ -257,6 +257,8 @@ def start_query(
     from tsops.streaming.spark.stateful import KEYED_SCHEMA, OUTPUT_SCHEMA, EntityProcessor, Keyer, Predictor
 
     cfg = project.settings.stream.spark
+    # A session passed in may have been built for other settings (a checkpoint keeps its own).
+    spark.conf.set("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
     stop_file = checkpoint / STOP_FILE
     stop_file.unlink(missing_ok=True)
     name = source_name(project, kind, path)

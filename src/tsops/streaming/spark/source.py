@@ -56,6 +56,7 @@ class KafkaEventsReader(SimpleDataSourceStreamReader):
     are never consulted (they can be stale after a batched produce)."""
 
     PARTITION_REFRESH_S = 5.0
+    MAX_READ_S = 1.0  # one read never takes longer, whatever the rate
 
     def __init__(self, options: dict[str, str]):
         self.topic = options["topic"]
@@ -63,6 +64,7 @@ class KafkaEventsReader(SimpleDataSourceStreamReader):
         self.max_records = int(options.get("max_records", "20000"))
         self.poll_timeout = float(options.get("poll_timeout_ms", "100")) / 1000
         self.options = options
+        self.last_error: str | None = None
         self._consumer: Any = None
         self._position: dict[int, int] | None = None  # where the consumer's fetch stands
         self._partitions_at = 0.0
@@ -103,14 +105,16 @@ class KafkaEventsReader(SimpleDataSourceStreamReader):
             return iter([]), start
         self._seek(offsets)
         rows: list[Row] = []
-        timeout = self.poll_timeout
-        while len(rows) < self.max_records:
-            got = self._poll(
-                self._client(), rows, offsets, min(self.max_records - len(rows), 10_000), timeout
-            )
-            if not got:
+        # Wait (up to the poll timeout) for the first record only, then drain what the client
+        # already holds until a poll comes back empty: a steady stream cannot keep one read
+        # going, and the batch ends where the data the client had ends.
+        consumer = self._client()
+        n, timeout = 1, self.poll_timeout
+        deadline = time.monotonic() + self.MAX_READ_S
+        while len(rows) < self.max_records and time.monotonic() < deadline:
+            if not self._poll(consumer, rows, offsets, n, timeout) and timeout == 0:
                 break
-            timeout = min(timeout, 0.01)  # only drain what has already arrived
+            n, timeout = min(self.max_records - len(rows), 10_000), 0
         self._position = dict(offsets)
         return iter(rows), {str(p): o for p, o in sorted(offsets.items())}
 
