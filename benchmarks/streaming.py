@@ -1,0 +1,325 @@
+"""Streaming benchmark: tsops' python engine side by side with a Spark Structured Streaming
+micro-batch job and with per-event Feast writes, on the same events, in one run.
+
+    .venv/bin/python benchmarks/streaming.py [--project DIR] [--rate 2000] [--seconds 20]
+        [--throughput-events 50000] [--skip-spark]
+
+On a throw-away Kafka-protocol broker (tansu) and the project's SQLite online store:
+
+1. **Latency at a fixed rate.** A producer publishes the continuation of the synthetic series
+   at `--rate` events/s for `--seconds`; the engine under test (a `tsops stream --source kafka`
+   process with a Kafka prediction sink) turns them into predictions; a consumer reads the
+   prediction topic. Latency = prediction record received − event produced (same clock, one
+   machine). Engines: tsops python engine; tsops on Spark (`--engine spark`, the same pipeline
+   as a Spark micro-batch job, trigger `stream.spark.trigger_interval`).
+2. **Throughput of one worker.** `--throughput-events` events are published first; then one
+   python-engine worker consumes them as fast as it can (file source and Kafka source).
+3. **Per-event Feast writes.** What a hand-written consumer does today: for each event, the
+   features (tsops' incremental engine, to be generous), `FeatureStore.write_to_online_store`
+   with the one row (what `FeatureStore.push(..., to=ONLINE)` calls), and one model call.
+
+Before each run the project is re-ingested, so every engine starts from the same state.
+Without `--project` a synthetic example (50 entities) is created, ingested, trained (quick)
+and promoted in a temporary folder first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from servers import KafkaBroker  # noqa: E402
+from tsops.settings import Project  # noqa: E402
+
+BIN = Path(sys.executable).parent
+
+
+def prepare_project(folder: Path, entities: int) -> Project:
+    from tsops.features.ingest import ingest
+    from tsops.lifecycle.promotion import promote
+    from tsops.models.pipeline import train
+    from tsops.scaffold import init_example
+
+    project = init_example(folder / "proj", "synthetic", entities=entities)
+    ingest(project, quiet=True)
+    train(project, quick=True, show_progress=False)
+    promote(project)
+    return project
+
+
+def reset(project: Project) -> None:
+    """Back to the state right after `tsops ingest`: no stream output, no checkpoints."""
+    from tsops.features.ingest import ingest
+
+    state = project.state_dir
+    for name in ("checkpoints", "spark-checkpoints", "offline/stream"):
+        shutil.rmtree(state / name, ignore_errors=True)
+    for name in ("predictions.jsonl", "dead_letters.jsonl"):
+        (state / name).unlink(missing_ok=True)
+    ingest(project, quiet=True)
+
+
+def events(project: Project, steps: int) -> list[dict[str, Any]]:
+    """The continuation of the synthetic series: `steps` events per entity, in time order."""
+    from tsops.data.synthetic import SyntheticSpec, generate_range
+
+    syn = project.settings.data.synthetic
+    assert syn is not None, "the streaming benchmark needs a synthetic project"
+    spec = SyntheticSpec(entities=syn.entities, start=syn.start, periods=syn.periods, seed=syn.seed)
+    frame = generate_range(spec, syn.periods, syn.periods + steps).sort_values(["timestamp", "entity_id"])
+    return [
+        {"entity_id": e, "timestamp": t.isoformat(), "value": float(v)}
+        for e, t, v in frame.itertuples(index=False)
+    ]
+
+
+def pct(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"n": 0}
+    a = np.asarray(values)
+    return {
+        "n": len(a),
+        "p50": float(np.percentile(a, 50)),
+        "p99": float(np.percentile(a, 99)),
+        "max": float(a.max()),
+    }
+
+
+# -- 1. latency at a fixed rate ---------------------------------------------------------------
+
+
+def measure_latency(
+    project: Project, broker: KafkaBroker, engine: str, evs: list[dict[str, Any]], rate: float, tag: str
+) -> dict[str, Any]:
+    from confluent_kafka import Consumer, Producer
+
+    events_topic, out_topic = f"bench.{tag}.events", f"bench.{tag}.predictions"
+    broker.create_topic(events_topic, 4)
+    broker.create_topic(out_topic, 1)
+    env = {
+        **os.environ,
+        "TSOPS_STREAM__KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap,
+        "TSOPS_STREAM__KAFKA__EVENTS_TOPIC": events_topic,
+        "TSOPS_STREAM__KAFKA__GROUP_ID": f"bench-{tag}",
+        "TSOPS_STREAM__SINKS": json.dumps([{"type": "kafka", "topic": out_topic}]),
+    }
+    log = project.state_dir / f"bench-{tag}.log"
+    cmd = [str(BIN / "tsops"), "stream", "-p", str(project.root), "--source", "kafka", "--engine", engine]
+    worker = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": broker.bootstrap,
+            "group.id": f"bench-reader-{tag}",
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": 2000,
+            "heartbeat.interval.ms": 400,
+        }
+    )
+    consumer.subscribe([out_topic])
+    produced: dict[str, float] = {}
+    received: dict[str, float] = {}
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            for m in consumer.consume(1000, 0.05):
+                if m.error() is None and m.value():
+                    now = time.time()
+                    rec = json.loads(m.value())
+                    received.setdefault(f"{rec['entity']}|{rec['event_time']}", now)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 0})
+    # Warm-up: the first events wait for the worker to start and join the group; they are
+    # published before the clock starts and not counted.
+    warm, timed = evs[: len(evs) // 10], evs[len(evs) // 10 :]
+    for e in warm:
+        producer.produce(events_topic, json.dumps(e).encode(), e["entity_id"].encode())
+    producer.flush()
+    deadline = time.time() + 240
+    while len(received) < len(warm) * 0.9 and time.time() < deadline:
+        if worker.poll() is not None:
+            raise RuntimeError(f"{engine} worker exited:\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
+    started = time.time()
+    for i, e in enumerate(timed):
+        due = started + i / rate
+        delay = due - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        key = f"{e['entity_id']}|{pd.Timestamp(e['timestamp']).isoformat()}"
+        produced[key] = time.time()
+        producer.produce(events_topic, json.dumps(e).encode(), e["entity_id"].encode())
+        producer.poll(0)
+    producer.flush()
+    sent_seconds = time.time() - started
+    deadline = time.time() + 120
+    while sum(k in received for k in produced) < len(produced) and time.time() < deadline:
+        time.sleep(0.2)
+    done.set()
+    reader.join()
+    worker.send_signal(signal.SIGTERM)
+    try:
+        worker.wait(60)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+    consumer.close()
+    latencies = [(received[k] - t) * 1000 for k, t in produced.items() if k in received]
+    return {
+        "engine": engine,
+        "rate": round(len(timed) / sent_seconds),
+        "events": len(timed),
+        "missing": len(produced) - len(latencies),
+        "latency_ms": pct(latencies),
+    }
+
+
+# -- 2. throughput of one worker --------------------------------------------------------------
+
+
+def measure_throughput(project: Project, broker: KafkaBroker, evs: list[dict[str, Any]]) -> dict[str, Any]:
+    from tsops.streaming.runner import replay_to_kafka, run_stream
+
+    folder = Path(tempfile.mkdtemp())
+    path = folder / "events.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in evs))
+    out: dict[str, Any] = {}
+    reset(project)
+    summary = run_stream(project, source=f"file:{path}")
+    out["file"] = {"events": summary.consumed, "seconds": summary.seconds, "ev_s": summary.rate()}
+
+    reset(project)
+    topic = "bench.throughput"
+    os.environ["TSOPS_STREAM__KAFKA__BOOTSTRAP_SERVERS"] = broker.bootstrap
+    os.environ["TSOPS_STREAM__KAFKA__EVENTS_TOPIC"] = topic
+    os.environ["TSOPS_STREAM__KAFKA__GROUP_ID"] = "bench-throughput"
+    try:
+        loaded = Project.load(project.root)
+        replay_to_kafka(loaded, path, topic=topic)
+        summary = run_stream(loaded, source="kafka", max_events=len(evs))
+    finally:
+        for key in ("BOOTSTRAP_SERVERS", "EVENTS_TOPIC", "GROUP_ID"):
+            os.environ.pop(f"TSOPS_STREAM__KAFKA__{key}", None)
+    out["kafka"] = {"events": summary.consumed, "seconds": summary.seconds, "ev_s": summary.rate()}
+    shutil.rmtree(folder, ignore_errors=True)
+    return out
+
+
+# -- 3. per-event Feast writes ----------------------------------------------------------------
+
+
+def measure_feast_per_event(project: Project, evs: list[dict[str, Any]]) -> dict[str, Any]:
+    from tsops import registry
+    from tsops.features.engines import update
+    from tsops.features.store import FEATURE_VIEW, FeatureStoreClient
+
+    reset(project)
+    client = FeatureStoreClient(project)
+    _, forecaster = registry.load_forecaster(project)
+    series = project.settings.series
+    names = client.features.names
+    states = client.read_states(sorted({e["entity_id"] for e in evs}))
+    per_event: list[float] = []
+    for e in evs:
+        t0 = time.perf_counter()
+        ts = pd.Timestamp(e["timestamp"])
+        feats = update(client.features, states[e["entity_id"]], ts, e["value"])
+        row = pd.DataFrame([{series.entity_col: e["entity_id"], series.time: ts.tz_localize("UTC"), **feats}])
+        client.store.write_to_online_store(FEATURE_VIEW, row)
+        forecaster.predict(pd.DataFrame([feats], columns=names))
+        per_event.append((time.perf_counter() - t0) * 1000)
+    seconds = sum(per_event) / 1000
+    return {"events": len(evs), "ev_s": len(evs) / seconds, "service_ms": pct(per_event)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--project", type=Path)
+    parser.add_argument("--entities", type=int, default=50)
+    parser.add_argument("--rate", type=float, default=2000)
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--throughput-events", type=int, default=50_000)
+    parser.add_argument("--feast-events", type=int, default=1000)
+    parser.add_argument("--skip-spark", action="store_true")
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="tsops-bench-stream-"))
+    project = Project.load(args.project) if args.project else prepare_project(tmp, args.entities)
+    entities = project.settings.data.synthetic.entities  # type: ignore[union-attr]
+    broker = KafkaBroker().start()
+    results: dict[str, Any] = {"cpus": os.cpu_count(), "entities": entities}
+    try:
+        steps = int(args.rate * args.seconds * 1.12 / entities) + 1
+        latency_events = events(project, steps)
+        engines = ["python"] + ([] if args.skip_spark else ["spark"])
+        results["latency"] = []
+        for engine in engines:
+            reset(project)
+            print(f"latency: {engine} engine at {args.rate:.0f} events/s …", flush=True)
+            results["latency"].append(
+                measure_latency(project, broker, engine, latency_events, args.rate, engine)
+            )
+        print("throughput: one python-engine worker …", flush=True)
+        many = events(project, args.throughput_events // entities)
+        results["throughput"] = measure_throughput(project, broker, many)
+        print("per-event Feast writes …", flush=True)
+        results["feast_per_event"] = measure_feast_per_event(project, many[: args.feast_events])
+    finally:
+        broker.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    report(results)
+
+
+def report(r: dict[str, Any]) -> None:
+    print()
+    print(f"machine: {r['cpus']} CPUs; {r['entities']} entities; SQLite online store; tansu broker")
+    header = f"{'engine':<22}{'rate ev/s':>10}{'events':>8}{'missing':>8}"
+    print(f"{header}{'p50 ms':>10}{'p99 ms':>10}{'max ms':>10}")
+    for row in r["latency"]:
+        lat = row["latency_ms"]
+        print(
+            f"{row['engine']:<22}{row['rate']:>10}{row['events']:>8}{row['missing']:>8}"
+            f"{lat.get('p50', float('nan')):>10.1f}{lat.get('p99', float('nan')):>10.1f}"
+            f"{lat.get('max', float('nan')):>10.1f}"
+        )
+    by = {row["engine"]: row["latency_ms"] for row in r["latency"]}
+    if "spark" in by and by["python"].get("p50"):
+        print(f"p50 ratio spark / tsops: {by['spark']['p50'] / by['python']['p50']:.1f}x (goal ≥ 15x)")
+    p99 = by["python"].get("p99", float("nan"))
+    print(f"tsops p99 at {r['latency'][0]['rate']} ev/s: {p99:.1f} ms (goal ≤ 25)")
+    t = r["throughput"]
+    print(
+        f"one worker, as fast as it can: file {t['file']['ev_s']:,.0f} ev/s "
+        f"({t['file']['events']} in {t['file']['seconds']:.1f} s); kafka {t['kafka']['ev_s']:,.0f} ev/s "
+        f"({t['kafka']['events']} in {t['kafka']['seconds']:.1f} s) (goal ≥ 20,000)"
+    )
+    f = r["feast_per_event"]
+    print(
+        f"per-event Feast write + predict: {f['ev_s']:,.0f} ev/s, "
+        f"service p50 {f['service_ms']['p50']:.2f} ms, "
+        f"p99 {f['service_ms']['p99']:.2f} ms; tsops kafka worker is "
+        f"{t['kafka']['ev_s'] / f['ev_s']:.0f}x the throughput"
+    )
+    print(json.dumps(r))
+
+
+if __name__ == "__main__":
+    main()
