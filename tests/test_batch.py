@@ -113,6 +113,27 @@ def test_parquet_scored_in_chunks_equals_model_predict_on_the_whole_frame(sklear
     np.testing.assert_allclose(out["prediction"], expected(sklearn_model, df), rtol=1e-12, atol=1e-12)
 
 
+def test_chunks_scored_in_threads_are_written_in_source_order(sklearn_model, tmp_path) -> None:
+    df = frame(10_000, seed=4)
+    df.loc[6543, "x0"] = np.nan
+    df.to_parquet(tmp_path / "in.parquet", index=False)
+    job = write_job(
+        tmp_path,
+        {"type": "parquet", "params": {"path": "in.parquet"}},
+        {"type": "parquet", "params": {"path": "out.parquet"}},
+        model=model_spec(sklearn_model),
+        chunk_rows=500,
+        threads=3,
+        rejects={"policy": "skip", "path": "rejects.csv"},
+    )
+    summary = run(load(job), show_progress=False)
+    out = pd.read_parquet(tmp_path / "out.parquet")
+    good = df.drop(index=6543)
+    assert summary.chunks == 20 and out["id"].tolist() == good["id"].tolist()
+    np.testing.assert_allclose(out["prediction"], expected(sklearn_model, good), rtol=1e-12)
+    assert pd.read_csv(tmp_path / "rejects.csv")[["id", "chunk", "row"]].values.tolist() == [[6543, 13, 6543]]
+
+
 def test_partitioned_parquet_folder_and_csv_glob_are_read_whole(sklearn_model, tmp_path) -> None:
     df = frame(5000)
     for region, part in (("north", df.iloc[:2000]), ("south", df.iloc[2000:])):

@@ -77,6 +77,9 @@ class BatchConfig(Strict):
     data: DataSpec
     engine: Literal["local", "spark"] = "local"
     chunk_rows: int = Field(100_000, ge=1, le=50_000_000, description="rows per Arrow record batch")
+    threads: int = Field(
+        1, ge=1, le=64, description="local engine: chunks scored at once (thread-safe models only)"
+    )
     keep: Literal["all", "none"] | list[str] = Field(
         "all", description="input columns copied next to the predictions"
     )
