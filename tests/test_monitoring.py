@@ -1,5 +1,6 @@
 """Online accuracy, drift, their Prometheus metrics and history, `tsops monitor` and the
-Evidently report: the `StreamMonitor` fed with what the real stream processor reads and writes."""
+Evidently report: the `StreamMonitor` fed by the real stream processor, and by hand with
+records in its format where exact numbers are the point."""
 
 from __future__ import annotations
 
@@ -18,10 +19,9 @@ from tsops import registry
 from tsops.data.synthetic import DriftSpec, SyntheticSpec, generate_range
 from tsops.features.definitions import FeatureSet
 from tsops.features.engines import batch_features
-from tsops.features.store import FeatureStoreClient
 from tsops.monitoring.history import ALL_STEPS, MonitorHistory
 from tsops.monitoring.monitor import StreamMonitor
-from tsops.streaming.events import Event, parse
+from tsops.streaming.events import Event
 from tsops.streaming.runner import run_stream
 from tsops.streaming.steps import prediction_records
 
@@ -30,30 +30,6 @@ H = 24
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def streamed_batches(project, events: list[dict], path: Path):  # type: ignore[no-untyped-def]
-    """Run the real stream over `events`, then hand its micro-batches to the monitor as a worker
-    does: the applied events, their feature rows (from the offline store it wrote) and the
-    prediction records it wrote for them."""
-    summary = run_stream(project, source=f"file:{write_jsonl(path, events)}")
-    assert summary.processed == len(events)
-    by_key = {
-        (p["entity"], p["event_time"]): p for p in read_jsonl(project.root / ".tsops" / "predictions.jsonl")
-    }
-    client = FeatureStoreClient(project)
-    client.compact_offline()
-    series = project.settings.series
-    offline = client.read_offline().set_index([series.entity_col, series.time])
-    parsed = [parse(json.dumps(e), series, pd.Timestamp.max) for e in events]
-    size = project.settings.stream.batch_size
-    for i in range(0, len(parsed), size):
-        chunk = parsed[i : i + size]
-        rows = [offline.loc[(e.entity, e.time), client.features.names].to_dict() for e in chunk]
-        preds = [
-            by_key[(e.entity, e.time.isoformat())] for e in chunk if (e.entity, e.time.isoformat()) in by_key
-        ]
-        yield chunk, rows, preds
 
 
 def bare_project(root: Path, **extra: dict):  # type: ignore[no-untyped-def]
@@ -100,13 +76,12 @@ def test_forecasts_join_their_actuals_into_the_exact_rolling_mae_per_version_and
 
 
 def test_the_stream_processors_forecasts_join_their_actuals_exactly(stream_project, tmp_path) -> None:
-    project = stream_project(monitoring={"accuracy_window": 1000})
+    project = stream_project(monitoring={"accuracy_window": 1000}, stream={"batch_size": 100})
     events = synthetic_events(project, 100)
     monitor = StreamMonitor(project, persist=False)
-    predictions = []
-    for chunk, rows, preds in streamed_batches(project, events, tmp_path / "events.jsonl"):
-        monitor.on_batch(chunk, rows, preds)
-        predictions += preds
+    run_stream(project, source=f"file:{write_jsonl(tmp_path / 'events.jsonl', events)}", monitor=monitor)
+    predictions = read_jsonl(project.root / ".tsops" / "predictions.jsonl")
+    assert len(predictions) == len(events) and monitor.batches == 5  # micro-batches of 100
     # Independently: every (forecast, step) whose target time has an observation.
     actual = {(e["entity_id"], pd.Timestamp(e["timestamp"])): e["value"] for e in events}
     errors = defaultdict(list)
@@ -239,8 +214,8 @@ def test_drift_is_near_zero_on_reference_like_data_and_high_after_a_level_shift(
 def test_snapshots_are_stored_and_tsops_monitor_shows_them(stream_project, tmp_path) -> None:
     project = stream_project(monitoring={"snapshot_interval_s": 0}, stream={"batch_size": 500})
     monitor = StreamMonitor(project)
-    for chunk, rows, preds in streamed_batches(project, synthetic_events(project, 120), tmp_path / "e.jsonl"):
-        monitor.on_batch(chunk, rows, preds)
+    events = synthetic_events(project, 120)
+    run_stream(project, source=f"file:{write_jsonl(tmp_path / 'e.jsonl', events)}", monitor=monitor)
     snapshot = monitor.snapshot()
     monitor.close()
     [figure] = snapshot["accuracy"]

@@ -125,7 +125,7 @@ def retrain(
                 )
             gate = promotion.promote(view, challenger, record=False)
         except Exception as e:  # noqa: BLE001 — any failure is recorded; the champion stays
-            run_id = run_id or _failed_run(started_ms)
+            run_id = run_id or _failed_run(project, started_ms)
             message = str(e) if isinstance(e, TsopsError) else f"{type(e).__name__}: {e}"
             if run_id:
                 registry.connect(project).set_tag(run_id, "tsops.retrain.failed", message[:4000])
@@ -193,12 +193,22 @@ def _decide(
     return d
 
 
-def _failed_run(since_ms: int) -> str | None:
-    """The training run this process started (and MLflow marked failed) after `since_ms`."""
-    import mlflow
+def _failed_run(project: Project, since_ms: int) -> str | None:
+    """The training run this retrain started (MLflow marked it failed), if it got that far."""
+    from mlflow.exceptions import MlflowException
 
-    run = mlflow.last_active_run()
-    return run.info.run_id if run is not None and run.info.start_time >= since_ms else None
+    client = registry.connect(project)
+    try:
+        experiment = client.get_experiment_by_name(project.experiment)
+        runs = client.search_runs(
+            [experiment.experiment_id] if experiment else [],
+            f"attributes.start_time >= {since_ms} and attributes.status = 'FAILED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+    except MlflowException:
+        return None
+    return runs[0].info.run_id if runs else None
 
 
 # -- automatic rollback -------------------------------------------------------------------
