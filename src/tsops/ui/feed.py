@@ -30,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -105,6 +106,8 @@ class DashboardFeed:
         self.worker_figures: dict[str, Any] = {"url": url, "error": None}
         self.errors: dict[str, str] = {}  # source → last error, shown on the page
         self.version = 0  # bumped whenever something the page shows changed
+        self._rendered: dict[Any, bytes] = {}
+        self._rendered_version = -1
         self.refreshed_at: float | None = None
         self._last_registry = -float("inf")
         self._last_monitoring = -float("inf")
@@ -266,6 +269,20 @@ class DashboardFeed:
 
     # -- what the routes serve ------------------------------------------------------------
 
+    def rendered(self, entity: str | None, step: int) -> tuple[bytes, bytes]:
+        """The overview and one entity's chart data as JSON, built once per version of the data
+        however many pages are open."""
+        with self._lock:
+            if self._rendered_version != self.version:
+                self._rendered, self._rendered_version = {}, self.version
+            key = (entity, step)
+            if "overview" not in self._rendered:
+                self._rendered["overview"] = orjson.dumps(self.overview())
+            if key not in self._rendered:
+                data = None if entity is None else self.entity(entity, step)
+                self._rendered[key] = orjson.dumps(data)
+            return self._rendered["overview"], self._rendered[key]
+
     def entities(self) -> list[str]:
         with self._lock:
             return self.series.entities
@@ -296,7 +313,6 @@ class DashboardFeed:
             (t.threshold for t in s.retrain.triggers if isinstance(t, DriftTriggerSettings)), None
         )
         with self._lock:
-            now = self.clock()
             m = self.monitoring
             return {
                 "project": s.project,
@@ -322,9 +338,9 @@ class DashboardFeed:
                     "predictions_reason": self.predictions.reason,
                     "predictions_total": self.stream.totals.predictions,
                     "actuals_total": self.series.actuals_added,
-                    "last_prediction_age_s": None
+                    "last_prediction_at": None
                     if self.last_prediction_at is None
-                    else round(now - self.last_prediction_at, 1),
+                    else int(self.last_prediction_at * 1000),
                     "timeline": thin(list(self.stream_timeline)),
                     "columns": [
                         "t",

@@ -128,9 +128,10 @@ def _update(
 ) -> tuple[bytes, list[str]]:
     names = feed.entities()
     chosen = entity if entity is not None else (names[0] if names else None)
+    overview, data = feed.rendered(chosen, step)
     body: dict[str, Any] = {
-        "overview": feed.overview(),
-        "entity": None if chosen is None else feed.entity(chosen, step),
+        "overview": orjson.Fragment(overview),
+        "entity": orjson.Fragment(data),
         "selected": chosen,
     }
     if names != sent:
