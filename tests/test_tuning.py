@@ -60,7 +60,9 @@ def mlflow_runs(project: Project, study: str) -> tuple[object, list]:  # type: i
     experiment = client.get_experiment_by_name(EXPERIMENT)
     assert experiment is not None
     runs = client.search_runs([experiment.experiment_id], f"tags.`tsops.study` = '{study}'")
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    parents = [
+        r for r in runs if r.info.run_name.startswith("tune-") and "mlflow.parentRunId" not in r.data.tags
+    ]
     assert len(parents) == 1, [r.info.run_name for r in parents]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     return parents[0], sorted(children, key=lambda r: int(r.data.tags["tsops.trial"]))
@@ -100,9 +102,15 @@ def test_bad_search_space_is_refused_naming_the_field(tmp_path: Path) -> None:
     assert "input_window: 96 exceeds features.window" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_a_study_is_one_mlflow_parent_run_with_a_child_run_per_trial(weather_project) -> None:
+@pytest.fixture(scope="module")
+def small_study(weather_project):  # type: ignore[no-untyped-def]
+    """A study of 4 trials (SQLite under .tsops/), shared by the tests that only read it."""
     project = load(weather_project, tiny("parent-children"))
-    outcome = tune(project, trials=4, show_progress=False)
+    return project, tune(project, trials=4, show_progress=False)
+
+
+def test_a_study_is_one_mlflow_parent_run_with_a_child_run_per_trial(weather_project, small_study) -> None:
+    project, outcome = small_study
 
     study = optuna.load_study(study_name="parent-children", storage=project.study_storage)
     assert project.study_storage == f"sqlite:///{weather_project.root / '.tsops' / 'optuna.db'}"
@@ -179,8 +187,8 @@ def test_ctrl_c_stops_cleanly_and_rerunning_continues_the_same_study(weather_pro
     assert [t.state for t in first] == [TrialState.FAIL, TrialState.WAITING]
     assert first[0].user_attrs[REASON_ATTR].startswith("interrupted at epoch")
 
-    again = run_cli("tune", "--trials", "1", "--project", str(project.root), env=env)
-    assert again.returncode == 0, again.stderr
+    again = tune(project, trials=1, show_progress=False)  # what a second `tsops tune` runs
+    assert again.trials_run == 1 and not again.interrupted
     trials = optuna.load_study(study_name="resume", storage=storage).get_trials()
     assert [t.number for t in trials] == [0, 1]
     assert trials[1].state == TrialState.COMPLETE and trials[1].params == trials[0].params  # retried
@@ -233,17 +241,15 @@ def test_a_trial_with_a_non_finite_loss_is_recorded_failed_and_the_study_goes_on
         assert ("training diverged" in child.data.tags.get("tsops.reason", "")) == failed
 
 
-def test_train_from_study_registers_a_challenger_with_the_best_parameters(weather_project) -> None:
-    env = tiny("from-study", TSOPS_TUNE__PRUNER="none")
-    project = load(weather_project, env)
-    tune(project, trials=2, show_progress=False)
-    best = optuna.load_study(study_name="from-study", storage=project.study_storage).best_trial
+def test_train_from_study_registers_a_challenger_with_the_best_parameters(small_study) -> None:
+    project, _ = small_study
+    best = optuna.load_study(study_name="parent-children", storage=project.study_storage).best_trial
 
-    result = run_cli("train", "--from-study", "--project", str(project.root), env=env)
+    result = run_cli("train", "--from-study", "--project", str(project.root), env=tiny("parent-children"))
     assert result.returncode == 0, result.stderr
     client = MlflowClient(project.tracking_uri, project.tracking_uri)
     version = client.get_model_version_by_alias("weather_tuned", "challenger")
-    assert version.tags["tsops.study"] == "from-study"
+    assert version.tags["tsops.study"] == "parent-children"
     assert version.tags["tsops.study_trial"] == str(best.number)
     params = client.get_run(version.run_id).data.params
     for name, value in best.params.items():
