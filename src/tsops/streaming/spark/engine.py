@@ -56,6 +56,9 @@ def spark_session(settings: SparkStreamSettings) -> Any:
         "spark.sql.shuffle.partitions": settings.shuffle_partitions,
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.streaming.stateStore.providerClass": ROCKSDB,
+        # A commit writes a small changelog instead of uploading a state snapshot every batch.
+        "spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled": "true",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",  # toPandas of each micro-batch
         **settings.conf,
     }
     builder = (
