@@ -30,7 +30,7 @@ from tsops.batch.runner import (
 )
 from tsops.batch.sources import Source
 from tsops.batch.targets import Target
-from tsops.errors import DataError
+from tsops.errors import DataError, TsopsError
 
 
 class LocalRun:
@@ -112,6 +112,7 @@ def run_local(
         ThreadPoolExecutor(cfg.threads, thread_name_prefix="tsops-batch-score") if cfg.threads > 1 else None
     )
     scoring: deque[tuple[int, int, Future[ChunkResult]]] = deque()
+    scored_all = False
     try:
         with progress_bar(total, show_progress) as (bar, task):
 
@@ -138,12 +139,18 @@ def run_local(
                 settle(cfg.threads - 1)
             if not (stop is not None and stop.is_set()):
                 settle(0)
+                scored_all = True
         if stop is not None and stop.is_set():
             raise Interrupted(f"stopped after {chunks} chunk(s); nothing was written", "signal")
         if in_schema is None:
             raise DataError("the source has no rows; nothing was written", describe(cfg.data.source))
         state.commit(in_schema, rows_read)
-    except BaseException:
+    except BaseException as e:  # a failed chunk names itself; other errors get the position
+        if isinstance(e, TsopsError) and not isinstance(e, Interrupted) and not scored_all:
+            if "chunk" not in (e.where or ""):
+                e.details.append(
+                    f"stopped after {chunks} chunk(s) ({rows_read} source rows); nothing written"
+                )
         chunks_in.close()
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)

@@ -8,6 +8,7 @@ Ctrl-C or SIGTERM aborts them, so a failed run leaves the previous output as it 
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 import threading
@@ -92,7 +93,10 @@ def run(job: Job, *, show_progress: bool = True, stop: threading.Event | None = 
     tracking = job.config.model.tracking_uri
     if tracking is None and job.context.project_dir is not None:
         tracking = job.context.project.tracking_uri
-    model = BatchModel.load(job.config.model.uri, tracking)
+    uri = job.config.model.uri
+    if not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", uri):  # a path: relative to the job file
+        uri = str(job.context.path(uri))
+    model = BatchModel.load(uri, tracking)
     try:
         if job.config.engine == "spark":
             from tsops.batch.spark import run_spark
