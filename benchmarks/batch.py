@@ -1,7 +1,8 @@
 """Batch benchmark: `tsops batch` side by side with the plain approach, in one run.
 
     .venv/bin/python benchmarks/batch.py [--sizes 1000000,10000000] [--formats parquet,csv]
-                                         [--lstm-rows 100000] [--project DIR] [--work DIR]
+                                         [--lstm-rows 100000] [--lstm-threads 1,2]
+                                         [--project DIR] [--work DIR] [--json FILE]
 
 The plain approach is the script teams already have: read the whole file with pandas,
 `mlflow.pyfunc.load_model(uri).predict(frame)`, add the predictions, write with pandas.
@@ -11,7 +12,8 @@ child's peak RSS (`os.wait4` rusage, ru_maxrss). Models:
   * scikit-learn LinearRegression on 10 float columns (saved as an MLflow model folder),
     on `--sizes` rows, for each of `--formats`;
   * the tsops LSTM champion of a weather project (created, ingested, trained quickly and
-    promoted in `--work` unless `--project` is given) on `--lstm-rows` feature rows.
+    promoted in `--work` unless `--project` is given) on `--lstm-rows` feature rows, with
+    tsops' `threads:` at each of `--lstm-threads` (the plain approach runs once per row).
 Prints rows/s, peak RSS and the ratios; the plain script also prints where its time went.
 """
 
@@ -225,6 +227,9 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000000,10000000", help="rows for the scikit-learn model")
     parser.add_argument("--formats", default="parquet,csv", help="input and output formats")
     parser.add_argument("--lstm-rows", type=int, default=100_000, help="feature rows for the LSTM (0: skip)")
+    parser.add_argument(
+        "--lstm-threads", default="1,2", help="tsops `threads:` settings to run the LSTM with"
+    )
     parser.add_argument("--chunk-rows", type=int, default=None, help="tsops chunk_rows (default: the job's)")
     parser.add_argument("--project", type=Path, help="a trained, promoted tsops project (LSTM)")
     parser.add_argument("--work", type=Path, help="folder for inputs and models (kept for reruns)")
@@ -267,24 +272,35 @@ def main() -> None:
         series = project.settings.series
         keep = [series.entity_col, series.time]
         plain_out, tsops_out = work / "plain-lstm.parquet", work / "tsops-lstm.parquet"
-        job = tsops_job(
-            work,
-            "lstm",
-            src,
-            tsops_out,
-            {"uri": uri, "tracking_uri": project.tracking_uri},
-            keep=keep,
-            **extra,
-        )
-        results.append(
-            compare(
-                "tsops LSTM, parquet",
-                args.lstm_rows,
-                [python, "-c", PLAIN, str(src), str(plain_out), uri, project.tracking_uri, ",".join(keep)],
-                [python, "-m", "tsops", "batch", "--config", str(job), "--json"],
-                [plain_out, tsops_out],
+        for threads in (int(t) for t in args.lstm_threads.split(",")):
+            job = tsops_job(
+                work,
+                f"lstm-{threads}",
+                src,
+                tsops_out,
+                {"uri": uri, "tracking_uri": project.tracking_uri},
+                keep=keep,
+                threads=threads,
+                **extra,
             )
-        )
+            results.append(
+                compare(
+                    f"tsops LSTM, parquet, threads {threads}",
+                    args.lstm_rows,
+                    [
+                        python,
+                        "-c",
+                        PLAIN,
+                        str(src),
+                        str(plain_out),
+                        uri,
+                        project.tracking_uri,
+                        ",".join(keep),
+                    ],
+                    [python, "-m", "tsops", "batch", "--config", str(job), "--json"],
+                    [plain_out, tsops_out],
+                )
+            )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 
