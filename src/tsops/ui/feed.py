@@ -1,6 +1,7 @@
 """The dashboard's data layer: everything the page shows, kept up to date by one background
 thread that reads the project's files and stores incrementally. Pure Python, no web framework:
-the routes only call `touch`, `overview`, `entity` and `entities`.
+the routes call `touch` (keep the thread running), `ensure_fresh`, and read `overview`,
+`entity`, `entities` or `rendered` (both as JSON, once per data version).
 
 Sources (they work when `tsops serve` and `tsops stream` are separate processes on one machine):
 
@@ -265,7 +266,8 @@ class DashboardFeed:
         return changed
 
     def _read_monitoring(self, now: float) -> bool:
-        return self.monitoring.read(datetime.fromtimestamp(now, UTC))
+        with self._lock:  # the reader appends to the series `overview` iterates (a few ms of SQL)
+            return self.monitoring.read(datetime.fromtimestamp(now, UTC))
 
     # -- what the routes serve ------------------------------------------------------------
 
