@@ -7,6 +7,7 @@ No `from __future__ import annotations` here: FastAPI must see the `step` bound 
 horizon, a local) when the routes are declared."""
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Annotated, Any
@@ -22,6 +23,9 @@ from tsops.ui.feed import DashboardFeed
 
 PUSH_CHECK_S = 0.25  # how often an open event stream looks for a new version of the data
 KEEPALIVE_S = 15.0  # a comment line this often keeps proxies from closing an idle stream
+# An event stream ends after this long with a `bye` event and the page reconnects at once: a
+# server shutting down waits for open responses, and an endless one would hold it up.
+STREAM_LIFETIME_S = 20.0
 
 
 def page() -> bytes:
@@ -109,7 +113,11 @@ async def _updates(
     yield b"retry: 2000\n\n"
     sent_version, sent_entities = -1, None
     quiet = 0.0
+    ends = time.monotonic() + STREAM_LIFETIME_S
     while not await request.is_disconnected():
+        if time.monotonic() > ends:
+            yield b"event: bye\ndata: {}\n\n"
+            return
         feed.touch()
         if feed.version != sent_version:
             sent_version = feed.version
