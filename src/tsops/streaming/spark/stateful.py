@@ -24,9 +24,12 @@ from tsops.settings import Project
 from tsops.streaming.events import Event, EventError, RawRecord, dead_letter, parse
 from tsops.streaming.steps import NewRows, TumblingBars, plan_points, prediction_records
 
-KEYED_SCHEMA = "payload string, partition int, offset long, received double, key string, dead string"
-"""Raw records with their grouping key (the validated entity) or, for a payload that fails
-validation, the dead-letter record (`dead`) and the key `DEAD_KEY`."""
+KEYED_SCHEMA = (
+    "payload string, partition int, offset long, received double, "
+    "key string, time_ns long, value double, dead string"
+)
+"""Raw records, validated: the grouping key (the entity) with the event's time and value, or,
+for a payload that fails validation, the key `DEAD_KEY` and the dead-letter record (`dead`)."""
 
 OUTPUT_SCHEMA = "kind string, entity string, time_ns long, values array<double>, text string, received double"
 """`kind` is one of: `row` (an offline/online feature row: values = target, *features),
@@ -35,7 +38,7 @@ OUTPUT_SCHEMA = "kind string, entity string, time_ns long, values array<double>,
 (text = the per-key counters of the batch)."""
 
 RAW_COLUMNS = ("payload", "partition", "offset", "received")
-DEAD_KEY = ""  # payloads without a usable entity: every one of them is a dead letter
+DEAD_KEY = ""  # payloads that fail validation (no entity is empty): all dead letters
 
 _clients: dict[Path, Any] = {}
 _forecasters: dict[tuple[Path, int], Any] = {}
@@ -80,16 +83,26 @@ class Keyer:
         for frame in frames:
             latest_allowed = pd.Timestamp.now("UTC").tz_localize(None) + max_future
             keys: list[str] = []
+            times: list[int] = []
+            values: list[float] = []
             dead: list[str | None] = []
             for payload, partition, offset, received in frame[list(RAW_COLUMNS)].itertuples(index=False):
                 try:
-                    keys.append(parse(payload, series, latest_allowed, floor=floor).entity)
-                    dead.append(None)
+                    ev = parse(payload, series, latest_allowed, floor=floor)
                 except EventError as e:
                     record = RawRecord(payload, int(partition), int(offset), float(received))
                     keys.append(DEAD_KEY)
+                    times.append(0)
+                    values.append(math.nan)
                     dead.append(json.dumps(dead_letter(e, record), default=str))
-            yield frame.assign(key=keys, dead=dead)
+                    continue
+                keys.append(ev.entity)
+                times.append(ev.time.value)
+                values.append(ev.value)
+                dead.append(None)
+            yield frame.assign(
+                key=keys, time_ns=np.array(times, dtype=np.int64), value=np.array(values), dead=dead
+            )
 
 
 def _output(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -139,7 +152,6 @@ class EntityProcessor(StatefulProcessor):
         self.bars = (
             None if self.stream.aggregate is None else TumblingBars(self.stream.aggregate, self.series)
         )
-        self.max_future = pd.Timedelta(self.stream.max_future)
         self.value_state = handle.getValueState("entity_state", "json string")
 
     def _stored(self, entity: str) -> EntityState | None:
@@ -172,16 +184,14 @@ class EntityProcessor(StatefulProcessor):
         counts: Counter[str] = Counter(consumed=len(frame))
         valid = frame[frame["dead"].isna()]
         if len(valid):
-            # Validated by the Keyer already; parsed again here (same rules, a later `now`, so
-            # an event that passed cannot fail) to apply it.
-            latest_allowed = pd.Timestamp.now("UTC").tz_localize(None) + self.max_future
-            floor = self.bars is None
             parsed = [
                 (
                     RawRecord(payload, int(partition), int(offset), float(received)),
-                    parse(payload, self.series, latest_allowed, floor=floor),
+                    Event(entity, pd.Timestamp(int(ns)), float(value)),
                 )
-                for payload, partition, offset, received in valid[list(RAW_COLUMNS)].itertuples(index=False)
+                for payload, partition, offset, received, ns, value in valid[
+                    [*RAW_COLUMNS, "time_ns", "value"]
+                ].itertuples(index=False)
             ]
             self._apply_all(entity, parsed, out, counts)
         out.append({"kind": "counts", "entity": entity, "text": json.dumps(counts)})
