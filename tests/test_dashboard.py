@@ -183,6 +183,21 @@ def _updates(lines: Iterator[str]) -> Iterator[dict]:  # type: ignore[type-arg]
             yield json.loads(line[5:])
 
 
+def test_dashboard_work_starts_with_the_first_viewer_and_stops_with_the_server(dashboard_project) -> None:  # type: ignore[no-untyped-def]
+    from fastapi.testclient import TestClient
+
+    from tsops.serving.app import create_app
+
+    app = create_app(dashboard_project, watch=False)
+    with TestClient(app) as client:
+        feed = app.state.dashboard
+        assert client.get("/forecast/e000").status_code == 200
+        assert not feed.running and feed.refreshed_at is None  # serving alone reads nothing for it
+        assert "e000" in client.get("/ui/entities").json()["entities"]
+        assert feed.running
+    assert not feed.running
+
+
 def test_unknown_entity_gets_a_404_in_the_error_format(served) -> None:  # type: ignore[no-untyped-def]
     answer = httpx.get(f"{served}/ui/entity/atlantis", timeout=10)
     assert answer.status_code == 404

@@ -124,10 +124,15 @@ class DashboardFeed:
         """A dashboard request arrived: keep the thread running (start it if needed)."""
         self._last_touch = time.monotonic()
         with self._lock:
-            if self._stop.is_set() or (self._thread is not None and self._thread.is_alive()):
+            if self._stop.is_set() or self.running:
                 return
             self._thread = threading.Thread(target=self._run, name="dashboard-feed", daemon=True)
             self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        """Whether the reader thread is running (it is only while someone watches)."""
+        return self._thread is not None and self._thread.is_alive()
 
     def ensure_fresh(self) -> None:
         """Refresh now unless a refresh already happened (blocking: call off the event loop)."""
