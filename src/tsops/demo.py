@@ -159,7 +159,9 @@ def start_server(project: Project, port: int) -> tuple[Any, threading.Thread]:
 
     from tsops.serving.app import create_app
 
-    config = uvicorn.Config(create_app(project), host="127.0.0.1", port=port, log_level="warning")
+    config = uvicorn.Config(
+        create_app(project), host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=3
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="tsops-serve", daemon=True)
     thread.start()
