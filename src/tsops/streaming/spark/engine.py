@@ -330,14 +330,15 @@ def run_spark_stream(
         shutil.rmtree(checkpoint, ignore_errors=True)
     checkpoint.mkdir(parents=True, exist_ok=True)
 
-    previous = {}
-    if stop is None:
-        stop = threading.Event()
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                previous[sig] = signal.signal(sig, lambda *_: stop.set())  # type: ignore[union-attr]
+    stop = stop or threading.Event()
+    main = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)} if main else {}
     own_session = spark is None
     session = spark_session(cfg.spark) if own_session else spark
+    # After the session: PySpark's SparkContext installs a SIGINT handler of its own that
+    # cancels every job (the running batch) and raises KeyboardInterrupt.
+    for sig in previous:
+        signal.signal(sig, lambda *_: stop.set())
     try:
         query = start_query(
             session, project, kind, path, follow=follow, checkpoint=checkpoint, version=version, writer=writer
@@ -352,11 +353,19 @@ def run_spark_stream(
             if stop.is_set() or idle or enough:
                 stop_gracefully(query, checkpoint / STOP_FILE)
                 break
-            query.awaitTermination(0.1)
+            try:
+                query.awaitTermination(0.1)
+            except Exception:  # the query failed: reported below
+                break
         writer.summary.seconds = time.monotonic() - started
         error = query.exception()
-        if error is not None:
+        if error is not None and not stop.is_set():
             raise RuntimeError(f"the Spark query failed: {error}")
+        if error is not None:  # e.g. Ctrl-C in a terminal also reached Spark's Python workers
+            print(
+                f"the batch running at the stop failed and is replayed on the next start: {error}",
+                file=sys.stderr,
+            )
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
