@@ -1,8 +1,9 @@
 """Checkpoints: the durable writes that trail the micro-batches, as Kafka Streams' and Flink's
 commit intervals do. Each micro-batch writes its predictions (and dead letters) to the sinks at
 once; its feature rows, entity states and source offsets are accumulated here and, every
-`stream.checkpoint_interval_ms`, written in this order by a background thread: offline log →
-online features (latest row per entity) → states → commit offsets. The poll → predict → sink path
+`stream.checkpoint_interval_ms`, written in this order: offline log → online features (latest
+row per entity) → states, by a background thread; then the offsets are committed by the
+processing thread between two polls. The poll → predict → sink path
 never waits on the feature store, yet a crash still replays from the last commit onto the state
 written with it, and the replay rewrites identical rows and predictions."""
 
@@ -44,7 +45,7 @@ class Checkpointer:
         self._client: FeatureStoreClient | None = None  # the writer thread's own store handle
         self._pending = _Pending()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="tsops-checkpoint")
-        self._inflight: Future[None] | None = None
+        self._inflight: tuple[Future[None], list[RawRecord]] | None = None
         self._last = time.monotonic()
         self._lock = threading.Lock()
         self.checkpoints = 0
@@ -62,13 +63,18 @@ class Checkpointer:
 
     def flush(self, wait: bool = False) -> None:
         """Hand what is pending to the writer (after the previous checkpoint finished: at most
-        one in flight, which also bounds memory); with `wait`, return once it is durable."""
+        one in flight, which also bounds memory); with `wait`, return once it is committed."""
         self._await_inflight()
         if self._pending.records:
             pending, self._pending = self._pending, _Pending()
             self._last = time.monotonic()
-            self._inflight = self._executor.submit(self._write, pending)
+            self._inflight = (self._executor.submit(self._write, pending), pending.records)
         if wait or self.interval == 0:
+            self._await_inflight()
+
+    def commit_finished(self) -> None:
+        """Commit the offsets of a checkpoint whose writes have finished (called between polls)."""
+        if self._inflight is not None and self._inflight[0].done():
             self._await_inflight()
 
     def close(self) -> None:
@@ -79,8 +85,12 @@ class Checkpointer:
 
     def _await_inflight(self) -> None:
         if self._inflight is not None:
-            inflight, self._inflight = self._inflight, None
-            inflight.result()  # a failed write fails the worker; nothing after it was committed
+            (future, records), self._inflight = self._inflight, None
+            future.result()  # a failed write fails the worker; nothing after it was committed
+            # Offsets are committed here, on the consumer's own thread (never from the writer:
+            # a Kafka consumer must not be called from two threads, e.g. during a rebalance).
+            self.source.commit(records)
+            self.checkpoints += 1
 
     def _write(self, pending: _Pending) -> None:
         if self._client is None:
@@ -91,5 +101,3 @@ class Checkpointer:
             client.append_offline(rows)
             client.write_online(rows.groupby(self.entity_col, sort=False).tail(1))
         client.write_states(pending.states)
-        self.source.commit(pending.records)
-        self.checkpoints += 1

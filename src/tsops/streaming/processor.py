@@ -138,6 +138,7 @@ class Processor:
             while not stop.is_set() and not self.source.exhausted:
                 if max_events is not None and self.summary.consumed >= max_events:
                     break
+                self.checkpointer.commit_finished()
                 records = self.source.poll(self.settings.batch_size, timeout)
                 if records:
                     self.handle(records)
