@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/batch.py [--sizes 1000000,10000000] [--formats parquet,csv]
                                          [--lstm-rows 100000] [--lstm-threads 1,2]
-                                         [--project DIR] [--work DIR] [--json FILE]
+                                         [--repeat 1] [--project DIR] [--work DIR] [--json FILE]
 
 The plain approach is the script teams already have: read the whole file with pandas,
 `mlflow.pyfunc.load_model(uri).predict(frame)`, add the predictions, write with pandas.
@@ -14,7 +14,9 @@ child's peak RSS (`os.wait4` rusage, ru_maxrss). Models:
   * the tsops LSTM champion of a weather project (created, ingested, trained quickly and
     promoted in `--work` unless `--project` is given) on `--lstm-rows` feature rows, with
     tsops' `threads:` at each of `--lstm-threads` (the plain approach runs once per row).
-Prints rows/s, peak RSS and the ratios; the plain script also prints where its time went.
+With `--repeat N` each approach runs N times, alternating which goes first; medians and
+bests are printed. Prints rows/s, peak RSS and the ratios of wall time and of work time (read,
+predict, write: without interpreter start-up, imports and model loading).
 """
 
 from __future__ import annotations
@@ -184,39 +186,53 @@ def tsops_job(work: Path, name: str, source: Path, target: Path, model: dict, **
     return path
 
 
-def compare(label: str, rows: int, plain_cmd: list[str], tsops_cmd: list[str], outputs: list[Path]) -> dict:
-    results = {}
-    for approach, cmd in (("plain", plain_cmd), ("tsops", tsops_cmd)):
-        results[approach] = measure(cmd, {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"})
-        for out in outputs:  # keep the disk tidy between runs
-            shutil.rmtree(out, ignore_errors=True) if out.is_dir() else out.unlink(missing_ok=True)
-    plain, ours = results["plain"], results["tsops"]
-    breakdown = json.loads(plain["stdout"].strip().splitlines()[-1])
-    summary = json.loads(ours["stdout"].strip().splitlines()[-1])
-    # the work itself, without interpreter start-up, imports and model loading (both load
-    # the same MLflow model the same way; on a loaded machine that part varies the most)
-    plain_work = breakdown["read"] + breakdown["predict"] + breakdown["write"]
-    row = {
-        "case": label,
-        "rows": rows,
-        "plain_s": plain["seconds"],
-        "tsops_s": ours["seconds"],
-        "plain_rows_s": rows / plain["seconds"],
-        "tsops_rows_s": rows / ours["seconds"],
-        "speedup": plain["seconds"] / ours["seconds"],
-        "plain_rss_mb": plain["rss_mb"],
-        "tsops_rss_mb": ours["rss_mb"],
-        "plain_breakdown": {k: round(v, 2) for k, v in breakdown.items()},
-        "tsops_run_s": round(summary["seconds"], 2),
-        "plain_work_s": round(plain_work, 2),
-        "work_speedup": plain_work / summary["seconds"],
-        "load_avg": os.getloadavg()[0],
-    }
+def _work_seconds(approach: str, stdout: str) -> float:
+    """The work itself, without interpreter start-up, imports and model loading: both load
+    the same MLflow model the same way, and on a loaded machine that part varies the most."""
+    last = json.loads(stdout.strip().splitlines()[-1])
+    if approach == "plain":
+        return float(last["read"] + last["predict"] + last["write"])
+    return float(last["seconds"])
+
+
+def compare(
+    label: str, rows: int, plain_cmd: list[str], tsops_cmd: list[str], outputs: list[Path], repeat: int
+) -> dict:
+    """Both approaches `repeat` times, alternating which goes first; medians and bests."""
+    runs: dict[str, list[dict[str, Any]]] = {"plain": [], "tsops": []}
+    for i in range(repeat):
+        order = [("plain", plain_cmd), ("tsops", tsops_cmd)]
+        for approach, cmd in order if i % 2 == 0 else order[::-1]:
+            result = measure(cmd, {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"})
+            result["work_s"] = _work_seconds(approach, result["stdout"])
+            result["load"] = os.getloadavg()[0]
+            runs[approach].append(result)
+            for out in outputs:  # keep the disk tidy between runs
+                shutil.rmtree(out, ignore_errors=True) if out.is_dir() else out.unlink(missing_ok=True)
+
+    def stat(approach: str, key: str, how: Any) -> float:
+        return float(how([r[key] for r in runs[approach]]))
+
+    row: dict[str, Any] = {"case": label, "rows": rows, "repeat": repeat}
+    for approach in runs:
+        row[f"{approach}_wall_median_s"] = stat(approach, "seconds", np.median)
+        row[f"{approach}_wall_best_s"] = stat(approach, "seconds", min)
+        row[f"{approach}_work_median_s"] = stat(approach, "work_s", np.median)
+        row[f"{approach}_work_best_s"] = stat(approach, "work_s", min)
+        row[f"{approach}_rss_mb"] = stat(approach, "rss_mb", max)
+        row[f"{approach}_rows_s"] = rows / row[f"{approach}_wall_median_s"]
+    row["plain_breakdown"] = json.loads(runs["plain"][0]["stdout"].strip().splitlines()[-1])
+    row["wall_speedup"] = row["plain_wall_median_s"] / row["tsops_wall_median_s"]
+    row["work_speedup"] = row["plain_work_median_s"] / row["tsops_work_median_s"]
+    row["work_speedup_best"] = row["plain_work_best_s"] / row["tsops_work_best_s"]
+    row["load_avg"] = [round(r["load"], 1) for r in runs["plain"] + runs["tsops"]]
     print(
-        f"{label:<28} {rows:>11,} | plain {row['plain_rows_s']:>10,.0f} rows/s {plain['rss_mb']:>7,.0f} MB"
-        f" | tsops {row['tsops_rows_s']:>10,.0f} rows/s {ours['rss_mb']:>7,.0f} MB | {row['speedup']:.2f}×"
-        f" | work: plain {plain_work:.1f} s {row['plain_breakdown']}, tsops {row['tsops_run_s']} s,"
-        f" {row['work_speedup']:.2f}× | load {row['load_avg']:.1f}",
+        f"{label:<34} {rows:>11,} | plain {row['plain_rows_s']:>9,.0f} rows/s {row['plain_rss_mb']:>6,.0f} MB"
+        f" | tsops {row['tsops_rows_s']:>9,.0f} rows/s {row['tsops_rss_mb']:>6,.0f} MB"
+        f" | wall {row['wall_speedup']:.2f}× | work {row['plain_work_median_s']:.1f} s vs"
+        f" {row['tsops_work_median_s']:.1f} s: {row['work_speedup']:.2f}×"
+        f" (best {row['work_speedup_best']:.2f}×)"
+        f" | load {row['load_avg']}",
         flush=True,
     )
     return row
@@ -230,6 +246,7 @@ def main() -> None:
     parser.add_argument(
         "--lstm-threads", default="1,2", help="tsops `threads:` settings to run the LSTM with"
     )
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each approach (medians, bests)")
     parser.add_argument("--chunk-rows", type=int, default=None, help="tsops chunk_rows (default: the job's)")
     parser.add_argument("--project", type=Path, help="a trained, promoted tsops project (LSTM)")
     parser.add_argument("--work", type=Path, help="folder for inputs and models (kept for reruns)")
@@ -241,14 +258,14 @@ def main() -> None:
     python = sys.executable
     print(f"work folder {work}; {os.cpu_count()} CPUs", flush=True)
     print(
-        f"{'case':<28} {'rows':>11} | plain: rows/s (wall), peak RSS | tsops: rows/s, peak RSS | wall ratio"
-        " | work time (no start-up or model load) and ratio | 1-min load average",
+        f"{'case':<34} {'rows':>11} | plain: rows/s (median wall), peak RSS | tsops: the same | wall ratio"
+        " | work time (no start-up or model load), median ratio (best) | 1-min load averages",
         flush=True,
     )
     results = []
     model = sklearn_model(work)
     formats = args.formats.split(",")
-    for rows in (int(s) for s in args.sizes.split(",")):
+    for rows in (int(s) for s in args.sizes.split(",") if s):
         inputs = write_inputs(work, rows, formats)
         for fmt, src in inputs.items():
             plain_out, tsops_out = work / f"plain-out.{fmt}", work / f"tsops-out.{fmt}"
@@ -260,6 +277,7 @@ def main() -> None:
                     [python, "-c", PLAIN, str(src), str(plain_out), str(model), "", ""],
                     [python, "-m", "tsops", "batch", "--config", str(job), "--json"],
                     [plain_out, tsops_out],
+                    args.repeat,
                 )
             )
     if args.lstm_rows:
@@ -299,6 +317,7 @@ def main() -> None:
                     ],
                     [python, "-m", "tsops", "batch", "--config", str(job), "--json"],
                     [plain_out, tsops_out],
+                    args.repeat,
                 )
             )
     if args.json:
