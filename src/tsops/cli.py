@@ -436,15 +436,21 @@ def batch(
 ) -> None:
     """Score a source with any MLflow model into a target, in bounded memory (see docs/batch.md)."""
     import signal
+    import threading
 
     from tsops.batch import load, run
 
-    def interrupt(*_: object) -> None:
-        raise KeyboardInterrupt  # the run aborts its targets: nothing partial is left
+    stop = threading.Event()  # checked between chunks: the targets are aborted, nothing is left
 
-    signal.signal(signal.SIGTERM, interrupt)
+    def interrupt(*_: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt  # a second signal: do not wait for the chunk to end
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, interrupt)
     job = load(config, project.resolve() if project else None)
-    summary = run(job, show_progress=not as_json)
+    summary = run(job, show_progress=not as_json, stop=stop)
     if as_json:
         print(json.dumps(summary.as_dict()))
         return
