@@ -429,28 +429,47 @@ def test_postgres_partition_mode_replaces_only_its_partition(sklearn_model, pg_i
 # --- Kafka ---------------------------------------------------------------------------------
 
 
-def test_kafka_target_publishes_keyed_records_and_a_rerun_resends_the_same_keys(
-    sklearn_model, kafka_broker, tmp_path
-) -> None:
-    df = frame(300, seed=7)
+def kafka_job(tmp_path: Path, broker: Any, sk: dict[str, Any], df: pd.DataFrame, **extra: Any) -> tuple:
     df.to_parquet(tmp_path / "in.parquet", index=False)
     topic = f"batch-{uuid.uuid4().hex[:8]}"
     job = write_job(
         tmp_path,
         {"type": "parquet", "params": {"path": "in.parquet"}},
-        {
-            "type": "kafka",
-            "params": {"topic": topic, "key": ["id"], "bootstrap_servers": kafka_broker.bootstrap},
-        },
-        model=model_spec(sklearn_model),
-        keep=["id"],
+        {"type": "kafka", "params": {"topic": topic, "key": ["id"], "bootstrap_servers": broker.bootstrap}},
+        model=model_spec(sk),
         chunk_rows=100,
+        **extra,
     )
+    return job, topic
+
+
+def keyed_records(broker: Any, topic: str, expected: int) -> list[tuple[str, dict]]:
+    """(key, value) of every record, read from each partition's start (no consumer group)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": uuid.uuid4().hex})
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+    out: list[tuple[str, dict]] = []
+    deadline = time.time() + 30
+    while len(out) < expected and time.time() < deadline:
+        for m in consumer.consume(500, 0.5):
+            if m.error() is None:
+                out.append((m.key().decode(), json.loads(m.value())))
+    consumer.close()
+    return out
+
+
+def test_kafka_target_publishes_keyed_records_and_a_rerun_resends_the_same_keys(
+    sklearn_model, kafka_broker, tmp_path
+) -> None:
+    df = frame(300, seed=7)
+    job, topic = kafka_job(tmp_path, kafka_broker, sklearn_model, df, keep=["id"])
     run(load(job), show_progress=False)
     run(load(job), show_progress=False)
-    records = [json.loads(v) for v in kafka_broker.read_all(topic, expected=600)]
-    assert len(records) == 600
-    latest = {r["id"]: r["prediction"] for r in records}  # what a compacted topic keeps
+    records = keyed_records(kafka_broker, topic, expected=600)
+    assert len(records) == 600 and all(key == str(value["id"]) for key, value in records)
+    latest = {value["id"]: value["prediction"] for _, value in records}  # what a compacted topic keeps
     assert sorted(latest) == list(range(300))
     np.testing.assert_allclose([latest[i] for i in range(300)], expected(sklearn_model, df), rtol=1e-12)
 
@@ -458,19 +477,8 @@ def test_kafka_target_publishes_keyed_records_and_a_rerun_resends_the_same_keys(
 def test_failed_run_publishes_nothing_to_kafka(sklearn_model, kafka_broker, tmp_path) -> None:
     df = frame(300, seed=7)
     df.loc[250, "x1"] = np.nan
-    df.to_parquet(tmp_path / "in.parquet", index=False)
-    topic = f"batch-{uuid.uuid4().hex[:8]}"
+    job, topic = kafka_job(tmp_path, kafka_broker, sklearn_model, df)
     kafka_broker.create_topic(topic)
-    job = write_job(
-        tmp_path,
-        {"type": "parquet", "params": {"path": "in.parquet"}},
-        {
-            "type": "kafka",
-            "params": {"topic": topic, "key": ["id"], "bootstrap_servers": kafka_broker.bootstrap},
-        },
-        model=model_spec(sklearn_model),
-        chunk_rows=100,
-    )
     with pytest.raises(DataError, match=r"chunk 2, row 50 \(source row 250\)"):
         run(load(job), show_progress=False)
     assert kafka_broker.read_all(topic, expected=1, timeout=4) == []
