@@ -109,7 +109,9 @@ def champion_history(client: MlflowClient, name: str) -> list[int]:
 
 def move_champion(client: MlflowClient, name: str, version: int, reason: str, **audit: str) -> None:
     """Point `champion` at `version` and record why, on the version and in the history."""
-    now = datetime.now(UTC).isoformat(timespec="seconds")
+    # Microseconds: a version promoted twice within one second is two promotions (the rollback
+    # check judges each promotion once, by this time).
+    now = datetime.now(UTC).isoformat(timespec="microseconds")
     client.set_registered_model_alias(name, CHAMPION, str(version))
     client.set_model_version_tag(name, str(version), "tsops.promoted_at", now)
     client.set_model_version_tag(name, str(version), "tsops.promotion_reason", reason)
