@@ -101,7 +101,10 @@ def poisoned(events: list[dict]) -> list:
 
 
 def test_spark_engine_equals_python_engine_on_a_file_replay_with_poison(twin_projects, spark, tmp_path):
-    python_project, spark_project = twin_projects(stream={"unknown_entities": "dead_letter"})
+    one_partition = {"shuffle_partitions": 1}  # fewer Python workers; the Kafka test uses 2
+    python_project, spark_project = twin_projects(
+        stream={"unknown_entities": "dead_letter", "spark": one_partition}
+    )
     events = synthetic_events(python_project, 40)
     path = write_jsonl(tmp_path / "events.jsonl", poisoned(events))
     expected = run_stream(python_project, source=f"file:{path}").as_dict()
@@ -119,7 +122,7 @@ def test_spark_engine_equals_python_engine_on_a_file_replay_with_poison(twin_pro
 
 
 def test_engines_take_over_from_each_others_state(stream_project, spark, tmp_path):
-    project = stream_project(stream={"spark": {"shuffle_partitions": 1}})  # one stateful worker: faster
+    project = stream_project(stream={"spark": {"shuffle_partitions": 1}})  # fewer Python workers
     events = synthetic_events(project, 24)  # 5 entities × 24 steps, in time order
     first, second, third = events[:40], events[40:80], events[80:]
     spark_file = write_jsonl(tmp_path / "spark.jsonl", first)
@@ -191,7 +194,8 @@ def test_kafka_ticks_through_spark_equal_the_python_engine_and_sigterm_stops_it(
         if worker.poll() is None:
             worker.kill()
     assert worker.returncode == 0, log.read_text()[-3000:]
-    got = json.loads(out.strip().splitlines()[-1])
+    (line,) = out.strip().splitlines()  # --json: stdout is the summary, nothing else
+    got = json.loads(line)
     for field in ("consumed", "processed", "dead_letters", "predictions", "bars_closed"):
         assert got[field] == expected[field], field
     assert got["dead_letters"] == {"invalid_json": 1} and got["bars_closed"] > 0
