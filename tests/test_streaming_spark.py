@@ -152,6 +152,18 @@ def test_connector_reader_without_its_jar_is_a_config_error(stream_model, spark,
     assert caught.value.where == "stream.spark.kafka_reader"
 
 
+def test_a_paced_replay_is_refused_by_the_spark_engine(stream_model, tmp_path):
+    from tsops.errors import ConfigError
+
+    project = write_synthetic_project(
+        tmp_path / "proj", tracking_uri=stream_model.tracking_uri, extra={"stream": {"speedup": 60.0}}
+    )
+    path = write_jsonl(tmp_path / "e.jsonl", synthetic_events(project, 2))
+    with pytest.raises(ConfigError) as caught:
+        run_spark_stream(project, source=f"file:{path}")
+    assert caught.value.where == "stream.speedup"
+
+
 def test_kafka_ticks_through_spark_equal_the_python_engine_and_sigterm_stops_it(
     twin_projects, kafka_broker, tmp_path
 ):

@@ -312,6 +312,8 @@ def run_spark_stream(
     kind, path = parse_source(source, project)
     if kind == "file" and (path is None or not path.exists()):
         raise ConfigError("event file not found", str(path))
+    if kind == "file" and project.settings.stream.speedup > 0:
+        raise ConfigError("the Spark engine does not pace a replay: set it to 0", "stream.speedup")
     name = project.settings.model.name
     version = registry.version_for_alias(registry.connect(project), name, registry.CHAMPION)
     if version is None:
