@@ -1,7 +1,7 @@
 """Batch benchmark: `tsops batch` side by side with the plain approach, in one run.
 
     .venv/bin/python benchmarks/batch.py [--sizes 1000000,10000000] [--formats parquet,csv]
-                                         [--lstm-rows 100000] [--lstm-threads 1,2]
+                                         [--lstm-rows 100000] [--lstm-threads 1,2] [--lstm-chunk-rows 10000]
                                          [--repeat 1] [--project DIR] [--work DIR] [--json FILE]
 
 The plain approach is the script teams already have: read the whole file with pandas,
@@ -13,7 +13,8 @@ child's peak RSS (`os.wait4` rusage, ru_maxrss). Models:
     on `--sizes` rows, for each of `--formats`;
   * the tsops LSTM champion of a weather project (created, ingested, trained quickly and
     promoted in `--work` unless `--project` is given) on `--lstm-rows` feature rows, with
-    tsops' `threads:` at each of `--lstm-threads` (the plain approach runs once per row).
+    tsops' `threads:` at each of `--lstm-threads` and `chunk_rows: --lstm-chunk-rows` (the
+    plain approach runs again for each).
 With `--repeat N` each approach runs N times, alternating which goes first; medians and
 bests are printed. Prints rows/s, peak RSS and the ratios of wall time and of work time (read,
 predict, write: without interpreter start-up, imports and model loading).
@@ -243,8 +244,9 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000000,10000000", help="rows for the scikit-learn model")
     parser.add_argument("--formats", default="parquet,csv", help="input and output formats")
     parser.add_argument("--lstm-rows", type=int, default=100_000, help="feature rows for the LSTM (0: skip)")
+    parser.add_argument("--lstm-threads", default="1,2", help="tsops `threads:` for the LSTM runs")
     parser.add_argument(
-        "--lstm-threads", default="1,2", help="tsops `threads:` settings to run the LSTM with"
+        "--lstm-chunk-rows", type=int, default=10_000, help="LSTM chunk_rows (threads need several chunks)"
     )
     parser.add_argument("--repeat", type=int, default=1, help="runs of each approach (medians, bests)")
     parser.add_argument("--chunk-rows", type=int, default=None, help="tsops chunk_rows (default: the job's)")
@@ -299,7 +301,7 @@ def main() -> None:
                 {"uri": uri, "tracking_uri": project.tracking_uri},
                 keep=keep,
                 threads=threads,
-                **extra,
+                **{"chunk_rows": args.lstm_chunk_rows, **extra},
             )
             results.append(
                 compare(
