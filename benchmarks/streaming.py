@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from servers import KafkaBroker  # noqa: E402
@@ -102,50 +103,112 @@ def pct(values: list[float]) -> dict[str, float]:
 # -- 1. latency at a fixed rate ---------------------------------------------------------------
 
 
+class _FileTail:
+    """Reads the lines appended to a JSONL prediction file (the `file` sink fsyncs each batch)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._handle: Any = None
+        self._rest = b""
+
+    def poll(self) -> list[bytes]:
+        if self._handle is None:
+            if not self.path.exists():
+                time.sleep(0.001)
+                return []
+            self._handle = self.path.open("rb")
+        chunk = self._handle.read()
+        if not chunk:
+            time.sleep(0.001)
+            return []
+        *lines, self._rest = (self._rest + chunk).split(b"\n")
+        return lines
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+
+
+class _TopicTail:
+    def __init__(self, broker: KafkaBroker, topic: str, group: str):
+        from confluent_kafka import Consumer
+
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": broker.bootstrap,
+                "group.id": group,
+                "auto.offset.reset": "earliest",
+                "fetch.wait.max.ms": 10,  # as the worker's: tansu does not wake a waiting fetch
+                "session.timeout.ms": 2000,
+                "heartbeat.interval.ms": 400,
+            }
+        )
+        self.consumer.subscribe([topic])
+
+    def poll(self) -> list[bytes]:
+        return [m.value() for m in _poll(self.consumer) if m.error() is None and m.value()]
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
 def measure_latency(
-    project: Project, broker: KafkaBroker, engine: str, evs: list[dict[str, Any]], rate: float, tag: str
+    project: Project,
+    broker: KafkaBroker,
+    engine: str,
+    evs: list[dict[str, Any]],
+    rate: float,
+    tag: str,
+    out: str = "file",
 ) -> dict[str, Any]:
-    from confluent_kafka import Consumer, Producer
+    """`out`: where a prediction counts as available: `file` (fsynced to the JSONL sink) or
+    `kafka` (read back from the prediction topic: a second broker hop)."""
+    from confluent_kafka import Producer
 
     events_topic, out_topic = f"bench.{tag}.events", f"bench.{tag}.predictions"
+    out_file = project.state_dir / f"bench-{tag}-predictions.jsonl"
+    out_file.unlink(missing_ok=True)
     broker.create_topic(events_topic, 4)
-    broker.create_topic(out_topic, 1)
+    sink = {"type": "file", "path": str(out_file)}
+    if out == "kafka":
+        broker.create_topic(out_topic, 1)
+        sink = {"type": "kafka", "topic": out_topic}
     env = {
         **os.environ,
         "TSOPS_STREAM__KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap,
         "TSOPS_STREAM__KAFKA__EVENTS_TOPIC": events_topic,
         "TSOPS_STREAM__KAFKA__GROUP_ID": f"bench-{tag}",
-        "TSOPS_STREAM__SINKS": json.dumps([{"type": "kafka", "topic": out_topic}]),
+        "TSOPS_STREAM__SINKS": json.dumps([sink]),
     }
     log = project.state_dir / f"bench-{tag}.log"
     cmd = [str(BIN / "tsops"), "stream", "-p", str(project.root), "--source", "kafka", "--engine", engine]
     worker = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
-
-    consumer = Consumer(
-        {
-            "bootstrap.servers": broker.bootstrap,
-            "group.id": f"bench-reader-{tag}",
-            "auto.offset.reset": "earliest",
-            "session.timeout.ms": 2000,
-            "heartbeat.interval.ms": 400,
-        }
+    tail: _FileTail | _TopicTail = (
+        _TopicTail(broker, out_topic, f"bench-reader-{tag}") if out == "kafka" else _FileTail(out_file)
     )
-    consumer.subscribe([out_topic])
+    broker_cpu = psutil.Process(broker.pid).cpu_times() if broker.pid else None
     produced: dict[str, float] = {}
     received: dict[str, float] = {}
+    in_worker: dict[str, float] = {}  # the record's latency_ms: poll → prediction, in the worker
     done = threading.Event()
 
     def read() -> None:
         while not done.is_set():
-            for m in consumer.consume(1000, 0.05):
-                if m.error() is None and m.value():
+            for line in tail.poll():
+                if line:
                     now = time.time()
-                    rec = json.loads(m.value())
-                    received.setdefault(f"{rec['entity']}|{rec['event_time']}", now)
+                    rec = json.loads(line)
+                    key = f"{rec['entity']}|{rec['event_time']}"
+                    received.setdefault(key, now)
+                    if "latency_ms" in rec:
+                        in_worker.setdefault(key, float(rec["latency_ms"]))
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 0})
+    # linger 1 ms: a couple of events per produce request at 2k ev/s. With 0 every event is a
+    # request of its own, and the broker (tansu) spends about a core on them, starving the
+    # engines on this 2-core machine.
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 1})
     # Warm-up: the first events wait for the worker to start and join the group; they are
     # published before the clock starts and not counted.
     warm, timed = evs[: len(evs) // 10], evs[len(evs) // 10 :]
@@ -174,12 +237,18 @@ def measure_latency(
         time.sleep(0.2)
     done.set()
     reader.join()
+    broker_share = None
+    if broker_cpu is not None:
+        spent = psutil.Process(broker.pid).cpu_times()
+        broker_share = (spent.user + spent.system - broker_cpu.user - broker_cpu.system) / (
+            time.time() - started
+        )
     worker.send_signal(signal.SIGTERM)
     try:
         worker.wait(60)
     except subprocess.TimeoutExpired:
         worker.kill()
-    consumer.close()
+    tail.close()
     latencies = [(received[k] - t) * 1000 for k, t in produced.items() if k in received]
     return {
         "engine": engine,
@@ -187,7 +256,63 @@ def measure_latency(
         "events": len(timed),
         "missing": len(produced) - len(latencies),
         "latency_ms": pct(latencies),
+        "in_worker_ms": pct([in_worker[k] for k in produced if k in in_worker]),
+        "out": out,
+        "broker_cpu_cores": broker_share,  # the broker's CPU use while this engine ran
     }
+
+
+def _poll(consumer: Any) -> list[Any]:
+    """What arrived, returning at the first record (`consume(n, t)` would wait to fill n)."""
+    first = consumer.poll(0.05)
+    return [] if first is None else [first, *consumer.consume(1000, 0)]
+
+
+def measure_broker_hop(broker: KafkaBroker, rate: float, n: int) -> dict[str, Any]:
+    """The floor under every engine: one produce → consume hop through the same broker at the
+    same rate, nothing in between (the end-to-end path has two: events in, predictions out)."""
+    from confluent_kafka import Consumer, Producer
+
+    broker.create_topic("bench.hop", 4)
+    consumer = Consumer(
+        {
+            "bootstrap.servers": broker.bootstrap,
+            "group.id": "bench-hop",
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": 2000,
+            "heartbeat.interval.ms": 400,
+            "fetch.wait.max.ms": 10,
+        }
+    )
+    consumer.subscribe(["bench.hop"])
+    latencies: list[float] = []
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            for m in _poll(consumer):
+                if m.error() is None and m.value():
+                    latencies.append((time.time() - float(m.value())) * 1000)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 1})
+    time.sleep(3)  # the reader joins its group
+    started = time.time()
+    for i in range(n):
+        delay = started + i / rate - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        producer.produce("bench.hop", repr(time.time()).encode(), str(i % 50).encode())
+        producer.poll(0)
+    producer.flush()
+    deadline = time.time() + 30
+    while len(latencies) < n and time.time() < deadline:
+        time.sleep(0.1)
+    done.set()
+    reader.join()
+    consumer.close()
+    return pct(latencies[n // 10 :])
 
 
 # -- 2. throughput of one worker --------------------------------------------------------------
@@ -259,6 +384,13 @@ def main() -> None:
     parser.add_argument("--throughput-events", type=int, default=50_000)
     parser.add_argument("--feast-events", type=int, default=1000)
     parser.add_argument("--skip-spark", action="store_true")
+    parser.add_argument(
+        "--out",
+        choices=["file", "kafka"],
+        default="file",
+        help="where a prediction counts as available: fsynced to the JSONL sink (one broker hop), "
+        "or read back from a Kafka topic (two hops through the broker)",
+    )
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="tsops-bench-stream-"))
@@ -269,13 +401,15 @@ def main() -> None:
     try:
         steps = int(args.rate * args.seconds * 1.12 / entities) + 1
         latency_events = events(project, steps)
+        print("broker floor: one produce → consume hop …", flush=True)
+        results["broker_hop_ms"] = measure_broker_hop(broker, args.rate, int(args.rate * 5))
         engines = ["python"] + ([] if args.skip_spark else ["spark"])
         results["latency"] = []
         for engine in engines:
             reset(project)
             print(f"latency: {engine} engine at {args.rate:.0f} events/s …", flush=True)
             results["latency"].append(
-                measure_latency(project, broker, engine, latency_events, args.rate, engine)
+                measure_latency(project, broker, engine, latency_events, args.rate, engine, args.out)
             )
         print("throughput: one python-engine worker …", flush=True)
         many = events(project, args.throughput_events // entities)
@@ -291,6 +425,8 @@ def main() -> None:
 def report(r: dict[str, Any]) -> None:
     print()
     print(f"machine: {r['cpus']} CPUs; {r['entities']} entities; SQLite online store; tansu broker")
+    where = "in the Kafka topic" if r["latency"][0]["out"] == "kafka" else "fsynced to the JSONL sink"
+    print(f"latency = event produced → prediction {where}")
     header = f"{'engine':<22}{'rate ev/s':>10}{'events':>8}{'missing':>8}"
     print(f"{header}{'p50 ms':>10}{'p99 ms':>10}{'max ms':>10}")
     for row in r["latency"]:
@@ -299,6 +435,21 @@ def report(r: dict[str, Any]) -> None:
             f"{row['engine']:<22}{row['rate']:>10}{row['events']:>8}{row['missing']:>8}"
             f"{lat.get('p50', float('nan')):>10.1f}{lat.get('p99', float('nan')):>10.1f}"
             f"{lat.get('max', float('nan')):>10.1f}"
+        )
+    for row in r["latency"]:
+        w = row.get("in_worker_ms") or {}
+        if w.get("p50") is not None:
+            print(
+                f"  {row['engine']} in the worker (poll → prediction): p50 {w['p50']:.1f} ms, "
+                f"p99 {w['p99']:.1f} ms"
+            )
+        if row.get("broker_cpu_cores") is not None:
+            print(f"  {row['engine']}: the broker used {row['broker_cpu_cores']:.2f} of {r['cpus']} cores")
+    hop = r.get("broker_hop_ms") or {}
+    if hop.get("p50") is not None:
+        print(
+            f"  broker floor, one hop with nothing in between: p50 {hop['p50']:.1f} ms, "
+            f"p99 {hop['p99']:.1f} ms (end to end crosses two)"
         )
     by = {row["engine"]: row["latency_ms"] for row in r["latency"]}
     if "spark" in by and by["python"].get("p50"):

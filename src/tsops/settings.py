@@ -326,6 +326,13 @@ class KafkaSettings(Strict):
     group_id: str = "tsops-stream"
     session_timeout_ms: int = Field(2000, ge=1000)
     heartbeat_interval_ms: int = Field(400, ge=100)
+    fetch_wait_max_ms: int = Field(
+        10,
+        ge=0,
+        description="longest a fetch waits on the broker for new records (librdkafka's "
+        "fetch.wait.max.ms, default 500): brokers that do not wake a waiting fetch when records "
+        "arrive (tansu) add up to this much latency per hop",
+    )
     extra: dict[str, str | int | float | bool] = Field(
         default_factory=dict, description="more librdkafka settings, e.g. security"
     )

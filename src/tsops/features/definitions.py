@@ -75,9 +75,23 @@ class Feature(Protocol):
     @property
     def lookback(self) -> int: ...
 
-    def batch(self, values: np.ndarray, times: pd.DatetimeIndex) -> dict[str, np.ndarray]: ...
+    def at(self, windows: np.ndarray, times: pd.DatetimeIndex) -> dict[str, np.ndarray]:
+        """The definition: one row per observation, from `windows` (each row the observations
+        up to and including it, oldest first, NaN-padded in front; at least `lookback` wide)
+        and the observation times."""
+        ...
+
+    def batch(self, values: np.ndarray, times: pd.DatetimeIndex) -> dict[str, np.ndarray]:
+        """Every row of one entity's regular history: `at` over its sliding windows."""
+        ...
 
     def incremental(self, state: EntityState) -> dict[str, float]: ...
+
+
+def sliding_windows(values: np.ndarray, width: int) -> np.ndarray:
+    """Row i holds values[i - width + 1 .. i], NaN before the start: a view, no copy per row."""
+    padded = np.concatenate([np.full(width - 1, np.nan), np.asarray(values, dtype=float)])
+    return np.lib.stride_tricks.sliding_window_view(padded, width)
 
 
 @dataclass(frozen=True)
@@ -94,13 +108,11 @@ class Lags:
     def lookback(self) -> int:
         return max(self.ks) + 1
 
+    def at(self, windows: np.ndarray, times: pd.DatetimeIndex) -> dict[str, np.ndarray]:
+        return {name: windows[:, -1 - k] for name, k in zip(self.names, self.ks, strict=True)}
+
     def batch(self, values: np.ndarray, times: pd.DatetimeIndex) -> dict[str, np.ndarray]:
-        out = {}
-        for name, k in zip(self.names, self.ks, strict=True):
-            col = np.full(len(values), np.nan)
-            col[k:] = values[: len(values) - k]
-            out[name] = col
-        return out
+        return {n: col.copy() for n, col in self.at(sliding_windows(values, self.lookback), times).items()}
 
     def incremental(self, state: EntityState) -> dict[str, float]:
         arr = state.array()
@@ -125,15 +137,14 @@ class Rolling:
     def lookback(self) -> int:
         return self.n
 
+    def at(self, windows: np.ndarray, times: pd.DatetimeIndex) -> dict[str, np.ndarray]:
+        # Exact windowed moments (no running sums), so batch and stream agree bit for bit; a
+        # window reaching before the entity's first observation holds NaN and gives NaN.
+        w = windows[:, windows.shape[1] - self.n :]
+        return dict(zip(self.names, (w.mean(axis=1), w.std(axis=1, ddof=1)), strict=True))
+
     def batch(self, values: np.ndarray, times: pd.DatetimeIndex) -> dict[str, np.ndarray]:
-        out_mean = np.full(len(values), np.nan)
-        out_std = np.full(len(values), np.nan)
-        if len(values) >= self.n:
-            # Exact windowed moments (no running sums), so batch and stream agree bit for bit.
-            windows = np.lib.stride_tricks.sliding_window_view(values, self.n)
-            out_mean[self.n - 1 :] = windows.mean(axis=1)
-            out_std[self.n - 1 :] = windows.std(axis=1, ddof=1)
-        return dict(zip(self.names, (out_mean, out_std), strict=True))
+        return self.at(sliding_windows(values, self.n), times)
 
     def incremental(self, state: EntityState) -> dict[str, float]:
         arr = state.array()
@@ -163,9 +174,12 @@ class Calendar:
     def _angle(self, raw: np.ndarray | float) -> np.ndarray | float:
         return 2.0 * np.pi * np.asarray(raw, dtype=float) / _CALENDAR_PERIODS[self.term]
 
-    def batch(self, values: np.ndarray, times: pd.DatetimeIndex) -> dict[str, np.ndarray]:
+    def at(self, windows: np.ndarray, times: pd.DatetimeIndex) -> dict[str, np.ndarray]:
         angle = self._angle(np.asarray(getattr(times, self.term)))
         return dict(zip(self.names, (np.sin(angle), np.cos(angle)), strict=True))
+
+    def batch(self, values: np.ndarray, times: pd.DatetimeIndex) -> dict[str, np.ndarray]:
+        return self.at(np.empty((len(times), 0)), times)
 
     def incremental(self, state: EntityState) -> dict[str, float]:
         assert state.last_time is not None

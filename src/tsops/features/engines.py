@@ -51,11 +51,37 @@ def features_after(fs: FeatureSet, prior: np.ndarray, times: np.ndarray, values:
     """Features of new observations appended to an entity's lookback `prior` (oldest first),
     computed by the batch definitions in one vectorised pass: the stream engine's micro-batch
     path, equal to calling `update` once per observation. Returns (len(values), len(fs.names))."""
-    full = np.concatenate([prior, values])
-    # Only the new rows are returned, and a row's calendar terms read its own time alone, so the
-    # prior rows' times can be anything.
-    all_times = pd.DatetimeIndex(np.concatenate([np.repeat(times[:1], len(prior)), times]))
+    return features_after_many(fs, [(prior, times, values)])[0]
+
+
+def features_after_many(
+    fs: FeatureSet, blocks: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+) -> list[np.ndarray]:
+    """`features_after` for many entities' (prior, times, values) blocks at once: the lookback
+    window of every new row (its entity's prior values, then the block's, NaN where the entity
+    has fewer) gathered into one (rows, lookback) matrix, and each definition applied once
+    (`Feature.at`). One pass per micro-batch instead of one per entity, and no work on rows
+    that are not new."""
+    if not blocks:
+        return []
+    width = fs.lookback
+    sizes = [len(values) for _, _, values in blocks]
+    parts: list[np.ndarray] = []
+    rows: list[np.ndarray] = []  # where each new row ends in the laid-out values
+    at = 0
+    for prior, _, values in blocks:
+        kept = prior[len(prior) - (width - 1) :] if len(prior) >= width else prior
+        lead = width - 1 - len(kept)
+        parts += [np.full(lead, np.nan), kept, values]
+        start = at + width - 1
+        rows.append(np.arange(start, start + len(values)))
+        at = start + len(values)
+    laid_out = np.concatenate(parts)
+    ends = np.concatenate(rows)
+    windows = laid_out[ends[:, None] + np.arange(1 - width, 1)[None, :]]
+    times = pd.DatetimeIndex(np.concatenate([t for _, t, _ in blocks]).astype("datetime64[ns]"))
     cols: dict[str, np.ndarray] = {}
     for feature in fs.features:
-        cols.update(feature.batch(full, all_times))
-    return np.column_stack([cols[n][len(prior) :] for n in fs.names])
+        cols.update(feature.at(windows, times))
+    matrix = np.column_stack([cols[n] for n in fs.names])
+    return np.split(matrix, np.cumsum(sizes)[:-1])

@@ -17,6 +17,7 @@ def consumer_config(kafka: KafkaSettings) -> dict[str, Any]:
         "heartbeat.interval.ms": kafka.heartbeat_interval_ms,
         "group.protocol": "classic",
         "topic.metadata.refresh.interval.ms": 5000,  # notice new topics/partitions quickly
+        "fetch.wait.max.ms": kafka.fetch_wait_max_ms,
         **kafka.extra,
     }
 

@@ -30,7 +30,7 @@ from tsops.streaming.reload import ChampionWatcher
 from tsops.streaming.sinks import Sink
 from tsops.streaming.sources import Source
 from tsops.streaming.state import KeyedState
-from tsops.streaming.steps import NewRows, TumblingBars, plan_points, prediction_records
+from tsops.streaming.steps import NewRows, TumblingBars, features_of, plan_points, prediction_records
 
 
 @dataclass
@@ -209,7 +209,8 @@ class Processor:
                 closing.append((r, bars[-1], block, len(block.values) - 1))
 
         blocks = {e: b for e, b in blocks.items() if b.values}
-        matrices = {id(b): b.features(self.features) for b in blocks.values()}
+        new = list(blocks.values())
+        matrices = {id(b): m for b, m in zip(new, features_of(self.features, new), strict=True)}
         offline = self._frame(blocks, matrices)
         to_predict = [(r, ev, matrices[id(b)][i]) for r, ev, b, i in closing]
         predictions = self._predict(to_predict)

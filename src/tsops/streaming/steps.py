@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from tsops.features.definitions import EntityState, FeatureSet
-from tsops.features.engines import features_after, update
+from tsops.features.engines import features_after_many, update
 from tsops.settings import AggregateSettings, SeriesSettings, StreamSettings
 from tsops.streaming.events import Event, EventError
 
@@ -77,9 +77,17 @@ class NewRows:
             self.times.append(t)
             self.values.append(v)
 
-    def features(self, fs: FeatureSet) -> np.ndarray:
+    def block(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         times = np.array([t.to_datetime64() for t in self.times], dtype="datetime64[ns]")
-        return features_after(fs, self.prior, times, np.asarray(self.values, dtype=float))
+        return self.prior, times, np.asarray(self.values, dtype=float)
+
+    def features(self, fs: FeatureSet) -> np.ndarray:
+        return features_of(fs, [self])[0]
+
+
+def features_of(fs: FeatureSet, blocks: list[NewRows]) -> list[np.ndarray]:
+    """The feature matrices of many entities' new rows, in one vectorised pass."""
+    return features_after_many(fs, [b.block() for b in blocks])
 
 
 class TumblingBars:
