@@ -67,7 +67,8 @@ def test_micro_batch_of_many_entities_equals_the_incremental_engine() -> None:
             state.push(t, v)
         prior = state.array().copy()
         rows = [update(fs, state, t, v) for t, v in zip(times[history:], values[history:], strict=True)]
-        expected.append(pd.DataFrame(rows, columns=fs.names).to_numpy(dtype=float).reshape(new, len(fs.names)))
+        matrix = pd.DataFrame(rows, columns=fs.names).to_numpy(dtype=float)
+        expected.append(matrix.reshape(new, len(fs.names)))
         blocks.append((prior, times[history:].to_numpy(), values[history:]))
     got = features_after_many(fs, blocks)
     assert [g.shape for g in got] == [e.shape for e in expected]

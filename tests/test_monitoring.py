@@ -256,3 +256,20 @@ def test_report_writes_evidently_html_and_logs_it_to_the_champions_run(stream_pr
     assert "monitoring/drift.html" in logged
     assert out.current_rows == 5 * 100
     assert out.scores["value"] > 0.25  # Evidently's own PSI sees the shifted level too
+
+
+def test_gauges_catch_up_with_batches_accounted_between_refreshes(tmp_path) -> None:
+    """Micro-batches only accumulate; the gauges follow at the next refresh (or a read)."""
+    project = bare_project(tmp_path / "p")
+    prom = CollectorRegistry()
+    monitor = StreamMonitor(project, registry=prom, persist=False, reference_loader=lambda v: None)
+    for start in range(0, 60, 10):  # six batches well within one refresh interval
+        events, records = persistence_batch(project, "a", start, start + 10, version=3)
+        monitor.on_batch(events, [], records)
+    expected_mae = monitor.accuracy.figures()[0]["mae"]
+    joined = monitor.accuracy.figures()[0]["errors_total"]
+    monitor.refresh()
+    assert prom.get_sample_value("tsops_online_mae", {"model_version": "3", "step": "all"}) == pytest.approx(
+        expected_mae
+    )
+    assert prom.get_sample_value("tsops_accuracy_joined_total", {"model_version": "3"}) == joined

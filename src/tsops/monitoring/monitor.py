@@ -30,6 +30,10 @@ from tsops.streaming.events import Event
 log = logging.getLogger(__name__)
 
 PRUNE_EVERY_S = 3600.0
+# Gauges (online MAE per step, drift scores) are recomputed at most this often, and whenever
+# figures are read (`snapshot`, `persist`): a micro-batch only accumulates. Scoring every
+# feature's drift per micro-batch cost a stream worker ~5 ms per poll.
+REFRESH_EVERY_S = 0.5
 
 
 def utcnow() -> datetime:
@@ -81,6 +85,10 @@ class StreamMonitor:
         self._changed_versions: set[int] = set()
         self._drift_changed = False
         self._last_persist = -float("inf")
+        self._last_refresh = -float("inf")
+        self._stale_versions: set[int] = set()  # versions whose MAE gauges are behind
+        self._window_stale = False  # drift scores are behind the window
+        self._reported_joined: dict[int, int] = {}
         self._last_prune = -float("inf")
         if reference_version is not None:
             self._use_reference(reference_version)
@@ -113,10 +121,10 @@ class StreamMonitor:
     ) -> None:
         acc, m = self.accuracy, self.metrics
         before = acc.counts.as_dict()
-        joined_before = {v: r.total for v, r in acc.versions.items()}
         serving = acc.add_forecasts(predictions)
         updated = acc.add_actuals(events)
         self._changed_versions |= updated
+        self._stale_versions |= updated
         after = acc.counts.as_dict()
         m.actuals.inc(after["actuals"] - before["actuals"])
         for reason, n in after["unmatched"].items():
@@ -125,17 +133,6 @@ class StreamMonitor:
         m.expired.inc(after["expired_steps"] - before["expired_steps"])
         m.invalid.inc(after["invalid_forecasts"] - before["invalid_forecasts"])
         m.pending.set(acc.pending_count)
-        for figure in acc.figures():
-            version = figure["model_version"]
-            if version not in updated:
-                continue
-            label = str(version)
-            m.joined.labels(label).inc(figure["errors_total"] - joined_before.get(version, 0))
-            m.mae.labels(label, "all").set(_or_nan(figure["mae"]))
-            m.mae_samples.labels(label, "all").set(figure["n"])
-            for h, (mae, n) in enumerate(zip(figure["mae_by_step"], figure["n_by_step"], strict=True), 1):
-                m.mae.labels(label, str(h)).set(_or_nan(mae))
-                m.mae_samples.labels(label, str(h)).set(n)
 
         if events:
             self.window.add(self.target, np.fromiter((e.value for e in events), float, len(events)))
@@ -145,15 +142,44 @@ class StreamMonitor:
                 self.window.add(name, column)
         if serving is not None:
             self._use_reference(serving)
-        if self.reference is not None and (events or feature_rows or predictions):
+        self._window_stale |= bool(events or feature_rows or predictions)
+        self.batches += 1
+        if time.monotonic() - self._last_refresh >= REFRESH_EVERY_S:
+            self._refresh()
+
+    def refresh(self) -> None:
+        """Bring the gauges up to date now (the stream calls it when a poll comes back empty,
+        so figures accumulated in the last `REFRESH_EVERY_S` are not left behind when it idles)."""
+        with self._lock:
+            if self._stale_versions or self._window_stale:
+                self._refresh()
+
+    def _refresh(self) -> None:
+        """Bring the gauges and the drift scores up to what was accumulated (under the lock)."""
+        self._last_refresh = time.monotonic()
+        m = self.metrics
+        for figure in self.accuracy.figures():
+            version = figure["model_version"]
+            if version not in self._stale_versions:
+                continue
+            label = str(version)
+            m.joined.labels(label).inc(figure["errors_total"] - self._reported_joined.get(version, 0))
+            self._reported_joined[version] = figure["errors_total"]
+            m.mae.labels(label, "all").set(_or_nan(figure["mae"]))
+            m.mae_samples.labels(label, "all").set(figure["n"])
+            for h, (mae, n) in enumerate(zip(figure["mae_by_step"], figure["n_by_step"], strict=True), 1):
+                m.mae.labels(label, str(h)).set(_or_nan(mae))
+                m.mae_samples.labels(label, str(h)).set(n)
+        self._stale_versions.clear()
+        if self.reference is not None and self._window_stale:
             self.drift_scores = self.window.scores(self.reference)
             self._drift_changed = True
             for name, (score, _) in self.drift_scores.items():
                 m.drift.labels(name).set(score)
             if self.drift_scores:
                 m.drift_max.set(max(s for s, _ in self.drift_scores.values()))
+        self._window_stale = False
         m.drift_rows.set(self.window.count[self.target])
-        self.batches += 1
 
     def _use_reference(self, version: int) -> None:
         if self.reference is not None and self.reference.version == version:
@@ -170,6 +196,7 @@ class StreamMonitor:
     def snapshot(self) -> dict[str, Any]:
         """Current figures as one JSON-able dict (see docs/monitoring.md for the fields)."""
         with self._lock:
+            self._refresh()
             acc = self.accuracy
             scores = dict(self.drift_scores)
             top = max(scores.items(), key=lambda kv: kv[1][0]) if scores else None
@@ -200,6 +227,7 @@ class StreamMonitor:
         if self.history is None:
             return 0
         with self._lock:
+            self._refresh()
             now = self._clock()
             latest = self.accuracy.latest_event_time
             event_time = None if latest is None else pd.Timestamp(latest).to_pydatetime()

@@ -146,6 +146,8 @@ class Processor:
                 else:
                     if self.checkpointer.due():
                         self.checkpointer.flush()
+                    if self.monitor is not None:
+                        self.monitor.refresh()
                     if until_idle is not None and time.monotonic() - last_record > until_idle:
                         break
                 lag = self.source.lag()

@@ -169,20 +169,28 @@ def prediction_records(
     if not events:
         return []
     horizon = forecasts.shape[1]
-    origins = np.array([ev.time.to_datetime64() for ev in events], dtype="datetime64[ns]")
+    # Many entities share an event time: the target times and ISO strings are built once per
+    # distinct time (a micro-batch of 5,000 events over 50 entities has ~100).
+    stamps: dict[pd.Timestamp, tuple[str, list[str]]] = {ev.time: ("", []) for ev in events}
+    origins = np.array([t.to_datetime64() for t in stamps], dtype="datetime64[ns]")
     offsets = np.arange(1, horizon + 1) * series.step.to_timedelta64()
     targets = np.datetime_as_string(origins[:, None] + offsets[None, :], unit="s").tolist()
+    for t, row_targets in zip(stamps, targets, strict=True):
+        stamps[t] = (t.isoformat(), row_targets)
     values = np.asarray(forecasts, dtype=float).tolist()
-    return [
-        {
-            "key": f"{ev.entity}|{ev.time.isoformat()}|{version}",
-            "entity": ev.entity,
-            "event_time": ev.time.isoformat(),
-            "target_times": row_targets,
-            "values": row_values,
-            "model": model,
-            "model_version": version,
-            "latency_ms": round(latency, 3),
-        }
-        for ev, row_values, row_targets, latency in zip(events, values, targets, latencies_ms, strict=True)
-    ]
+    out = []
+    for ev, row_values, latency in zip(events, values, latencies_ms, strict=True):
+        iso, row_targets = stamps[ev.time]
+        out.append(
+            {
+                "key": f"{ev.entity}|{iso}|{version}",
+                "entity": ev.entity,
+                "event_time": iso,
+                "target_times": row_targets,
+                "values": row_values,
+                "model": model,
+                "model_version": version,
+                "latency_ms": round(latency, 3),
+            }
+        )
+    return out
