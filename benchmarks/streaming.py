@@ -160,9 +160,11 @@ def measure_latency(
     rate: float,
     tag: str,
     out: str = "file",
+    source: str = "kafka",
 ) -> dict[str, Any]:
     """`out`: where a prediction counts as available: `file` (fsynced to the JSONL sink) or
-    `kafka` (read back from the prediction topic: a second broker hop)."""
+    `kafka` (read back from the prediction topic: a second broker hop). `source`: `kafka`, or
+    `file` (events appended to a JSONL file the worker follows: no broker at all)."""
     from confluent_kafka import Producer
 
     events_topic, out_topic = f"bench.{tag}.events", f"bench.{tag}.predictions"
@@ -181,7 +183,12 @@ def measure_latency(
         "TSOPS_STREAM__SINKS": json.dumps([sink]),
     }
     log = project.state_dir / f"bench-{tag}.log"
-    cmd = [str(BIN / "tsops"), "stream", "-p", str(project.root), "--source", "kafka", "--engine", engine]
+    in_file = project.state_dir / f"bench-{tag}-events.jsonl"
+    in_file.write_text("")
+    origin = "kafka" if source == "kafka" else f"file:{in_file}"
+    cmd = [str(BIN / "tsops"), "stream", "-p", str(project.root), "--source", origin, "--engine", engine]
+    if source == "file":
+        cmd.append("--follow")
     worker = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
     tail: _FileTail | _TopicTail = (
         _TopicTail(broker, out_topic, f"bench-reader-{tag}") if out == "kafka" else _FileTail(out_file)
@@ -209,11 +216,21 @@ def measure_latency(
     # request of its own, and the broker (tansu) spends about a core on them, starving the
     # engines on this 2-core machine.
     producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 1})
+    appender = in_file.open("a")
+
+    def publish(e: dict[str, Any]) -> None:
+        if source == "kafka":
+            producer.produce(events_topic, json.dumps(e).encode(), e["entity_id"].encode())
+            producer.poll(0)
+        else:
+            appender.write(json.dumps(e) + "\n")
+            appender.flush()
+
     # Warm-up: the first events wait for the worker to start and join the group; they are
     # published before the clock starts and not counted.
     warm, timed = evs[: len(evs) // 10], evs[len(evs) // 10 :]
     for e in warm:
-        producer.produce(events_topic, json.dumps(e).encode(), e["entity_id"].encode())
+        publish(e)
     producer.flush()
     deadline = time.time() + 240
     while len(received) < len(warm) * 0.9 and time.time() < deadline:
@@ -228,9 +245,9 @@ def measure_latency(
             time.sleep(delay)
         key = f"{e['entity_id']}|{pd.Timestamp(e['timestamp']).isoformat()}"
         produced[key] = time.time()
-        producer.produce(events_topic, json.dumps(e).encode(), e["entity_id"].encode())
-        producer.poll(0)
+        publish(e)
     producer.flush()
+    appender.close()
     sent_seconds = time.time() - started
     deadline = time.time() + 120
     while sum(k in received for k in produced) < len(produced) and time.time() < deadline:
@@ -251,7 +268,7 @@ def measure_latency(
     tail.close()
     latencies = [(received[k] - t) * 1000 for k, t in produced.items() if k in received]
     return {
-        "engine": engine,
+        "engine": engine if source == "kafka" else f"{engine}, file in",
         "rate": round(len(timed) / sent_seconds),
         "events": len(timed),
         "missing": len(produced) - len(latencies),
@@ -411,6 +428,11 @@ def main() -> None:
             results["latency"].append(
                 measure_latency(project, broker, engine, latency_events, args.rate, engine, args.out)
             )
+        reset(project)
+        print(f"latency: python engine, file in, at {args.rate:.0f} events/s …", flush=True)
+        results["latency"].append(
+            measure_latency(project, broker, "python", latency_events, args.rate, "file-in", "file", "file")
+        )
         print("throughput: one python-engine worker …", flush=True)
         many = events(project, args.throughput_events // entities)
         results["throughput"] = measure_throughput(project, broker, many)
@@ -456,6 +478,9 @@ def report(r: dict[str, Any]) -> None:
         print(f"p50 ratio spark / tsops: {by['spark']['p50'] / by['python']['p50']:.1f}x (goal ≥ 15x)")
     p99 = by["python"].get("p99", float("nan"))
     print(f"tsops p99 at {r['latency'][0]['rate']} ev/s: {p99:.1f} ms (goal ≤ 25)")
+    if "python, file in" in by:
+        direct = by["python, file in"].get("p99", float("nan"))
+        print(f"tsops p99 without the broker (file in): {direct:.1f} ms")
     t = r["throughput"]
     print(
         f"one worker, as fast as it can: file {t['file']['ev_s']:,.0f} ev/s "

@@ -288,3 +288,21 @@ def test_the_stream_joins_its_forecasts_with_later_actuals(stream_project, tmp_p
     for h, errors in errors_by_step.items():
         assert latest[h].n == len(errors)
         assert latest[h].mae == pytest.approx(np.mean(errors), rel=1e-9)
+
+
+def test_a_followed_file_returns_records_as_they_arrive_and_never_half_a_line(stream_project, tmp_path):
+    from tsops.streaming.sources import FileSource
+
+    project = stream_project()
+    path = tmp_path / "live.jsonl"
+    path.write_text('{"a": 1}\n')
+    source = FileSource(project, path, follow=True, from_beginning=True)
+    first = source.poll(100, timeout=5.0)  # returns at once with what is there
+    assert [r.payload for r in first] == ['{"a": 1}']
+    with path.open("a") as f:
+        f.write('{"b": ')  # a writer caught mid-line
+        f.flush()
+        assert source.poll(100, timeout=0.1) == []
+        f.write("2}\n")
+    assert [r.payload for r in source.poll(100, timeout=1.0)] == ['{"b": 2}']
+    source.close()

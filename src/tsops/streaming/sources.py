@@ -115,14 +115,19 @@ class FileSource:
         out: list[RawRecord] = []
         deadline = time.monotonic() + timeout
         while len(out) < max_records:
+            at = self._handle.tell() if self.follow else 0
             line = self._handle.readline()
+            if self.follow and line and not line.endswith("\n"):  # a line still being written
+                self._handle.seek(at)
+                line = ""
             if not line:
                 if not self.follow:
                     self.exhausted = not out
                     break
-                if time.monotonic() >= deadline:
+                # Following: return what arrived as soon as there is any (like a Kafka poll).
+                if out or time.monotonic() >= deadline:
                     break
-                time.sleep(0.05)
+                time.sleep(0.002)
                 continue
             if not line.strip():
                 self._line += 1
