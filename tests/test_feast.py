@@ -74,3 +74,43 @@ def test_redis_online_store_serves_the_latest_features(weather_project, redis_se
         )
     assert online.iloc[2][client.features.names].isna().all()
     assert "redis" in (project.feature_repo / "feature_store.yaml").read_text()
+
+
+def _redis_copy(weather_project, redis_server, folder) -> Project:
+    raw = yaml.safe_load((weather_project.root / "tsops.yaml").read_text())
+    raw["project"] = "weather_redis_write"
+    raw["data"]["path"] = str(weather_project.data_path)
+    raw["stores"] = {"online": {"type": "redis", "connection_string": f"127.0.0.1:{redis_server.port}"}}
+    folder.mkdir()
+    (folder / "tsops.yaml").write_text(yaml.safe_dump(raw))
+    project = Project.load(folder, environ={})
+    ingest(project, quiet=True)
+    return project
+
+
+def test_stream_writes_read_back_as_feasts_own_writes(weather_project, redis_server, tmp_path) -> None:
+    """`write_online` builds the protos itself and calls Feast's provider: what Feast reads back
+    equals what `FeatureStore.write_to_online_store` stores, NaN (a warming-up lag) included."""
+    for project in (weather_project, _redis_copy(weather_project, redis_server, tmp_path / "redis")):
+        client = FeatureStoreClient(project)
+        offline = client.read_offline()
+        rows = offline.groupby("city").tail(1).reset_index(drop=True)
+        rows[client.features.names[3]] = np.nan
+        rows.loc[rows["city"] == "seattle", client.features.names[0]] = 123.25
+        rows["date"] = rows["date"] + pd.Timedelta(hours=1)
+        feast_frame = rows.copy()
+        feast_frame["date"] = pd.to_datetime(feast_frame["date"]).dt.tz_localize("UTC")
+        client.store.write_to_online_store("series_features", feast_frame)
+        theirs = client.online(["seattle", "san_francisco"])
+
+        rows["date"] = rows["date"] + pd.Timedelta(hours=1)  # newer: Redis keeps the newest write
+        rows[client.features.names[1]] = rows[client.features.names[1]] + 0.5
+        client.write_online(rows)
+        ours = client.online(["seattle", "san_francisco"])
+        ours[client.features.names[1]] -= 0.5  # the write really landed, and nothing else moved
+
+        names = client.features.names
+        assert ours.iloc[0][names[0]] == 123.25
+        assert ours[names[3]].isna().all()
+        pd.testing.assert_frame_equal(ours, theirs)
+        ingest(project, quiet=True)  # other tests share the weather project's online store
