@@ -113,4 +113,14 @@ def test_stream_writes_read_back_as_feasts_own_writes(weather_project, redis_ser
         assert ours.iloc[0][names[0]] == 123.25
         assert ours[names[3]].isna().all()
         pd.testing.assert_frame_equal(ours, theirs)
+
+        state = client.features.new_state()
+        for t, v in zip(
+            pd.date_range("2024-01-01", periods=5, freq="h"), [1.0, 2.5, 3.25, 4.0, 5.0], strict=True
+        ):
+            state.push(t, v)
+        client.write_states({"seattle": state})
+        back = client.read_states(["seattle", "atlantis"])
+        assert list(back) == ["seattle"]
+        assert back["seattle"].to_dict() == state.to_dict()
         ingest(project, quiet=True)  # other tests share the weather project's online store
