@@ -306,3 +306,27 @@ def test_a_followed_file_returns_records_as_they_arrive_and_never_half_a_line(st
         f.write("2}\n")
     assert [r.payload for r in source.poll(100, timeout=1.0)] == ['{"b": 2}']
     source.close()
+
+
+def test_a_paced_replay_returns_each_event_when_it_is_due(stream_project, tmp_path):
+    """Accelerated time: an hourly series at speedup 18,000 is one event every 0.2 s; a poll
+    returns what is due at once instead of holding it until the poll's timeout."""
+    import time as clock
+
+    from tsops.streaming.sources import FileSource
+
+    project = stream_project()
+    path = tmp_path / "paced.jsonl"
+    times = pd.date_range("2024-05-01", periods=4, freq="h")
+    path.write_text("".join(json.dumps({"timestamp": t.isoformat(), "value": 1.0}) + "\n" for t in times))
+    source = FileSource(project, path, speedup=18_000.0)
+    started = clock.monotonic()
+    polls = []
+    while not source.exhausted:
+        got = source.poll(100, timeout=5.0)
+        if got:
+            polls.append((round(clock.monotonic() - started, 2), len(got)))
+    source.close()
+    assert [n for _, n in polls] == [1, 1, 1, 1]
+    assert polls[0][0] < 0.1  # the first event at once, not after the 5 s timeout
+    assert all(0.15 < b - a < 0.4 for (a, _), (b, _) in zip(polls, polls[1:], strict=False))

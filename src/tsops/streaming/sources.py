@@ -96,26 +96,24 @@ class FileSource:
         self._first_event: pd.Timestamp | None = None
         self._first_wall = 0.0
 
-    def _pace(self, payload: str) -> None:
-        if self.speedup <= 0:
-            return
+    def _delay(self, payload: str) -> float:
+        """Seconds until the event is due in an accelerated replay (≤ 0: now)."""
         try:
             t = pd.Timestamp(json.loads(payload)[self.time_col])
         except Exception:  # a bad event is the processor's to reject, not the pacer's
-            return
+            return 0.0
         if self._first_event is None:
             self._first_event, self._first_wall = t, time.monotonic()
-            return
+            return 0.0
         due = self._first_wall + (t - self._first_event).total_seconds() / self.speedup
-        delay = due - time.monotonic()
-        if delay > 0:
-            time.sleep(min(delay, 5.0))
+        return due - time.monotonic()
 
     def poll(self, max_records: int, timeout: float) -> list[RawRecord]:
         out: list[RawRecord] = []
         deadline = time.monotonic() + timeout
+        paced = self.speedup > 0
         while len(out) < max_records:
-            at = self._handle.tell() if self.follow else 0
+            at = self._handle.tell() if self.follow or paced else 0
             line = self._handle.readline()
             if self.follow and line and not line.endswith("\n"):  # a line still being written
                 self._handle.seek(at)
@@ -133,10 +131,19 @@ class FileSource:
                 self._line += 1
                 continue
             payload = to_payload(line, self._csv_header)
-            self._pace(payload)
+            if paced:
+                delay = self._delay(payload)
+                if delay > 0 and out:  # return what is due; this event waits for the next poll
+                    self._handle.seek(at)
+                    break
+                if delay > 0:
+                    time.sleep(min(delay, max(deadline - time.monotonic(), 0.0)))
+                    if self._delay(payload) > 0:  # not due within this poll's timeout
+                        self._handle.seek(at)
+                        break
             out.append(RawRecord(payload, 0, self._line, time.perf_counter()))
             self._line += 1
-            if self.speedup > 0 and time.monotonic() >= deadline:
+            if paced and time.monotonic() >= deadline:
                 break
         return out
 
