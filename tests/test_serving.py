@@ -339,3 +339,18 @@ def test_an_oversize_body_without_content_length_is_refused(server) -> None:
         assert answer.status_code == 413 and answer.json()["error"] == "payload_too_large"
     with server.client() as client:
         assert client.get("/forecast/seattle").status_code == 200
+
+
+def test_metrics_stay_in_process_after_feast_is_imported() -> None:
+    """Feast's metrics module turns on prometheus_client's file-backed multiprocess values for
+    the whole process; tsops keeps its own metrics in memory (they are per process)."""
+    import os
+
+    import feast.metrics  # noqa: F401  (sets PROMETHEUS_MULTIPROC_DIR, as any Feast store does)
+    from prometheus_client import CollectorRegistry, Counter, values
+
+    assert "feast_metrics_" in os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    counter = Counter("tsops_probe_total", "probe", registry=CollectorRegistry())
+    counter.inc()
+    assert values.ValueClass is values.MutexValue
+    assert type(counter._value) is values.MutexValue

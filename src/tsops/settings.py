@@ -309,7 +309,12 @@ class ServingSettings(Strict):
     port: int = Field(8080, ge=0, le=65535)
     workers: int = Field(1, ge=1, le=64)
     max_batch_size: int = Field(64, ge=1, description="adaptive batching: most rows per model call")
-    max_batch_wait_ms: float = Field(2.0, ge=0.0, description="adaptive batching: longest wait")
+    max_batch_wait_ms: float = Field(
+        0.0,
+        ge=0.0,
+        description="adaptive batching: longest wait for a batch to fill; 0 = take what queued "
+        "while the model ran (at c=8: 1,978 req/s with 0, 1,469 with 2; c=64 the same)",
+    )
     max_body_bytes: int = Field(1_048_576, ge=1024, description="larger request bodies get 413")
     admin_token: str | None = Field(None, description="bearer token for admin endpoints")
     reload_interval_s: float = Field(2.0, gt=0.0, description="how often to check the champion")
