@@ -273,3 +273,16 @@ def test_gauges_catch_up_with_batches_accounted_between_refreshes(tmp_path) -> N
         expected_mae
     )
     assert prom.get_sample_value("tsops_accuracy_joined_total", {"model_version": "3"}) == joined
+
+
+def test_latest_earlier_actual_per_entity_matches_a_grouped_running_max() -> None:
+    """`_earlier_max` (numpy) equals pandas' grouped cummax shifted by one, on random batches."""
+    from tsops.monitoring.accuracy import _NO_TIME, _earlier_max
+
+    rng = np.random.default_rng(1)
+    for n in (1, 2, 7, 100, 5000):
+        codes = rng.integers(0, 13, n)
+        steps = rng.integers(480_000, 480_300, n)
+        grouped = pd.Series(steps).groupby(codes).cummax().groupby(codes).shift(1)
+        expected = grouped.fillna(_NO_TIME).to_numpy(np.int64)
+        assert np.array_equal(_earlier_max(codes, steps), expected)

@@ -89,6 +89,27 @@ _KEY_SHIFT = 2**32  # pending keys: entity code × 2^32 + (origin step − base 
 _NO_TIME = np.iinfo(np.int64).min
 
 
+def _earlier_max(codes: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """For each position, the largest step at an earlier position with the same code
+    (`_NO_TIME` where there is none): a grouped running maximum, shifted by one."""
+    n = len(codes)
+    order = np.lexsort((np.arange(n), codes))  # by code, then batch position
+    c, s = codes[order], steps[order]
+    first = np.ones(n, bool)
+    first[1:] = c[1:] != c[:-1]
+    group = np.cumsum(first) - 1
+    low, span = int(s.min()), int(s.max() - s.min()) + 1
+    # Offsetting each group above the previous one lets one running maximum stay in its group.
+    running = np.maximum.accumulate(group * span + (s - low)) - group * span + low
+    before = np.empty(n, np.int64)
+    before[0] = _NO_TIME
+    before[1:] = running[:-1]
+    before[first] = _NO_TIME
+    out = np.empty(n, np.int64)
+    out[order] = before
+    return out
+
+
 @dataclass
 class _Pending:
     """The pending forecasts of one model version, columnar."""
@@ -232,8 +253,7 @@ class AccuracyTracker:
         steps = np.fromiter((e.time.value for e in events), np.int64, n) // self.step_ns
         actual = np.fromiter((e.value for e in events), float, n)
         # The entity's latest actual before each one, in batch order.
-        earlier = pd.Series(steps).groupby(codes).cummax().groupby(codes).shift(1)
-        previous = np.maximum(self.latest[codes], earlier.fillna(_NO_TIME).to_numpy(np.int64))
+        previous = np.maximum(self.latest[codes], _earlier_max(codes, steps))
         seen = previous != _NO_TIME
         self.counts.actuals += n
         self.counts.out_of_order += int((seen & (steps < previous)).sum())

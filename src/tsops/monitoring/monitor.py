@@ -101,11 +101,12 @@ class StreamMonitor:
     def on_batch(
         self,
         events: list[Event],
-        feature_rows: list[dict[str, float]],
+        feature_rows: pd.DataFrame | list[dict[str, float]],
         predictions: list[dict[str, Any]],
     ) -> None:
         """Account one micro-batch: its applied events (the actuals, and the target's values),
-        their feature rows, and the prediction records written for it."""
+        their feature rows (a frame with the feature columns, as the stream has them, or a list
+        of row dicts), and the prediction records written for it."""
         with self._lock:
             try:
                 self._on_batch(events, feature_rows, predictions)
@@ -117,7 +118,10 @@ class StreamMonitor:
             self.persist()
 
     def _on_batch(
-        self, events: list[Event], feature_rows: list[dict[str, float]], predictions: list[dict[str, Any]]
+        self,
+        events: list[Event],
+        feature_rows: pd.DataFrame | list[dict[str, float]],
+        predictions: list[dict[str, Any]],
     ) -> None:
         acc, m = self.accuracy, self.metrics
         before = acc.counts.as_dict()
@@ -136,13 +140,18 @@ class StreamMonitor:
 
         if events:
             self.window.add(self.target, np.fromiter((e.value for e in events), float, len(events)))
-        if feature_rows:
+        if isinstance(feature_rows, pd.DataFrame):
+            n = len(feature_rows)
+            for name in self.features if n else ():
+                present = name in feature_rows.columns
+                self.window.add(name, feature_rows[name].to_numpy(float) if present else np.full(n, np.nan))
+        elif feature_rows:
             for name in self.features:
                 column = np.fromiter((r.get(name, np.nan) for r in feature_rows), float, len(feature_rows))
                 self.window.add(name, column)
         if serving is not None:
             self._use_reference(serving)
-        self._window_stale |= bool(events or feature_rows or predictions)
+        self._window_stale |= bool(events or len(feature_rows) or predictions)
         self.batches += 1
         if time.monotonic() - self._last_refresh >= REFRESH_EVERY_S:
             self._refresh()

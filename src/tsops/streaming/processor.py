@@ -221,8 +221,7 @@ class Processor:
             sink.write(predictions)
         self.dead_letter_sink.write(dead)
         if self.monitor is not None:
-            rows = offline[self.monitor.features].to_dict("records") if len(offline) else []
-            self.monitor.on_batch(observed, rows, predictions)
+            self.monitor.on_batch(observed, offline, predictions)
         self.checkpointer.add(offline, {e: self.state.states[e] for e in touched}, records)
         if self.checkpointer.due():
             self.checkpointer.flush()
