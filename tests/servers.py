@@ -102,6 +102,32 @@ def _wait_until_ready(
     )
 
 
+def _start_on_free_port(
+    name: str,
+    directory: Path,
+    log_path: Path,
+    command: Callable[[int], list[str]],
+    probe: Callable[[], None],
+    set_port: Callable[[int], None],
+) -> subprocess.Popen[bytes]:
+    """Start `command(port)` on a free port until `probe` answers (a port can be taken by
+    someone else before the server binds it: a few attempts); the running process."""
+    error: ServerStartError | None = None
+    for _ in range(START_ATTEMPTS):
+        port = free_port()
+        set_port(port)
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(command(port), stdout=log, stderr=subprocess.STDOUT, cwd=directory)
+        try:
+            _wait_until_ready(name, proc, log_path, probe)
+            return proc
+        except ServerStartError as exc:
+            error = exc
+            _stop_process(proc, signal.SIGKILL)
+    assert error is not None
+    raise error
+
+
 class RedisServer:
     """A throw-away `redis-server` without persistence, bound to loopback."""
 
@@ -123,41 +149,23 @@ class RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
             raise ServerStartError("redis-server is not installed (run `make setup`)")
-        self.directory = _make_server_dir("tsops-redis-", None, None)
-        log_path = self.directory / "redis.log"
-        error: ServerStartError | None = None
-        for _ in range(START_ATTEMPTS):
-            self.port = free_port()
-            with open(log_path, "ab") as log:
-                self._proc = subprocess.Popen(
-                    [
-                        binary,
-                        "--port",
-                        str(self.port),
-                        "--bind",
-                        self.host,
-                        "--save",
-                        "",
-                        "--appendonly",
-                        "no",
-                        "--dir",
-                        str(self.directory),
-                        "--daemonize",
-                        "no",
-                    ],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    cwd=self.directory,
-                )
-            try:
-                _wait_until_ready("redis-server", self._proc, log_path, self._ping)
-                return self
-            except ServerStartError as exc:
-                error = exc
-                _stop_process(self._proc, signal.SIGKILL)
-        self.stop()
-        assert error is not None
-        raise error
+        directory = self.directory = _make_server_dir("tsops-redis-", None, None)
+
+        def command(port: int) -> list[str]:
+            return [binary, "--port", str(port), "--bind", self.host, "--save", "", "--appendonly", "no",
+                    "--dir", str(directory), "--daemonize", "no"]  # fmt: skip
+
+        try:
+            self._proc = _start_on_free_port(
+                "redis-server", directory, directory / "redis.log", command, self._ping, self._set_port
+            )
+        except ServerStartError:
+            self.stop()
+            raise
+        return self
+
+    def _set_port(self, port: int) -> None:
+        self.port = port
 
     def _ping(self) -> None:
         with self.client(socket_connect_timeout=1, socket_timeout=1) as client:
@@ -256,43 +264,25 @@ class PostgresServer:
         bindir = find_postgres_bindir()
         self.directory = _make_server_dir("tsops-pg-", self._uid, self._gid)
         self._initdb(bindir)
-        log_path = self.directory / "postgres.log"
-        error: ServerStartError | None = None
-        for _ in range(START_ATTEMPTS):
-            self.port = free_port()
-            with open(log_path, "ab") as log:
-                self._proc = subprocess.Popen(
-                    [
-                        *self._run_as,
-                        str(bindir / "postgres"),
-                        "-D",
-                        str(self.directory / "data"),
-                        "-p",
-                        str(self.port),
-                        "-k",
-                        str(self.directory),
-                        "-c",
-                        f"listen_addresses={self.host}",
-                        "-c",
-                        "fsync=off",
-                        "-c",
-                        "synchronous_commit=off",
-                        "-c",
-                        "full_page_writes=off",
-                    ],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    cwd=self.directory,
-                )
-            try:
-                _wait_until_ready("postgres", self._proc, log_path, self._probe)
-                return self
-            except ServerStartError as exc:
-                error = exc
-                _stop_process(self._proc, signal.SIGKILL)
-        self.stop()
-        assert error is not None
-        raise error
+        directory = self.directory
+
+        def command(port: int) -> list[str]:
+            return [*self._run_as, str(bindir / "postgres"), "-D", str(directory / "data"),
+                    "-p", str(port), "-k", str(directory), "-c", f"listen_addresses={self.host}",
+                    "-c", "fsync=off", "-c", "synchronous_commit=off",
+                    "-c", "full_page_writes=off"]  # fmt: skip
+
+        try:
+            self._proc = _start_on_free_port(
+                "postgres", directory, directory / "postgres.log", command, self._probe, self._set_port
+            )
+        except ServerStartError:
+            self.stop()
+            raise
+        return self
+
+    def _set_port(self, port: int) -> None:
+        self.port = port
 
     def _initdb(self, bindir: Path) -> None:
         assert self.directory is not None
@@ -378,8 +368,9 @@ class KafkaBroker(EmbeddedBroker):
         deadline = time.time() + timeout
         while len(out) < expected and time.time() < deadline:
             for m in consumer.consume(500, 0.5):
-                if m.error() is None and m.value() is not None:
-                    out.append(m.value())
+                value = m.value()
+                if m.error() is None and value is not None:
+                    out.append(value)
         consumer.close()
         return out
 
@@ -420,34 +411,26 @@ class PrometheusServer:
         if binary is None:
             raise ServerStartError("prometheus is not installed (run `make setup`)")
         self.directory = _make_server_dir("tsops-prometheus-", None, None)
-        config = self.directory / "prometheus.yml"
+        directory = self.directory
+        config = directory / "prometheus.yml"
         config.write_text(self.config())
-        log_path = self.directory / "prometheus.log"
-        error: ServerStartError | None = None
-        for _ in range(START_ATTEMPTS):
-            self.port = free_port()
-            with open(log_path, "ab") as log:
-                self._proc = subprocess.Popen(
-                    [
-                        binary,
-                        f"--config.file={config}",
-                        f"--storage.tsdb.path={self.directory / 'data'}",
-                        f"--web.listen-address={self.host}:{self.port}",
-                        "--storage.tsdb.retention.time=1h",
-                    ],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    cwd=self.directory,
-                )
-            try:
-                _wait_until_ready("prometheus", self._proc, log_path, self._ready)
-                return self
-            except ServerStartError as exc:
-                error = exc
-                _stop_process(self._proc, signal.SIGKILL)
-        self.stop()
-        assert error is not None
-        raise error
+
+        def command(port: int) -> list[str]:
+            return [binary, f"--config.file={config}", f"--storage.tsdb.path={directory / 'data'}",
+                    f"--web.listen-address={self.host}:{port}",
+                    "--storage.tsdb.retention.time=1h"]  # fmt: skip
+
+        try:
+            self._proc = _start_on_free_port(
+                "prometheus", directory, directory / "prometheus.log", command, self._ready, self._set_port
+            )
+        except ServerStartError:
+            self.stop()
+            raise
+        return self
+
+    def _set_port(self, port: int) -> None:
+        self.port = port
 
     def _ready(self) -> None:
         import httpx
