@@ -37,7 +37,7 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from servers import free_port  # noqa: E402
+from servers import free_port, wait_for_http  # noqa: E402
 from tsops.settings import Project  # noqa: E402
 from tsops.ui.series import EntitySeries  # noqa: E402
 from tsops.ui.tails import INITIAL_BYTES, JsonlTail  # noqa: E402
@@ -153,16 +153,7 @@ def watched_serving(project: Project, duration: int, rounds: int) -> None:
     )
     stop = threading.Event()
     try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                if httpx.get(f"{url}/ping", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError((project.root / "bench-serve.log").read_text()[-2000:])
-            time.sleep(0.5)
+        wait_for_http("tsops serve", f"{url}/ping", proc, (project.root / "bench-serve.log").read_text, 180)
         entity = httpx.get(f"{url}/ui/entities", timeout=30).json()["entities"][0]
         target = f"{url}/forecast/{entity}"
         wrk(target, 2)  # warm up

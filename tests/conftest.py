@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from servers import KafkaBroker, PostgresServer, RedisServer, ServerStartError, free_port
+from servers import KafkaBroker, PostgresServer, RedisServer, ServerStartError, free_port, wait_for_http
 
 __all__ = ["free_port"]
 
@@ -66,10 +66,7 @@ def kafka_broker() -> Iterator[KafkaBroker]:
 import os  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
-
-import httpx  # noqa: E402
 
 TSOPS = [sys.executable, "-m", "tsops"]
 
@@ -190,17 +187,10 @@ def mlflow_serve(trained_weather, weather_project) -> Iterator[str]:  # type: ig
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            if httpx.get(f"{url}/ping", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            pytest.fail(f"mlflow models serve did not start:\n{proc.communicate()[0][-3000:]}")
-        time.sleep(0.5)
+    _start_or_fail(
+        "mlflow_server",
+        lambda: wait_for_http("mlflow models serve", f"{url}/ping", proc, lambda: proc.communicate()[0]),
+    )
     yield url
     proc.terminate()
     proc.wait(timeout=30)

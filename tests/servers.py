@@ -128,6 +128,27 @@ def _start_on_free_port(
     raise error
 
 
+def wait_for_http(
+    name: str, url: str, proc: subprocess.Popen[Any], log: Callable[[], str], timeout: float = 120
+) -> None:
+    """Until `GET url` answers 200 (an HTTP server started as `proc`, e.g. `tsops serve` or
+    `mlflow models serve`); kills it and raises `ServerStartError` with `log()`'s tail if it
+    exits or does not answer in time."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise ServerStartError(f"{name} did not start:\n{log()[-3000:]}")
+        time.sleep(0.3)
+
+
 class RedisServer:
     """A throw-away `redis-server` without persistence, bound to loopback."""
 

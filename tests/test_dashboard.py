@@ -17,7 +17,7 @@ import pytest
 from playwright.sync_api import Page, sync_playwright
 
 from conftest import TSOPS, synthetic_events, write_jsonl, write_synthetic_project
-from servers import free_port
+from servers import ServerStartError, free_port, wait_for_http
 from tsops.settings import Project
 from tsops.streaming.runner import run_stream
 from tsops.ui.feed import DashboardFeed
@@ -60,17 +60,10 @@ def served(dashboard_project, tmp_path_factory) -> Iterator[str]:  # type: ignor
             stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{url}/ping", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"tsops serve did not start:\n{log_path.read_text()[-3000:]}")
-        time.sleep(0.3)
+    try:
+        wait_for_http("tsops serve", f"{url}/ping", proc, log_path.read_text)
+    except ServerStartError as e:
+        pytest.fail(str(e), pytrace=False)
     yield url
     proc.terminate()
     try:

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, cast
 import pandas as pd
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -31,6 +32,28 @@ CONFIG_FILE = "tsops.yaml"
 ENV_PREFIX = "TSOPS_"
 SINGLE_SERIES_ENTITY = "series_id"  # entity column added when the data has none
 SINGLE_SERIES_VALUE = "series"
+
+
+def _duration(least: str | None) -> AfterValidator:
+    """A pandas duration string ("90s", "12h", "7d"), at least zero ("≥0") or above zero (">0")."""
+
+    def check(v: str) -> str:
+        try:
+            delta = pd.Timedelta(v)
+        except ValueError as e:
+            raise ValueError(f"not a duration ({e})") from None
+        if least == ">0" and delta <= pd.Timedelta(0):
+            raise ValueError("not a positive duration (must be positive)")
+        if least == "≥0" and delta < pd.Timedelta(0):
+            raise ValueError("not a duration (must not be negative)")
+        return v
+
+    return AfterValidator(check)
+
+
+Duration = Annotated[str, _duration(None)]
+NonNegativeDuration = Annotated[str, _duration("≥0")]
+PositiveDuration = Annotated[str, _duration(">0")]
 
 
 class Strict(BaseModel):
@@ -367,17 +390,9 @@ class AggregateSettings(Strict):
     `allowed_lateness`; a tick for a closed bar is late."""
 
     how: Literal["mean", "last", "first", "sum", "min", "max", "count"] = "mean"
-    allowed_lateness: str = Field("0s", description="how long after a bar's end ticks are still added")
-
-    @field_validator("allowed_lateness")
-    @classmethod
-    def _lateness(cls, v: str) -> str:
-        try:
-            if pd.Timedelta(v) < pd.Timedelta(0):
-                raise ValueError("must not be negative")
-        except ValueError as e:
-            raise ValueError(f"not a duration ({e})") from None
-        return v
+    allowed_lateness: NonNegativeDuration = Field(
+        "0s", description="how long after a bar's end ticks are still added"
+    )
 
     @property
     def lateness(self) -> pd.Timedelta:
@@ -427,22 +442,13 @@ class StreamSettings(Strict):
         "dead_letter", description="events at or before an entity's last applied time"
     )
     unknown_entities: Literal["accept", "dead_letter"] = "accept"
-    max_future: str = Field("1d", description="events later than now + this are dead letters")
+    max_future: Duration = Field("1d", description="events later than now + this are dead letters")
     max_gap_steps: int = Field(168, ge=1, description="a jump of more steps than this is refused, not filled")
     aggregate: AggregateSettings | None = Field(
         None, description="aggregate raw events into schema.freq bars (unset: events are already bars)"
     )
     kafka: KafkaSettings = KafkaSettings()
     spark: SparkStreamSettings = SparkStreamSettings()
-
-    @field_validator("max_future")
-    @classmethod
-    def _duration(cls, v: str) -> str:
-        try:
-            pd.Timedelta(v)
-        except ValueError as e:
-            raise ValueError(f"not a duration ({e})") from None
-        return v
 
 
 class MonitoringSettings(Strict):
@@ -497,18 +503,8 @@ class ScheduleTriggerSettings(Strict):
     """Fires when the last retrain (or the champion's registration) is `interval` ago."""
 
     type: Literal["schedule"] = "schedule"
-    interval: str = Field("7d", description="a duration such as 12h or 7d (wall-clock time)")
+    interval: PositiveDuration = Field("7d", description="a duration such as 12h or 7d (wall-clock time)")
     mode: RetrainMode = "warm"
-
-    @field_validator("interval")
-    @classmethod
-    def _duration(cls, v: str) -> str:
-        try:
-            if pd.Timedelta(v) <= pd.Timedelta(0):
-                raise ValueError("must be positive")
-        except ValueError as e:
-            raise ValueError(f"not a positive duration ({e})") from None
-        return v
 
 
 TriggerSettings = Annotated[
@@ -532,7 +528,9 @@ class RetrainSettings(Strict):
     """`tsops retrain` and the continual-learning loop: triggers, modes, promotion, rollback."""
 
     triggers: list[TriggerSettings] = Field(default_factory=lambda: _default_triggers())
-    cooldown: str = Field("1h", description="least wall-clock time between automatic retrains")
+    cooldown: NonNegativeDuration = Field(
+        "1h", description="least wall-clock time between automatic retrains"
+    )
     holdout: int | None = Field(
         None, ge=1, description="steps held out for the backtest and the gate; default backtest.holdout"
     )
@@ -543,16 +541,6 @@ class RetrainSettings(Strict):
     threads: int = Field(1, ge=1, description="torch threads of a retrain (it runs beside serving)")
     auto_promote: bool = Field(True, description="promote a challenger that passes the gate")
     rollback: RollbackSettings = RollbackSettings()
-
-    @field_validator("cooldown")
-    @classmethod
-    def _duration(cls, v: str) -> str:
-        try:
-            if pd.Timedelta(v) < pd.Timedelta(0):
-                raise ValueError("must not be negative")
-        except ValueError as e:
-            raise ValueError(f"not a duration ({e})") from None
-        return v
 
 
 class Settings(Strict):
