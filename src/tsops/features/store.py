@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from time import time_ns
 from typing import Any
@@ -292,12 +292,14 @@ class FeatureStoreClient:
         values = [{STATE_FIELD: Value(string_val=json.dumps(s.to_dict()))} for s in states.values()]
         self._write_protos(self.state_view, list(states), [now] * len(states), values)
 
-    def _write_protos(self, view: Any, entities: list[Any], times: list[Any], values: list[Any]) -> None:
+    def _write_protos(
+        self, view: Any, entities: list[Any], times: list[datetime], values: list[dict[str, Any]]
+    ) -> None:
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
         from feast.protos.feast.types.Value_pb2 import Value
 
         key = self.project.settings.series.entity_col
-        data = [
+        data: list[tuple[EntityKey, dict[str, Value], datetime, datetime | None]] = [
             (EntityKey(join_keys=[key], entity_values=[Value(string_val=str(e))]), protos, t, None)
             for e, t, protos in zip(entities, times, values, strict=True)
         ]
