@@ -149,7 +149,36 @@ def wait_for_http(
         time.sleep(0.3)
 
 
-class RedisServer:
+class _Launched:
+    """A server process started by `_start_on_free_port`; subclasses define `stop()`."""
+
+    port: int
+    _proc: subprocess.Popen[bytes] | None
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def _set_port(self, port: int) -> None:
+        self.port = port
+
+    def _launch(
+        self,
+        name: str,
+        directory: Path,
+        log_name: str,
+        command: Callable[[int], list[str]],
+        probe: Callable[[], None],
+    ) -> None:
+        try:
+            self._proc = _start_on_free_port(
+                name, directory, directory / log_name, command, probe, self._set_port
+            )
+        except ServerStartError:
+            self.stop()  # removes the server's directory
+            raise
+
+
+class RedisServer(_Launched):
     """A throw-away `redis-server` without persistence, bound to loopback."""
 
     def __init__(self) -> None:
@@ -176,17 +205,8 @@ class RedisServer:
             return [binary, "--port", str(port), "--bind", self.host, "--save", "", "--appendonly", "no",
                     "--dir", str(directory), "--daemonize", "no"]  # fmt: skip
 
-        try:
-            self._proc = _start_on_free_port(
-                "redis-server", directory, directory / "redis.log", command, self._ping, self._set_port
-            )
-        except ServerStartError:
-            self.stop()
-            raise
+        self._launch("redis-server", directory, "redis.log", command, self._ping)
         return self
-
-    def _set_port(self, port: int) -> None:
-        self.port = port
 
     def _ping(self) -> None:
         with self.client(socket_connect_timeout=1, socket_timeout=1) as client:
@@ -221,7 +241,7 @@ def find_postgres_bindir() -> Path:
     return Path(max(candidates, key=version)).parent
 
 
-class PostgresServer:
+class PostgresServer(_Launched):
     """A throw-away PostgreSQL cluster with password auth on loopback.
 
     As root, the cluster is created and run as `nobody`, since PostgreSQL
@@ -293,17 +313,8 @@ class PostgresServer:
                     "-c", "fsync=off", "-c", "synchronous_commit=off",
                     "-c", "full_page_writes=off"]  # fmt: skip
 
-        try:
-            self._proc = _start_on_free_port(
-                "postgres", directory, directory / "postgres.log", command, self._probe, self._set_port
-            )
-        except ServerStartError:
-            self.stop()
-            raise
+        self._launch("postgres", directory, "postgres.log", command, self._probe)
         return self
-
-    def _set_port(self, port: int) -> None:
-        self.port = port
 
     def _initdb(self, bindir: Path) -> None:
         assert self.directory is not None
@@ -396,7 +407,7 @@ class KafkaBroker(EmbeddedBroker):
         return out
 
 
-class PrometheusServer:
+class PrometheusServer(_Launched):
     """A throw-away Prometheus (the Debian `prometheus` package) on loopback, scraping the given
     targets every second and evaluating the given rule files every second."""
 
@@ -441,17 +452,8 @@ class PrometheusServer:
                     f"--web.listen-address={self.host}:{port}",
                     "--storage.tsdb.retention.time=1h"]  # fmt: skip
 
-        try:
-            self._proc = _start_on_free_port(
-                "prometheus", directory, directory / "prometheus.log", command, self._ready, self._set_port
-            )
-        except ServerStartError:
-            self.stop()
-            raise
+        self._launch("prometheus", directory, "prometheus.log", command, self._ready)
         return self
-
-    def _set_port(self, port: int) -> None:
-        self.port = port
 
     def _ready(self) -> None:
         import httpx
