@@ -47,21 +47,16 @@ def update(fs: FeatureSet, state: EntityState, time: pd.Timestamp, value: float)
     return out
 
 
-def features_after(fs: FeatureSet, prior: np.ndarray, times: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Features of new observations appended to an entity's lookback `prior` (oldest first),
-    computed by the batch definitions in one vectorised pass: the stream engine's micro-batch
-    path, equal to calling `update` once per observation. Returns (len(values), len(fs.names))."""
-    return features_after_many(fs, [(prior, times, values)])[0]
-
-
 def features_after_many(
     fs: FeatureSet, blocks: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
 ) -> list[np.ndarray]:
-    """`features_after` for many entities' (prior, times, values) blocks at once: the lookback
-    window of every new row (its entity's prior values, then the block's, NaN where the entity
-    has fewer) gathered into one (rows, lookback) matrix, and each definition applied once
-    (`Feature.at`). One pass per micro-batch instead of one per entity, and no work on rows
-    that are not new."""
+    """Features of new observations appended to entities' lookbacks: one (prior, times, values)
+    block per entity, `prior` the values it had before (oldest first); the stream engine's
+    micro-batch path, equal to calling `update` once per observation. The lookback window of
+    every new row (the entity's prior values, then the block's, NaN where it has fewer) is
+    gathered into one (rows, lookback) matrix and each definition applied once (`Feature.at`):
+    one pass per micro-batch, not per entity, and no work on rows that are not new. Returns
+    one (len(values), len(fs.names)) matrix per block."""
     if not blocks:
         return []
     width = fs.lookback
