@@ -117,7 +117,10 @@ def write_synthetic_project(root: Path, *, tracking_uri: str | None = None, extr
     if tracking_uri:
         raw["tracking"] = {"uri": tracking_uri}
     for section, values in (extra or {}).items():
-        raw.setdefault(section, {}).update(values)
+        if isinstance(values, dict):
+            raw.setdefault(section, {}).update(values)
+        else:
+            raw[section] = values
     (root / "tsops.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     return Project.load(root, environ={})
 

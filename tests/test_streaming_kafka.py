@@ -21,7 +21,7 @@ from tsops.streaming.runner import replay_to_kafka
 PARTITIONS = 4
 
 
-def kafka_project(stream_project, broker):  # type: ignore[no-untyped-def]
+def kafka_project(stream_project, broker, **extra):  # type: ignore[no-untyped-def]
     topic = f"events-{uuid.uuid4().hex[:8]}"
     broker.create_topic(topic, PARTITIONS)
     return stream_project(
@@ -29,7 +29,8 @@ def kafka_project(stream_project, broker):  # type: ignore[no-untyped-def]
             "source": "kafka",
             "batch_size": 500,
             "kafka": {"bootstrap_servers": broker.bootstrap, "events_topic": topic, "group_id": f"g-{topic}"},
-        }
+        },
+        **extra,
     )
 
 
@@ -97,15 +98,10 @@ def assert_every_event_predicted_once_or_identically(project, events: list[dict]
     assert keys == {f"{e['entity_id']}|{e['timestamp']}" for e in events}
 
 
-def test_replay_after_crash_changes_nothing(stream_project, kafka_broker, tmp_path):
-    project = kafka_project(stream_project, kafka_broker)
-    events = synthetic_events(project, 20_000)  # 5 entities → 100k events
-    published = replay_to_kafka(project, write_jsonl(tmp_path / "events.jsonl", events))
-    assert published["published"] == 100_000
-    rng = np.random.default_rng(7)
-    log = tmp_path / "workers.log"
-    kills = 0
-    while kills < 20:
+def kill_at_random_points(project, kills: int, log: Path, seed: int) -> None:  # type: ignore[no-untyped-def]
+    """Start a worker, SIGKILL it at a random point once it writes predictions; `kills` times."""
+    rng = np.random.default_rng(seed)
+    for _ in range(kills):
         before = count_lines(predictions_file(project))
         worker = start_worker(project, log)
         deadline = time.time() + 120
@@ -115,13 +111,43 @@ def test_replay_after_crash_changes_nothing(stream_project, kafka_broker, tmp_pa
         time.sleep(rng.uniform(0.0, 1.2))  # a random point while it processes
         worker.kill()
         worker.wait()
-        kills += 1
+
+
+def test_replay_after_crash_changes_nothing(stream_project, kafka_broker, tmp_path):
+    project = kafka_project(stream_project, kafka_broker)
+    events = synthetic_events(project, 20_000)  # 5 entities → 100k events
+    published = replay_to_kafka(project, write_jsonl(tmp_path / "events.jsonl", events))
+    assert published["published"] == 100_000
+    log = tmp_path / "workers.log"
+    kill_at_random_points(project, 20, log, seed=7)
     final = start_worker(project, log)
     expected = {f"{e['entity_id']}|{e['timestamp']}" for e in events}
     wait_for_keys(project, expected, [final], timeout=300)
     stop_gracefully(final)
     assert_every_event_predicted_once_or_identically(project, events)
     assert_stream_equals_batch(project, events)
+
+
+def test_crash_safety_on_a_redis_online_store(stream_project, kafka_broker, redis_server, tmp_path):
+    """The same SIGKILL/restart cycle with the entity states and features living in Redis."""
+    project = kafka_project(
+        stream_project,
+        kafka_broker,
+        project=f"stream_redis_{uuid.uuid4().hex[:6]}",
+        stores={"online": {"type": "redis", "connection_string": f"127.0.0.1:{redis_server.port}"}},
+    )
+    assert "redis" in (project.feature_repo / "feature_store.yaml").read_text()
+    events = synthetic_events(project, 3000)  # 15k events
+    replay_to_kafka(project, write_jsonl(tmp_path / "events.jsonl", events))
+    log = tmp_path / "workers.log"
+    kill_at_random_points(project, 4, log, seed=11)
+    final = start_worker(project, log)
+    wait_for_keys(project, {f"{e['entity_id']}|{e['timestamp']}" for e in events}, [final], 300)
+    stop_gracefully(final)
+    assert_every_event_predicted_once_or_identically(project, events)
+    assert_stream_equals_batch(project, events)  # read back from Redis
+    keys = [k.decode(errors="replace") for k in redis_server.client().scan_iter(count=1000)]
+    assert any(project.settings.project in k for k in keys)
 
 
 def test_two_workers_share_partitions_and_survive_one_leaving(stream_project, kafka_broker, tmp_path):
