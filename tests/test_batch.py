@@ -611,3 +611,43 @@ def test_spark_engine_result_equals_local_engine_result(spark, sklearn_model, tm
     assert spark_run[2]["id"].tolist() == local[2]["id"].tolist() == [15, 4321]
     assert spark_run[2]["reject_reason"].tolist() == local[2]["reject_reason"].tolist()
     assert not list(tmp_path.glob(".out-spark.parquet.*"))
+
+
+def test_spark_engine_feeds_sql_and_kafka_targets_from_its_staging_folder(
+    spark, sklearn_model, pg_inputs, kafka_broker, tmp_path
+) -> None:
+    url = pg_inputs["url"]
+    df = pg_inputs["df"].head(2500)
+    df.to_parquet(tmp_path / "in.parquet", index=False, row_group_size=1000)
+    source = {"type": "parquet", "params": {"path": "in.parquet"}}
+    sql_job = write_job(
+        tmp_path,
+        source,
+        {"type": "sql", "params": {"url": url, "table": "spark_predictions"}},
+        name="sql.yaml",
+        model=model_spec(sklearn_model),
+        engine="spark",
+        chunk_rows=500,
+    )
+    for _ in range(2):  # a rerun replaces the table's rows, inside one transaction
+        assert run(load(sql_job), show_progress=False).rows_written == 2500
+    table = _read_table(url, "spark_predictions").sort_values("id").reset_index(drop=True)
+    assert table["id"].tolist() == list(range(2500))
+    np.testing.assert_allclose(table["prediction"], expected(sklearn_model, df), rtol=1e-12)
+
+    topic = f"batch-{uuid.uuid4().hex[:8]}"
+    kafka_job = write_job(
+        tmp_path,
+        source,
+        {"type": "kafka", "params": {"topic": topic, "key": ["id"], "bootstrap_servers": kafka_broker.bootstrap}},
+        name="kafka.yaml",
+        model=model_spec(sklearn_model),
+        engine="spark",
+        chunk_rows=500,
+        keep=["id"],
+    )
+    run(load(kafka_job), show_progress=False)
+    records = keyed_records(kafka_broker, topic, expected=2500)
+    assert len(records) == 2500 and all(key == str(value["id"]) for key, value in records)
+    got = {value["id"]: value["prediction"] for _, value in records}
+    np.testing.assert_allclose([got[i] for i in range(2500)], expected(sklearn_model, df), rtol=1e-12)
