@@ -213,3 +213,50 @@ def test_kafka_ticks_through_spark_equal_the_python_engine_and_sigterm_stops_it(
     assert got["dead_letters"] == {"invalid_json": 1} and got["bars_closed"] > 0
     entities = sorted({x["entity_id"] for x in lines[:-1]})
     assert_same_outcome(python_project, spark_project, entities)
+
+
+def test_spark_engine_killed_at_random_points_loses_nothing(stream_project, kafka_broker, tmp_path):
+    """The whole process group (driver, JVM, Python workers) SIGKILLed while batches run, as a
+    machine crash would: each restart replays the uncommitted batch from Spark's checkpoint."""
+    import os
+
+    from test_streaming_kafka import assert_every_event_predicted_once_or_identically, count_lines, wait_for_keys
+
+    topic = f"events-{uuid.uuid4().hex[:8]}"
+    kafka_broker.create_topic(topic, 4)
+    project = stream_project(
+        stream={
+            "source": "kafka",
+            "kafka": {"bootstrap_servers": kafka_broker.bootstrap, "events_topic": topic, "group_id": f"g-{topic}"},
+            "spark": {"trigger_interval_ms": 100, "max_events_per_batch": 400},
+        }
+    )
+    events = synthetic_events(project, 800)  # 4,000 events, at least 10 micro-batches
+    replay_to_kafka(project, write_jsonl(tmp_path / "events.jsonl", events))
+    predictions = project.root / ".tsops" / "predictions.jsonl"
+    log = tmp_path / "spark.log"
+    command = [*TSOPS, "stream", "--project", str(project.root), "--engine", "spark", "--json"]
+    rng = np.random.default_rng(3)
+    for _ in range(2):
+        before = count_lines(predictions)
+        worker = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log.open("a"), start_new_session=True)
+        deadline = time.time() + 240
+        while count_lines(predictions) <= before:
+            assert worker.poll() is None, log.read_text()[-3000:]
+            assert time.time() < deadline, "the Spark engine wrote no prediction in time"
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 1.0))
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+    assert count_lines(predictions) < len(events), "the kills came too late to test anything"
+    final = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log.open("a"), text=True)
+    try:
+        wait_for_keys(project, {f"{e['entity_id']}|{e['timestamp']}" for e in events}, [final], 300)
+        final.send_signal(signal.SIGTERM)
+        final.communicate(timeout=120)
+    finally:
+        if final.poll() is None:
+            final.kill()
+    assert final.returncode == 0, log.read_text()[-3000:]
+    assert_every_event_predicted_once_or_identically(project, events)
+    assert_stream_equals_batch(project, events)
