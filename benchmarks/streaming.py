@@ -2,7 +2,7 @@
 micro-batch job and with per-event Feast writes, on the same events, in one run.
 
     .venv/bin/python benchmarks/streaming.py [--project DIR] [--rate 2000] [--seconds 20]
-        [--throughput-events 50000] [--skip-spark]
+        [--throughput-events 50000] [--model-threads 1,2] [--skip-spark]
 
 On a throw-away Kafka-protocol broker (tansu) and the project's SQLite online store:
 
@@ -13,7 +13,8 @@ On a throw-away Kafka-protocol broker (tansu) and the project's SQLite online st
    machine). Engines: tsops python engine; tsops on Spark (`--engine spark`, the same pipeline
    as a Spark micro-batch job, trigger `stream.spark.trigger_interval`).
 2. **Throughput of one worker.** `--throughput-events` events are published first; then one
-   python-engine worker consumes them as fast as it can (file source and Kafka source).
+   python-engine worker consumes them as fast as it can (file source and Kafka source), with
+   each `--model-threads` value; and the champion's forward pass alone on one full poll.
 3. **Per-event Feast writes.** What a hand-written consumer does today: for each event, the
    features (tsops' incremental engine, to be generous), `FeatureStore.write_to_online_store`
    with the one row (what `FeatureStore.push(..., to=ONLINE)` calls), and one model call.
@@ -201,9 +202,10 @@ def measure_latency(
 
     def read() -> None:
         while not done.is_set():
-            for line in tail.poll():
+            lines = tail.poll()
+            now = time.time()  # when they were available (parsing them is the benchmark's cost)
+            for line in lines:
                 if line:
-                    now = time.time()
                     rec = json.loads(line)
                     key = f"{rec['entity']}|{rec['event_time']}"
                     received.setdefault(key, now)
@@ -212,10 +214,10 @@ def measure_latency(
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    # linger 1 ms: a couple of events per produce request at 2k ev/s. With 0 every event is a
-    # request of its own, and the broker (tansu) spends about a core on them, starving the
-    # engines on this 2-core machine.
-    producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 1})
+    # The producer keeps librdkafka's default linger (5 ms), as a user's would: about ten events
+    # per produce request at 2k ev/s. At 1 ms the broker (tansu) spent 0.72 of a core instead
+    # of 0.38 on the same events (one hop: p99 26 → 15 ms), starving the engines on 2 cores.
+    producer = Producer({"bootstrap.servers": broker.bootstrap})
     appender = in_file.open("a")
 
     def publish(e: dict[str, Any]) -> None:
@@ -313,7 +315,7 @@ def measure_broker_hop(broker: KafkaBroker, rate: float, n: int) -> dict[str, An
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 1})
+    producer = Producer({"bootstrap.servers": broker.bootstrap})
     time.sleep(3)  # the reader joins its group
     started = time.time()
     for i in range(n):
@@ -335,32 +337,59 @@ def measure_broker_hop(broker: KafkaBroker, rate: float, n: int) -> dict[str, An
 # -- 2. throughput of one worker --------------------------------------------------------------
 
 
-def measure_throughput(project: Project, broker: KafkaBroker, evs: list[dict[str, Any]]) -> dict[str, Any]:
+def measure_throughput(
+    project: Project, broker: KafkaBroker, evs: list[dict[str, Any]], threads: int = 1
+) -> dict[str, Any]:
+    """One in-process worker with `stream.model_threads` = `threads`, file in, then Kafka in."""
     from tsops.streaming.runner import replay_to_kafka, run_stream
 
     folder = Path(tempfile.mkdtemp())
     path = folder / "events.jsonl"
     path.write_text("".join(json.dumps(e) + "\n" for e in evs))
     out: dict[str, Any] = {}
-    reset(project)
-    summary = run_stream(project, source=f"file:{path}")
-    out["file"] = {"events": summary.consumed, "seconds": summary.seconds, "ev_s": summary.rate()}
-
-    reset(project)
-    topic = "bench.throughput"
-    os.environ["TSOPS_STREAM__KAFKA__BOOTSTRAP_SERVERS"] = broker.bootstrap
-    os.environ["TSOPS_STREAM__KAFKA__EVENTS_TOPIC"] = topic
-    os.environ["TSOPS_STREAM__KAFKA__GROUP_ID"] = "bench-throughput"
+    topic = f"bench.throughput.{threads}"
+    env = {
+        "TSOPS_STREAM__MODEL_THREADS": str(threads),
+        "TSOPS_STREAM__KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap,
+        "TSOPS_STREAM__KAFKA__EVENTS_TOPIC": topic,
+        "TSOPS_STREAM__KAFKA__GROUP_ID": f"bench-{topic}",
+    }
+    os.environ.update(env)
     try:
         loaded = Project.load(project.root)
+        reset(loaded)
+        summary = run_stream(loaded, source=f"file:{path}")
+        out["file"] = {"events": summary.consumed, "seconds": summary.seconds, "ev_s": summary.rate()}
+        reset(loaded)
         replay_to_kafka(loaded, path, topic=topic)
         summary = run_stream(loaded, source="kafka", max_events=len(evs))
+        out["kafka"] = {"events": summary.consumed, "seconds": summary.seconds, "ev_s": summary.rate()}
     finally:
-        for key in ("BOOTSTRAP_SERVERS", "EVENTS_TOPIC", "GROUP_ID"):
-            os.environ.pop(f"TSOPS_STREAM__KAFKA__{key}", None)
-    out["kafka"] = {"events": summary.consumed, "seconds": summary.seconds, "ev_s": summary.rate()}
+        for key in env:
+            os.environ.pop(key, None)
     shutil.rmtree(folder, ignore_errors=True)
     return out
+
+
+def measure_model_forward(project: Project, rows: int, threads: int) -> float:
+    """Microseconds per event of the champion's forward alone (`Forecaster.predict` on `rows`
+    feature rows of the offline store, the size of a full poll), with `threads` torch threads:
+    the ceiling it puts on one worker's throughput."""
+    import torch
+
+    from tsops import registry
+    from tsops.features.store import FeatureStoreClient
+
+    client = FeatureStoreClient(project)
+    offline = client.read_offline().dropna(subset=client.features.names).tail(rows)
+    features = offline[client.features.names].reset_index(drop=True)
+    _, forecaster = registry.load_forecaster(project)
+    torch.set_num_threads(threads)
+    forecaster.predict(features)  # warm-up
+    started = time.perf_counter()
+    for _ in range(5):
+        forecaster.predict(features)
+    return (time.perf_counter() - started) / 5 / len(features) * 1e6
 
 
 # -- 3. per-event Feast writes ----------------------------------------------------------------
@@ -402,6 +431,12 @@ def main() -> None:
     parser.add_argument("--feast-events", type=int, default=1000)
     parser.add_argument("--skip-spark", action="store_true")
     parser.add_argument(
+        "--model-threads",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=[1, 2],
+        help="stream.model_threads values to measure throughput with (comma-separated)",
+    )
+    parser.add_argument(
         "--out",
         choices=["file", "kafka"],
         default="file",
@@ -436,6 +471,13 @@ def main() -> None:
         print("throughput: one python-engine worker …", flush=True)
         many = events(project, args.throughput_events // entities)
         results["throughput"] = measure_throughput(project, broker, many)
+        results["throughput_by_threads"] = {1: results["throughput"]}
+        results["forward_us"] = {}
+        for n in args.model_threads:
+            if n != 1:
+                print(f"throughput: one python-engine worker, model_threads {n} …", flush=True)
+                results["throughput_by_threads"][n] = measure_throughput(project, broker, many, n)
+            results["forward_us"][n] = measure_model_forward(project, project.settings.stream.batch_size, n)
         print("per-event Feast writes …", flush=True)
         results["feast_per_event"] = measure_feast_per_event(project, many[: args.feast_events])
     finally:
@@ -487,6 +529,12 @@ def report(r: dict[str, Any]) -> None:
         f"({t['file']['events']} in {t['file']['seconds']:.1f} s); kafka {t['kafka']['ev_s']:,.0f} ev/s "
         f"({t['kafka']['events']} in {t['kafka']['seconds']:.1f} s) (goal ≥ 20,000)"
     )
+    for n, row in r.get("throughput_by_threads", {}).items():
+        forward = r["forward_us"][n]
+        print(
+            f"  model_threads {n}: file {row['file']['ev_s']:,.0f}, kafka {row['kafka']['ev_s']:,.0f} ev/s; "
+            f"the model's forward alone {forward:.0f} µs/event (a ceiling of {1e6 / forward:,.0f} ev/s)"
+        )
     f = r["feast_per_event"]
     print(
         f"per-event Feast write + predict: {f['ev_s']:,.0f} ev/s, "

@@ -67,11 +67,14 @@ def test_file_replay_prints_a_json_summary_and_writes_predictions(stream_project
 
 
 def test_predictions_equal_the_model_on_batch_features(stream_project, tmp_path):
+    import torch
+
     from tsops import registry
 
-    project = stream_project()
+    project = stream_project(stream={"model_threads": 2})
     events = synthetic_events(project, 10)
     run_stream(project, source=f"file:{write_jsonl(tmp_path / 'e.jsonl', events)}")
+    assert torch.get_num_threads() == 2  # the worker's forward ran on two threads
     client = FeatureStoreClient(project)
     offline = client.read_offline()
     predictions = read_jsonl(project.root / ".tsops" / "predictions.jsonl")

@@ -432,6 +432,9 @@ class StreamSettings(Strict):
     dead_letter: SinkSettings = SinkSettings(type="file", path=".tsops/dead_letters.jsonl")
     batch_size: int = Field(5000, ge=1, description="most events per poll (one micro-batch)")
     poll_timeout_ms: int = Field(100, ge=1)
+    model_threads: int = Field(
+        1, ge=1, description="torch threads of the model's forward in a python-engine worker"
+    )
     reload_interval_s: float = Field(
         5.0, ge=0, description="how often a worker checks the registry for a new champion; 0 = never"
     )

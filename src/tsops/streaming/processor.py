@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from tsops.features.definitions import EntityState
 from tsops.features.store import FeatureStoreClient
@@ -133,6 +134,7 @@ class Processor:
         stop = stop or threading.Event()
         timeout = self.settings.poll_timeout_ms / 1000
         last_record = started = time.monotonic()
+        torch.set_num_threads(self.settings.model_threads)
         self.watcher.start()
         try:
             while not stop.is_set() and not self.source.exhausted:
@@ -166,6 +168,7 @@ class Processor:
         if offer is not None:  # a promotion: this micro-batch on is predicted by the new champion
             self.model_version, self.forecaster = offer
             self.summary.reloads += 1
+            torch.set_num_threads(self.settings.model_threads)  # loading a pyfunc resets it
         latest_allowed = pd.Timestamp.now("UTC").tz_localize(None) + self.max_future
         dead: list[dict[str, Any]] = []
         parsed: list[tuple[RawRecord, Event]] = []
