@@ -260,3 +260,53 @@ def test_spark_engine_killed_at_random_points_loses_nothing(stream_project, kafk
     assert final.returncode == 0, log.read_text()[-3000:]
     assert_every_event_predicted_once_or_identically(project, events)
     assert_stream_equals_batch(project, events)
+
+
+def test_a_running_spark_query_switches_to_a_new_champion(spark, stream_project, tmp_path):
+    import threading
+
+    from mlflow import MlflowClient
+
+    project = stream_project(stream={"reload_interval_s": 0.5, "spark": {"trigger_interval_ms": 200}})
+    name = project.settings.model.name
+    client = MlflowClient(project.tracking_uri, project.tracking_uri)
+    old = client.get_model_version_by_alias(name, "champion")
+    events = synthetic_events(project, 20)
+    path = write_jsonl(tmp_path / "events.jsonl", events[:50])
+    stop = threading.Event()
+    result: dict = {}
+    worker = threading.Thread(
+        target=lambda: result.update(
+            summary=run_spark_stream(project, source=f"file:{path}", follow=True, stop=stop, spark=spark)
+        )
+    )
+    worker.start()
+
+    def wait_for(n: int) -> dict[str, dict]:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            got = predictions_of(project)
+            if len(got) >= n:
+                return got
+            assert worker.is_alive(), "the Spark engine stopped early"
+            time.sleep(0.3)
+        raise AssertionError(f"fewer than {n} predictions")
+
+    try:
+        first = wait_for(50)
+        new = client.create_model_version(name, old.source, old.run_id)  # a real new registry version
+        client.set_registered_model_alias(name, "champion", new.version)
+        time.sleep(4)  # several checks: the query has restarted with it
+        with path.open("a") as f:
+            f.writelines(json.dumps(e) + "\n" for e in events[50:])
+        rows = wait_for(len(events))
+    finally:
+        stop.set()
+        worker.join(120)
+        client.set_registered_model_alias(name, "champion", old.version)  # other tests share the registry
+    assert result["summary"].reloads == 1
+    assert {p["model_version"] for p in first.values()} == {int(old.version)}
+    later = [p for key, p in rows.items() if key not in first]
+    assert len(later) == len(events) - 50
+    assert {p["model_version"] for p in later} == {int(new.version)}
+    assert_stream_equals_batch(project, events)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -39,6 +40,8 @@ from tsops.streaming.metrics import StreamMetrics
 from tsops.streaming.processor import Summary
 from tsops.streaming.runner import parse_source
 from tsops.streaming.sinks import Sink
+
+log = logging.getLogger("tsops.streaming")
 
 ROCKSDB = "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider"
 STOP_FILE = "stopping"
@@ -280,6 +283,34 @@ def start_query(
     return stream.start()
 
 
+class _ChampionCheck:
+    """Every `interval_s`, whether the registry's champion moved; None when it did not (or the
+    registry is away: that must not stop the stream)."""
+
+    def __init__(self, project: Project, version: int, interval_s: float):
+        self.project = project
+        self.version = version
+        self.interval = interval_s
+        self._next = time.monotonic() + interval_s
+
+    def moved(self) -> int | None:
+        from tsops import registry
+
+        if self.interval <= 0 or time.monotonic() < self._next:
+            return None
+        self._next = time.monotonic() + self.interval
+        try:
+            client = registry.connect(self.project)
+            version = registry.version_for_alias(client, self.project.settings.model.name, registry.CHAMPION)
+        except Exception as e:
+            log.warning("spark stream: champion check failed: %s", e)
+            return None
+        if version is None or version == self.version:
+            return None
+        self.version = version
+        return version
+
+
 def stop_gracefully(query: Any, stop_file: Path, timeout: float = 120.0) -> None:
     """Let the running micro-batch finish (no new one is planned once `stop_file` exists),
     then stop the query. A batch interrupted anyway is replayed from the checkpoint."""
@@ -346,7 +377,16 @@ def run_spark_stream(
             session, project, kind, path, follow=follow, checkpoint=checkpoint, version=version, writer=writer
         )
         started = writer.last_data = time.monotonic()
+        champion = _ChampionCheck(project, version, cfg.reload_interval_s)
         while query.isActive:
+            moved = champion.moved()
+            if moved is not None:  # a promotion: restart the query on the same checkpoint
+                stop_gracefully(query, checkpoint / STOP_FILE)
+                query = start_query(
+                    session, project, kind, path, follow=follow, checkpoint=checkpoint, version=moved, writer=writer
+                )
+                writer.summary.reloads += 1
+                log.info("spark stream: champion moved to v%s; the query restarted with it", moved)
             status = query.status
             if status["isDataAvailable"] and status["isTriggerActive"]:
                 writer.last_data = time.monotonic()  # a batch with data is running, not idle
