@@ -88,14 +88,18 @@ def stop_gracefully(worker: subprocess.Popen[str]) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def assert_every_event_predicted_once_or_identically(project, events: list[dict]) -> None:  # type: ignore[no-untyped-def]
+def assert_every_event_predicted_once_or_identically(project, events: list[dict]) -> int:  # type: ignore[no-untyped-def]
+    """...and return how many prediction records were written again (identical duplicates)."""
     by_key: dict[str, list[float]] = {}
+    records = 0
     for p in read_jsonl(predictions_file(project)):
         if p["key"] in by_key:
             assert np.allclose(by_key[p["key"]], p["values"], atol=1e-9), "a duplicate differs"
         by_key[p["key"]] = p["values"]
+        records += 1
     keys = {k.rsplit("|", 1)[0] for k in by_key}
     assert keys == {f"{e['entity_id']}|{e['timestamp']}" for e in events}
+    return records - len(by_key)
 
 
 def kill_at_random_points(project, kills: int, log: Path, seed: int) -> None:  # type: ignore[no-untyped-def]
@@ -119,13 +123,19 @@ def test_replay_after_crash_changes_nothing(stream_project, kafka_broker, tmp_pa
     published = replay_to_kafka(project, write_jsonl(tmp_path / "events.jsonl", events))
     assert published["published"] == 100_000
     log = tmp_path / "workers.log"
+    started = time.time()
     kill_at_random_points(project, 20, log, seed=7)
     final = start_worker(project, log)
     expected = {f"{e['entity_id']}|{e['timestamp']}" for e in events}
     wait_for_keys(project, expected, [final], timeout=300)
-    stop_gracefully(final)
-    assert_every_event_predicted_once_or_identically(project, events)
+    summary = stop_gracefully(final)
+    duplicates = assert_every_event_predicted_once_or_identically(project, events)
     assert_stream_equals_batch(project, events)
+    print(  # the figures of the crash test (pytest -s shows them)
+        f"\ncrash test: 100,000 events, 20 SIGKILLs, {time.time() - started:.0f} s; the last worker "
+        f"processed {summary['processed']}; {duplicates} prediction records written again "
+        f"(identical); 0 missing; online state = batch recomputation"
+    )
 
 
 def test_crash_safety_on_a_redis_online_store(stream_project, kafka_broker, redis_server, tmp_path):
