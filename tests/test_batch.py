@@ -639,7 +639,10 @@ def test_spark_engine_feeds_sql_and_kafka_targets_from_its_staging_folder(
     kafka_job = write_job(
         tmp_path,
         source,
-        {"type": "kafka", "params": {"topic": topic, "key": ["id"], "bootstrap_servers": kafka_broker.bootstrap}},
+        {
+            "type": "kafka",
+            "params": {"topic": topic, "key": ["id"], "bootstrap_servers": kafka_broker.bootstrap},
+        },
         name="kafka.yaml",
         model=model_spec(sklearn_model),
         engine="spark",

@@ -226,31 +226,33 @@ def test_open_bars_survive_a_restart_and_a_replay_adds_nothing_twice(stream_proj
     assert_stream_equals_batch(project, closed)
 
 
-def test_a_running_worker_switches_to_a_new_champion(stream_project, tmp_path):
+def promote_mid_stream(project, run, tmp_path: Path, settle_s: float) -> tuple[list[dict], int, int, dict]:  # type: ignore[no-untyped-def]
+    """Stream 50 events through `run(path, stop)` (an engine following a file, in a thread),
+    promote a new registry version of the same model, wait `settle_s`, append 50 more events.
+    Returns (prediction records, old version, new version, what `run` returned)."""
     import threading
     import time
 
     from mlflow import MlflowClient
 
-    project = stream_project(stream={"reload_interval_s": 0.3, "checkpoint_interval_ms": 0})
     name = project.settings.model.name
     client = MlflowClient(project.tracking_uri, project.tracking_uri)
     old = client.get_model_version_by_alias(name, "champion")
     events = synthetic_events(project, 20)
     path = write_jsonl(tmp_path / "events.jsonl", events[:50])
     stop = threading.Event()
-    worker = threading.Thread(
-        target=run_stream, args=(project,), kwargs={"source": f"file:{path}", "follow": True, "stop": stop}
-    )
+    result: dict = {}
+    worker = threading.Thread(target=lambda: result.update(summary=run(path, stop)))
     worker.start()
     out = project.root / ".tsops" / "predictions.jsonl"
 
     def wait_for(n: int) -> list[dict]:
-        deadline = time.time() + 120
+        deadline = time.time() + 180
         while time.time() < deadline:
             rows = read_jsonl(out) if out.exists() else []
             if len(rows) >= n:
                 return rows
+            assert worker.is_alive(), "the engine stopped early"
             time.sleep(0.2)
         raise AssertionError(f"fewer than {n} predictions")
 
@@ -258,17 +260,28 @@ def test_a_running_worker_switches_to_a_new_champion(stream_project, tmp_path):
         wait_for(50)
         new = client.create_model_version(name, old.source, old.run_id)  # a real new registry version
         client.set_registered_model_alias(name, "champion", new.version)
-        time.sleep(3)  # several reload intervals: the worker has loaded it
+        time.sleep(settle_s)  # several checks of the registry: the engine has switched
         with path.open("a") as f:
             f.writelines(json.dumps(e) + "\n" for e in events[50:])
         rows = wait_for(len(events))
     finally:
         stop.set()
-        worker.join(60)
+        worker.join(120)
         client.set_registered_model_alias(name, "champion", old.version)  # other tests share the registry
-    versions = [r["model_version"] for r in rows]
-    assert versions[:50] == [int(old.version)] * 50
-    assert versions[50:] == [int(new.version)] * (len(events) - 50)
+    assert_stream_equals_batch(project, events)
+    return rows, int(old.version), int(new.version), result
+
+
+def test_a_running_worker_switches_to_a_new_champion(stream_project, tmp_path):
+    project = stream_project(stream={"reload_interval_s": 0.3, "checkpoint_interval_ms": 0})
+    rows, old, new, result = promote_mid_stream(
+        project,
+        lambda path, stop: run_stream(project, source=f"file:{path}", follow=True, stop=stop),
+        tmp_path,
+        settle_s=3,
+    )
+    assert result["summary"].reloads == 1
+    assert [r["model_version"] for r in rows] == [old] * 50 + [new] * 50
     assert all(r["key"].endswith(f"|{r['model_version']}") for r in rows)
 
 

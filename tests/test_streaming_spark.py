@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import TSOPS, synthetic_events, write_jsonl, write_synthetic_project
-from test_streaming import assert_stream_equals_batch, read_jsonl, ticks_for
+from test_streaming import assert_stream_equals_batch, promote_mid_stream, read_jsonl, ticks_for
 from tsops.features.store import FeatureStoreClient
 from tsops.streaming.runner import replay_to_kafka, run_stream
 from tsops.streaming.spark.engine import run_spark_stream, spark_session
@@ -220,14 +220,22 @@ def test_spark_engine_killed_at_random_points_loses_nothing(stream_project, kafk
     machine crash would: each restart replays the uncommitted batch from Spark's checkpoint."""
     import os
 
-    from test_streaming_kafka import assert_every_event_predicted_once_or_identically, count_lines, wait_for_keys
+    from test_streaming_kafka import (
+        assert_every_event_predicted_once_or_identically,
+        count_lines,
+        wait_for_keys,
+    )
 
     topic = f"events-{uuid.uuid4().hex[:8]}"
     kafka_broker.create_topic(topic, 4)
     project = stream_project(
         stream={
             "source": "kafka",
-            "kafka": {"bootstrap_servers": kafka_broker.bootstrap, "events_topic": topic, "group_id": f"g-{topic}"},
+            "kafka": {
+                "bootstrap_servers": kafka_broker.bootstrap,
+                "events_topic": topic,
+                "group_id": f"g-{topic}",
+            },
             "spark": {"trigger_interval_ms": 100, "max_events_per_batch": 400},
         }
     )
@@ -239,7 +247,9 @@ def test_spark_engine_killed_at_random_points_loses_nothing(stream_project, kafk
     rng = np.random.default_rng(3)
     for _ in range(2):
         before = count_lines(predictions)
-        worker = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log.open("a"), start_new_session=True)
+        worker = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=log.open("a"), start_new_session=True
+        )
         deadline = time.time() + 240
         while count_lines(predictions) <= before:
             assert worker.poll() is None, log.read_text()[-3000:]
@@ -263,50 +273,14 @@ def test_spark_engine_killed_at_random_points_loses_nothing(stream_project, kafk
 
 
 def test_a_running_spark_query_switches_to_a_new_champion(spark, stream_project, tmp_path):
-    import threading
-
-    from mlflow import MlflowClient
-
     project = stream_project(stream={"reload_interval_s": 0.5, "spark": {"trigger_interval_ms": 200}})
-    name = project.settings.model.name
-    client = MlflowClient(project.tracking_uri, project.tracking_uri)
-    old = client.get_model_version_by_alias(name, "champion")
-    events = synthetic_events(project, 20)
-    path = write_jsonl(tmp_path / "events.jsonl", events[:50])
-    stop = threading.Event()
-    result: dict = {}
-    worker = threading.Thread(
-        target=lambda: result.update(
-            summary=run_spark_stream(project, source=f"file:{path}", follow=True, stop=stop, spark=spark)
-        )
+    rows, old, new, result = promote_mid_stream(
+        project,
+        lambda path, stop: run_spark_stream(
+            project, source=f"file:{path}", follow=True, stop=stop, spark=spark
+        ),
+        tmp_path,
+        settle_s=4,
     )
-    worker.start()
-
-    def wait_for(n: int) -> dict[str, dict]:
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            got = predictions_of(project)
-            if len(got) >= n:
-                return got
-            assert worker.is_alive(), "the Spark engine stopped early"
-            time.sleep(0.3)
-        raise AssertionError(f"fewer than {n} predictions")
-
-    try:
-        first = wait_for(50)
-        new = client.create_model_version(name, old.source, old.run_id)  # a real new registry version
-        client.set_registered_model_alias(name, "champion", new.version)
-        time.sleep(4)  # several checks: the query has restarted with it
-        with path.open("a") as f:
-            f.writelines(json.dumps(e) + "\n" for e in events[50:])
-        rows = wait_for(len(events))
-    finally:
-        stop.set()
-        worker.join(120)
-        client.set_registered_model_alias(name, "champion", old.version)  # other tests share the registry
-    assert result["summary"].reloads == 1
-    assert {p["model_version"] for p in first.values()} == {int(old.version)}
-    later = [p for key, p in rows.items() if key not in first]
-    assert len(later) == len(events) - 50
-    assert {p["model_version"] for p in later} == {int(new.version)}
-    assert_stream_equals_batch(project, events)
+    assert result["summary"].reloads == 1  # the query restarted once, on its checkpoint
+    assert [r["model_version"] for r in rows] == [old] * 50 + [new] * 50

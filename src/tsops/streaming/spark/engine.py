@@ -383,7 +383,14 @@ def run_spark_stream(
             if moved is not None:  # a promotion: restart the query on the same checkpoint
                 stop_gracefully(query, checkpoint / STOP_FILE)
                 query = start_query(
-                    session, project, kind, path, follow=follow, checkpoint=checkpoint, version=moved, writer=writer
+                    session,
+                    project,
+                    kind,
+                    path,
+                    follow=follow,
+                    checkpoint=checkpoint,
+                    version=moved,
+                    writer=writer,
                 )
                 writer.summary.reloads += 1
                 log.info("spark stream: champion moved to v%s; the query restarted with it", moved)
