@@ -346,3 +346,29 @@ def test_a_paced_replay_returns_each_event_when_it_is_due(stream_project, tmp_pa
     assert [n for _, n in polls] == [1, 1, 1, 1]
     assert polls[0][0] < 0.1  # the first event at once, not after the 5 s timeout
     assert all(0.15 < b - a < 0.4 for (a, _), (b, _) in zip(polls, polls[1:], strict=False))
+
+
+def test_offline_compactions_take_turns(stream_project):
+    """Training, the monitor's report and a stream's end may compact at once: one at a time."""
+    import fcntl
+    import threading
+
+    project = stream_project()
+    client = FeatureStoreClient(project)
+    base = client.read_offline()
+    time_col = project.settings.series.time
+    rows = base.tail(3).copy()
+    rows[time_col] = rows[time_col] + pd.Timedelta(days=1000)  # three new observations
+    client.append_offline(rows)
+    with (project.offline_path.parent / ".compact.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process is compacting
+        added: list[int] = []
+        worker = threading.Thread(target=lambda: added.append(FeatureStoreClient(project).compact_offline()))
+        worker.start()
+        worker.join(1.0)
+        assert worker.is_alive() and not added  # it waits its turn
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    worker.join(30)
+    assert added == [3]
+    assert len(client.read_offline()) == len(base) + 3
+    assert not list(client.stream_parts.glob("part-*.parquet"))

@@ -6,9 +6,12 @@ the client instead of building a new `FeatureStore` per call.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from time import time_ns
@@ -167,7 +170,7 @@ class FeatureStoreClient:
         """Replace the offline store atomically: an interrupted write leaves the old one intact."""
         path = self.project.offline_path
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".parquet.tmp")
+        tmp = path.with_suffix(f".parquet.{os.getpid()}.{time_ns()}.tmp")  # writers never share it
         frame = features.copy()
         time = self.project.settings.series.time
         # Microsecond UTC: DuckDB cannot cast nanosecond TIMESTAMPTZ in Feast's queries.
@@ -190,9 +193,28 @@ class FeatureStoreClient:
         rows.to_parquet(tmp, index=False)
         os.replace(tmp, part)
 
+    @contextmanager
+    def _compacting(self) -> Iterator[None]:
+        """One compaction at a time across processes (training, `tsops monitor --report` and a
+        stream's end can run at once): two of them reading different part lists could otherwise
+        write back an older merge after the other deleted parts it had merged."""
+        folder = self.project.offline_path.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        with (folder / ".compact.lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
     def compact_offline(self) -> int:
-        """Merge stream part files into the offline store (atomic); returns rows added.
-        A replayed observation appears twice in the parts and once after compaction."""
+        """Merge stream part files into the offline store (atomic, one compaction at a time);
+        returns rows added. A replayed observation appears twice in the parts and once after
+        compaction."""
+        with self._compacting():
+            return self._compact()
+
+    def _compact(self) -> int:
         parts = sorted(self.stream_parts.glob("part-*.parquet")) if self.stream_parts.exists() else []
         if not parts:
             return 0
