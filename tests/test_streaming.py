@@ -372,3 +372,31 @@ def test_offline_compactions_take_turns(stream_project):
     assert added == [3]
     assert len(client.read_offline()) == len(base) + 3
     assert not list(client.stream_parts.glob("part-*.parquet"))
+
+
+def test_a_parquet_sink_holds_the_same_records_as_the_jsonl_sink(stream_project, tmp_path):
+    project = stream_project(
+        stream={
+            "sinks": [
+                {"type": "file", "path": ".tsops/predictions.jsonl"},
+                {"type": "file", "path": ".tsops/predictions.parquet"},
+            ],
+            "batch_size": 40,  # several micro-batches: several part files
+        }
+    )
+    events = synthetic_events(project, 30)
+    summary = run_stream(project, source=f"file:{write_jsonl(tmp_path / 'e.jsonl', events)}")
+    jsonl = {r["key"]: r for r in read_jsonl(project.root / ".tsops" / "predictions.jsonl")}
+    folder = project.root / ".tsops" / "predictions.parquet"
+    assert len(list(folder.glob("part-*.parquet"))) > 1 and not list(folder.glob("*.tmp"))
+    parquet = pd.read_parquet(folder)
+    assert len(parquet) == len(jsonl) == summary.predictions == 150
+    for row in parquet.itertuples(index=False):
+        want = jsonl[row.key]
+        assert (row.entity, row.event_time, row.model_version) == (
+            want["entity"],
+            want["event_time"],
+            want["model_version"],
+        )
+        assert list(row.target_times) == want["target_times"]
+        assert np.allclose(row.values, want["values"])

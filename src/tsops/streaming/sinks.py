@@ -66,7 +66,10 @@ class FileSink:
         if self.parquet:
             part = self.path / f"part-{uuid.uuid4().hex}.parquet"
             tmp = part.with_suffix(".tmp")
-            pd.DataFrame(records).to_parquet(tmp, index=False)
+            with tmp.open("wb") as f:
+                pd.DataFrame(records).to_parquet(f, index=False)
+                f.flush()
+                os.fsync(f.fileno())  # durable before it gets its name
             os.replace(tmp, part)
             return
         assert self._handle is not None
