@@ -242,6 +242,10 @@ def test_replay_cli_kafka_sink_and_prometheus_metrics(stream_project, kafka_brok
     )
     records = kafka_broker.read_all(out_topic, expected=200, timeout=120)
     metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    deadline = time.time() + 30  # the next checkpoint commits what was seen: no lag left
+    while "tsops_stream_consumer_lag 0.0" not in metrics and time.time() < deadline:
+        time.sleep(0.5)
+        metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     summary = stop_gracefully(worker)
     assert len(records) == 200
     assert {json.loads(r)["key"].rsplit("|", 1)[0] for r in records} == {
@@ -251,3 +255,38 @@ def test_replay_cli_kafka_sink_and_prometheus_metrics(stream_project, kafka_brok
     assert "tsops_stream_events_consumed_total 201.0" in metrics
     assert 'tsops_stream_dead_letters_total{reason="invalid_json"} 1.0' in metrics
     assert "tsops_stream_processing_seconds_bucket" in metrics
+    assert "tsops_stream_predictions_total 200.0" in metrics
+    assert "tsops_stream_events_processed_total 200.0" in metrics
+    assert "tsops_stream_state_entities 5.0" in metrics
+    assert "tsops_stream_consumer_lag 0.0" in metrics
+
+
+def test_consumer_lag_counts_records_seen_but_not_committed(stream_project, kafka_broker, tmp_path):
+    """From our own offsets, not the broker's watermarks; a restarted member starts at zero."""
+    from tsops.streaming.sources import KafkaSource
+
+    project = kafka_project(stream_project, kafka_broker)
+    replay_to_kafka(project, write_jsonl(tmp_path / "events.jsonl", synthetic_events(project, 6)))  # 30
+
+    def poll_all(source: KafkaSource, n: int) -> list:
+        got: list = []
+        deadline = time.time() + 60
+        while len(got) < n and time.time() < deadline:
+            got += source.poll(100, 0.2)
+        assert len(got) == n
+        return got
+
+    source = KafkaSource(project)
+    records = poll_all(source, 30)
+    assert source.lag() == 30
+    source.commit(records[:10])  # a prefix of every partition's records
+    assert source.lag() == 20
+    source.close()  # 20 seen, not committed: the next member gets them again
+
+    again = KafkaSource(project)
+    redelivered = poll_all(again, 20)
+    assert {(r.partition, r.offset) for r in redelivered} == {(r.partition, r.offset) for r in records[10:]}
+    assert again.lag() == 20  # not 30: the 10 committed before it joined are not lag
+    again.commit(redelivered)
+    assert again.lag() == 0
+    again.close()

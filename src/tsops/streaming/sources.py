@@ -191,6 +191,9 @@ class KafkaSource:
     def _revoked(self, consumer: object, partitions: list) -> None:  # type: ignore[type-arg]
         lost = [p.partition for p in partitions]
         self.assigned -= set(lost)
+        for p in lost:  # a later assignment starts from the group's offset, not from ours
+            self._high.pop(p, None)
+            self._committed.pop(p, None)
         if self._on_revoke:
             self._on_revoke(lost)
 
@@ -217,6 +220,8 @@ class KafkaSource:
             partition, offset = int(m.partition() or 0), int(m.offset() or 0)
             out.append(RawRecord(payload, partition, offset, now))
             self._high[partition] = max(self._high.get(partition, -1), offset)
+            # The first record of an assignment is where the group's committed offset stood.
+            self._committed.setdefault(partition, offset)
         return out
 
     def commit(self, records: list[RawRecord]) -> None:
