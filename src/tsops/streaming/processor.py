@@ -31,7 +31,7 @@ from tsops.streaming.reload import ChampionWatcher
 from tsops.streaming.sinks import Sink
 from tsops.streaming.sources import Source
 from tsops.streaming.state import KeyedState
-from tsops.streaming.steps import NewRows, TumblingBars, features_of, plan_points, prediction_records
+from tsops.streaming.steps import NewRows, TumblingBars, features_of, prediction_records, push_event
 
 
 @dataclass
@@ -188,18 +188,12 @@ class Processor:
         for r, ev in parsed:
             try:
                 state = self._state_for(ev, r.partition)
-                bars = (
-                    [ev]
-                    if self.bars is None
-                    else self.bars.add(state, ev, (self.source.name, r.partition, r.offset))
-                )
                 block = blocks.get(ev.entity)
                 if block is None:
                     block = blocks[ev.entity] = NewRows(state)
-                for bar in bars:
-                    points = plan_points(self.series, self.settings, state, bar)
-                    block.push(state, points)
-                    self.summary.gap_steps_filled += len(points) - 1
+                position = (self.source.name, r.partition, r.offset)
+                bars, filled = push_event(self.series, self.settings, self.bars, state, block, ev, position)
+                self.summary.gap_steps_filled += filled
             except EventError as e:
                 if e.kind in ("duplicate", "late") and self.settings.duplicates == "drop":
                     self.summary.dropped += 1

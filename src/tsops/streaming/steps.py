@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from tsops.features.definitions import EntityState, FeatureSet
-from tsops.features.engines import features_after_many, update
+from tsops.features.engines import features_after_many
 from tsops.settings import AggregateSettings, SeriesSettings, StreamSettings
 from tsops.streaming.events import Event, EventError
 
@@ -44,22 +44,6 @@ def plan_points(
     return points
 
 
-def apply_event(
-    features: FeatureSet,
-    series: SeriesSettings,
-    stream: StreamSettings,
-    state: EntityState,
-    ev: Event,
-) -> list[tuple[FeatureRow, dict[str, float]]]:
-    """Apply the event (and any filled steps) to the state with the incremental engine; one
-    feature row per step applied, as the batch engine computes it on the regular series."""
-    out = []
-    for t, v in plan_points(series, stream, state, ev):
-        feats = update(features, state, t, v)
-        out.append(([ev.entity, t, v, *(feats[n] for n in features.names)], feats))
-    return out
-
-
 class NewRows:
     """An entity's observations applied during one micro-batch. Values are pushed to the state
     as they come (later events see them); the features of all of them are computed once at the
@@ -90,11 +74,34 @@ def features_of(fs: FeatureSet, blocks: list[NewRows]) -> list[np.ndarray]:
     return features_after_many(fs, [b.block() for b in blocks])
 
 
+def push_event(
+    series: SeriesSettings,
+    stream: StreamSettings,
+    bars: TumblingBars | None,
+    state: EntityState,
+    block: NewRows,
+    ev: Event,
+    position: tuple[str, int, int],
+) -> tuple[list[Event], int]:
+    """One validated event onto its entity, the step both engines take per event: the bars it
+    closes (the event itself when events are already bars; `position` = source, partition,
+    offset makes a replayed tick a duplicate), each bar's planned points pushed to the state
+    and to `block`. Returns the bars and the gap steps filled; raises `EventError`
+    (duplicate, late, gap)."""
+    closed = [ev] if bars is None else bars.add(state, ev, position)
+    filled = 0
+    for bar in closed:
+        points = plan_points(series, stream, state, bar)
+        block.push(state, points)
+        filled += len(points) - 1
+    return closed, filled
+
+
 class TumblingBars:
     """Tumbling event-time windows per entity: ticks are added to the bar
     [floor(time), floor(time) + step); a bar closes once the entity's latest tick time minus
     `allowed_lateness` reaches its end, and comes out as one bar `Event` (time = bar start) for
-    `apply_event`. Open bars live in `EntityState.pending`, written through with the state, and
+    `push_event`. Open bars live in `EntityState.pending`, written through with the state, and
     the last offset added per entity and source partition makes a replayed tick a duplicate, so a
     crash-and-replay adds nothing twice."""
 

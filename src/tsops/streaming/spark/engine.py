@@ -3,7 +3,7 @@
     raw payloads (Kafka or a file; `source.py`)
       → validate and key by entity (`Keyer`, `events.parse`)
       → per-entity state (`transformWithStateInPandas`, RocksDB state store; `EntityProcessor`
-        runs `steps.TumblingBars`, `steps.plan_points` and `steps.NewRows`)
+        runs `steps.push_event` (bars, gap filling) and `steps.NewRows`)
       → forecasts (`mapInPandas`, `Predictor`: the champion, once per Python worker)
       → `foreachBatch` on the driver (`BatchWriter`): prediction sinks → dead letters → offline
         append → online rows → state write-through, then Spark commits the batch.

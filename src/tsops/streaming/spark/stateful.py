@@ -22,7 +22,7 @@ from pyspark.sql.streaming.stateful_processor import StatefulProcessor, Stateful
 from tsops.features.definitions import EntityState, FeatureSet
 from tsops.settings import Project
 from tsops.streaming.events import Event, EventError, RawRecord, dead_letter, parse
-from tsops.streaming.steps import NewRows, TumblingBars, plan_points, prediction_records
+from tsops.streaming.steps import NewRows, TumblingBars, prediction_records, push_event
 
 KEYED_SCHEMA = (
     "payload string, partition int, offset long, received double, "
@@ -131,7 +131,7 @@ def _progress(state: EntityState) -> tuple[pd.Timestamp, pd.Timestamp]:
 
 class EntityProcessor(StatefulProcessor):
     """Per entity (the grouping key): validate its payloads, apply them in arrival order
-    (partition, offset) with `TumblingBars`, `plan_points` and `NewRows`, exactly as the python
+    (partition, offset) with `push_event` (bars, gaps) and `NewRows`, exactly as the python
     processor does, and keep the `EntityState` (as JSON) in Spark's state store. An entity Spark holds no
     state for starts from the online store's state (ingested history or another engine's
     work); so does one whose stored state is newer than Spark's the first time a worker sees
@@ -218,17 +218,11 @@ class EntityProcessor(StatefulProcessor):
                             "unknown_entity", f"entity {ev.entity!r} has no history", self.series.entity_col
                         )
                     state = self.features.new_state()
-                bars = (
-                    [ev]
-                    if self.bars is None
-                    else self.bars.add(state, ev, (self.source_name, record.partition, record.offset))
-                )
                 if block is None:
                     block = NewRows(state)
-                for bar in bars:
-                    points = plan_points(self.series, self.stream, state, bar)
-                    block.push(state, points)
-                    counts["gap_steps_filled"] += len(points) - 1
+                position = (self.source_name, record.partition, record.offset)
+                bars, filled = push_event(self.series, self.stream, self.bars, state, block, ev, position)
+                counts["gap_steps_filled"] += filled
             except EventError as e:
                 if e.kind in ("duplicate", "late") and self.stream.duplicates == "drop":
                     counts["dropped"] += 1
