@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -40,25 +39,14 @@ _MODELS: dict[str, BatchModel] = {}  # per Python worker: loaded once, reused by
 
 def session(spec: SparkSpec, chunk_rows: int) -> Any:
     """The SparkSession (an existing one is reused; runtime SQL settings are applied)."""
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    from pyspark.sql import SparkSession
+    from tsops.spark_session import get_session
 
-    runtime: dict[str, str | int | float | bool] = {
+    runtime = {
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.execution.arrow.maxRecordsPerBatch": chunk_rows,
         "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
     }
-    builder = SparkSession.builder.master(spec.master).appName("tsops-batch")
-    static = {"spark.ui.enabled": False, "spark.ui.showConsoleProgress": False}
-    for key, value in {**static, **runtime, **spec.conf}.items():
-        builder = builder.config(key, value)
-    spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("ERROR")
-    sql_conf = {k: v for k, v in spec.conf.items() if k.startswith("spark.sql.")}
-    for key, value in {**runtime, **sql_conf}.items():  # a reused session keeps its static conf
-        spark.conf.set(key, str(value).lower() if isinstance(value, bool) else str(value))
-    return spark
+    return get_session(spec.master, "tsops-batch", {**runtime, **spec.conf})
 
 
 def _worker_model(path: str, uri: str) -> BatchModel:

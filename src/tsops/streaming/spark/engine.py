@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import signal
 import sys
@@ -48,11 +47,9 @@ STOP_FILE = "stopping"
 
 
 def spark_session(settings: SparkStreamSettings) -> Any:
-    """The SparkSession (an existing one is reused; its runtime settings are applied)."""
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    from pyspark.sql import SparkSession
-
+    """The SparkSession (an existing one is reused; its runtime settings are applied), with
+    the engine's Python data sources registered."""
+    from tsops.spark_session import get_session
     from tsops.streaming.spark.source import FileEventsSource, KafkaEventsSource
 
     conf: dict[str, Any] = {
@@ -64,21 +61,7 @@ def spark_session(settings: SparkStreamSettings) -> Any:
         "spark.sql.execution.arrow.pyspark.enabled": "true",  # toPandas of each micro-batch
         **settings.conf,
     }
-    builder = (
-        SparkSession.builder.master(settings.master)
-        .appName("tsops-stream")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-    )
-    for key, value in conf.items():
-        builder = builder.config(key, str(value))
-    spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("ERROR")
-    for key, value in conf.items():
-        try:
-            spark.conf.set(key, str(value))
-        except Exception:  # a static setting of a session that was already running
-            pass
+    spark = get_session(settings.master, "tsops-stream", conf)
     spark.dataSource.register(KafkaEventsSource)
     spark.dataSource.register(FileEventsSource)
     return spark
