@@ -1,4 +1,5 @@
-"""confluent-kafka client settings, shared by the source, the sinks and `tsops replay`."""
+"""confluent-kafka client settings and record decoding, shared by the sources (python and Spark
+engines), the sinks and `tsops replay`."""
 
 from __future__ import annotations
 
@@ -45,3 +46,23 @@ def ensure_topic(kafka: KafkaSettings, topic: str, partitions: int = 4) -> None:
         except Exception as e:  # created concurrently by another worker is fine
             if "exist" not in str(e).lower():
                 raise
+
+
+def decode(messages: list[Any]) -> tuple[list[tuple[str, int, int]], str | None]:
+    """(payload, partition, offset) of each record among polled messages, payloads as text
+    (undecodable bytes replaced: the event parser dead-letters them); partition-EOF events are
+    skipped; also the text of the last other error, if any."""
+    from confluent_kafka import KafkaError
+
+    out: list[tuple[str, int, int]] = []
+    error = None
+    for m in messages:
+        err = m.error()
+        if err is not None:
+            if err.code() != KafkaError._PARTITION_EOF:
+                error = str(err)
+            continue
+        value = m.value()
+        payload = value.decode("utf-8", errors="replace") if value is not None else ""
+        out.append((payload, int(m.partition() or 0), int(m.offset() or 0)))
+    return out, error

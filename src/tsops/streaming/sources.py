@@ -181,6 +181,7 @@ class KafkaSource:
         self._on_revoke = on_revoke
         self._high: dict[int, int] = {}
         self._committed: dict[int, int] = {}
+        self.last_error: str | None = None  # the latest client error, for diagnostics
         self.consumer = Consumer(consumer_config(kafka))
         self.consumer.subscribe([self.topic], on_revoke=self._revoked, on_assign=self._assigned)
         self.assigned: set[int] = set()
@@ -198,7 +199,7 @@ class KafkaSource:
             self._on_revoke(lost)
 
     def poll(self, max_records: int, timeout: float) -> list[RawRecord]:
-        from confluent_kafka import KafkaError
+        from tsops.streaming.kafka import decode
 
         # Wait for the first record only, then take what the client already holds: a poll
         # returns as soon as there is work (consume(n, timeout) would wait to fill n records).
@@ -208,16 +209,10 @@ class KafkaSource:
         more = self.consumer.consume(num_messages=max_records - 1, timeout=0) if max_records > 1 else []
         messages = [first, *more]
         now = time.perf_counter()
+        decoded, error = decode(messages)
+        self.last_error = error or self.last_error
         out = []
-        for m in messages:
-            err = m.error()
-            if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:
-                    self.last_error = str(err)
-                continue
-            value = m.value()
-            payload = value.decode("utf-8", errors="replace") if value is not None else ""
-            partition, offset = int(m.partition() or 0), int(m.offset() or 0)
+        for payload, partition, offset in decoded:
             out.append(RawRecord(payload, partition, offset, now))
             self._high[partition] = max(self._high.get(partition, -1), offset)
             # The first record of an assignment is where the group's committed offset stood.

@@ -119,23 +119,15 @@ class KafkaEventsReader(SimpleDataSourceStreamReader):
         return iter(rows), {str(p): o for p, o in sorted(offsets.items())}
 
     def _poll(self, consumer: Any, rows: list[Row], offsets: dict[int, int], n: int, timeout: float) -> int:
-        from confluent_kafka import KafkaError
+        from tsops.streaming.kafka import decode
 
-        messages = consumer.consume(num_messages=n, timeout=timeout)
+        decoded, error = decode(consumer.consume(num_messages=n, timeout=timeout))
+        self.last_error = error or self.last_error
         now = time.time()
-        got = 0
-        for m in messages:
-            err = m.error()
-            if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:
-                    self.last_error = str(err)
-                continue
-            value = m.value()
-            partition, offset = int(m.partition() or 0), int(m.offset() or 0)
-            rows.append((value.decode("utf-8", errors="replace") if value else "", partition, offset, now))
+        for payload, partition, offset in decoded:
+            rows.append((payload, partition, offset, now))
             offsets[partition] = offset + 1
-            got += 1
-        return got
+        return len(decoded)
 
     def readBetweenOffsets(self, start: dict[str, int], end: dict[str, int]) -> Iterator[Row]:
         """Re-read a planned batch after a restart: exactly the records in [start, end). Runs
