@@ -286,3 +286,26 @@ def test_latest_earlier_actual_per_entity_matches_a_grouped_running_max() -> Non
         grouped = pd.Series(steps).groupby(codes).cummax().groupby(codes).shift(1)
         expected = grouped.fillna(_NO_TIME).to_numpy(np.int64)
         assert np.array_equal(_earlier_max(codes, steps), expected)
+
+
+def test_rolling_errors_keep_each_steps_last_window_errors():
+    """The ring buffers against the plainest definition: one deque of the last `window`
+    errors per horizon step, fed error by error in arrival order."""
+    from collections import deque
+
+    from tsops.monitoring.accuracy import RollingErrors
+
+    rng = np.random.default_rng(3)
+    horizon, window = 6, 7
+    rolling = RollingErrors(horizon, window)
+    oracle = [deque(maxlen=window) for _ in range(horizon)]
+    for size in [0, 1, 5, 30, 3, 50, 2, 17]:  # batches smaller and larger than the window
+        steps = rng.integers(1, horizon + 1, size)
+        errors = rng.random(size)
+        rolling.add(steps, errors)
+        for h, e in zip(steps, errors, strict=True):
+            oracle[h - 1].append(e)
+        want = [np.mean(q) if q else np.nan for q in oracle]
+        np.testing.assert_allclose(rolling.mae_by_step(), want, rtol=1e-12)
+        assert rolling.count.tolist() == [len(q) for q in oracle]
+    assert rolling.total == 108

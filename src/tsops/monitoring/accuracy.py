@@ -42,15 +42,25 @@ class RollingErrors:
         self.total = 0  # errors ever added
 
     def add(self, steps: np.ndarray, errors: np.ndarray) -> None:
-        """Add errors at 1-based horizon `steps` (arrays of equal length)."""
-        self.total += len(errors)
-        for h in np.unique(steps):
-            new = errors[steps == h][-self.window :]
-            i = int(h) - 1
-            slots = (self.position[i] + np.arange(len(new))) % self.window
-            self.errors[i, slots] = new
-            self.position[i] = (self.position[i] + len(new)) % self.window
-            self.count[i] = min(self.window, self.count[i] + len(new))
+        """Add errors at 1-based horizon `steps` (arrays of equal length), in order: each
+        step's ring buffer keeps its last `window` errors. One pass for all steps."""
+        n = len(errors)
+        self.total += n
+        if not n:
+            return
+        order = np.argsort(steps, kind="stable")  # by step, keeping arrival order within one
+        row = np.asarray(steps)[order].astype(np.int64) - 1
+        new = np.asarray(errors, dtype=float)[order]
+        starts = np.flatnonzero(np.r_[True, row[1:] != row[:-1]])
+        rank = np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n]))  # position within its step
+        added = np.bincount(row, minlength=len(self.count))
+        skip = np.maximum(added - self.window, 0)  # older errors a full window overwrites anyway
+        keep = rank >= skip[row]
+        row, new, rank = row[keep], new[keep], rank[keep] - skip[row[keep]]
+        self.errors[row, (self.position[row] + rank) % self.window] = new
+        written = added - skip
+        self.position = (self.position + written) % self.window
+        self.count = np.minimum(self.window, self.count + written)
 
     def mae_by_step(self) -> np.ndarray:
         """Rolling MAE per step (NaN where a step has no error yet)."""
