@@ -15,10 +15,34 @@ from tsops.settings import Project
 log = logging.getLogger("tsops.streaming")
 
 
+class ChampionCheck:
+    """Whether the registry's `champion` alias moved away from `version`: the new version, or
+    None when it did not (or the registry is away: that must not stop a stream). One client,
+    reused by every check."""
+
+    def __init__(self, project: Project, version: int):
+        self.project = project
+        self.version = version
+        self._client: Any = None
+
+    def moved(self) -> int | None:
+        try:
+            if self._client is None:
+                self._client = registry.connect(self.project)
+            name = self.project.settings.model.name
+            version = registry.version_for_alias(self._client, name, registry.CHAMPION)
+        except Exception as e:
+            log.warning("stream worker: champion check failed: %s", e)
+            return None
+        if version is None or version == self.version:
+            return None
+        return version
+
+
 class ChampionWatcher:
     def __init__(self, project: Project, version: int, interval_s: float):
         self.project = project
-        self.version = version
+        self.check = ChampionCheck(project, version)
         self.interval = interval_s
         self._offer: tuple[int, Any] | None = None
         self._lock = threading.Lock()
@@ -41,17 +65,16 @@ class ChampionWatcher:
             return offer
 
     def _poll(self) -> None:
-        client = registry.connect(self.project)
-        name = self.project.settings.model.name
         while not self._stop.wait(self.interval):
+            version = self.check.moved()
+            if version is None:
+                continue
             try:
-                version = registry.version_for_alias(client, name, registry.CHAMPION)
-                if version is None or version == self.version:
-                    continue
                 loaded_version, forecaster = registry.load_forecaster(self.project, version=version)
-                with self._lock:
-                    self._offer = (loaded_version, forecaster)
-                self.version = loaded_version
-                log.info("stream worker: champion moved to v%s", loaded_version)
-            except Exception as e:  # the registry being away must not stop the stream
-                log.warning("stream worker: champion check failed: %s", e)
+            except Exception as e:  # tried again at the next interval
+                log.warning("stream worker: loading champion v%s failed: %s", version, e)
+                continue
+            with self._lock:
+                self._offer = (loaded_version, forecaster)
+            self.check.version = loaded_version
+            log.info("stream worker: champion moved to v%s", loaded_version)

@@ -37,6 +37,7 @@ from tsops.settings import Project, SparkStreamSettings
 from tsops.streaming import sinks as sink_registry
 from tsops.streaming.metrics import StreamMetrics
 from tsops.streaming.processor import Summary
+from tsops.streaming.reload import ChampionCheck
 from tsops.streaming.runner import parse_source
 from tsops.streaming.sinks import Sink
 
@@ -266,34 +267,6 @@ def start_query(
     return stream.start()
 
 
-class _ChampionCheck:
-    """Every `interval_s`, whether the registry's champion moved; None when it did not (or the
-    registry is away: that must not stop the stream)."""
-
-    def __init__(self, project: Project, version: int, interval_s: float):
-        self.project = project
-        self.version = version
-        self.interval = interval_s
-        self._next = time.monotonic() + interval_s
-
-    def moved(self) -> int | None:
-        from tsops import registry
-
-        if self.interval <= 0 or time.monotonic() < self._next:
-            return None
-        self._next = time.monotonic() + self.interval
-        try:
-            client = registry.connect(self.project)
-            version = registry.version_for_alias(client, self.project.settings.model.name, registry.CHAMPION)
-        except Exception as e:
-            log.warning("spark stream: champion check failed: %s", e)
-            return None
-        if version is None or version == self.version:
-            return None
-        self.version = version
-        return version
-
-
 def stop_gracefully(query: Any, stop_file: Path, timeout: float = 120.0) -> None:
     """Let the running micro-batch finish (no new one is planned once `stop_file` exists),
     then stop the query. A batch interrupted anyway is replayed from the checkpoint."""
@@ -360,10 +333,15 @@ def run_spark_stream(
             session, project, kind, path, follow=follow, checkpoint=checkpoint, version=version, writer=writer
         )
         started = writer.last_data = time.monotonic()
-        champion = _ChampionCheck(project, version, cfg.reload_interval_s)
+        champion = ChampionCheck(project, version)
+        next_check = time.monotonic() + cfg.reload_interval_s
         while query.isActive:
-            moved = champion.moved()
+            moved = None
+            if cfg.reload_interval_s > 0 and time.monotonic() >= next_check:
+                next_check = time.monotonic() + cfg.reload_interval_s
+                moved = champion.moved()
             if moved is not None:  # a promotion: restart the query on the same checkpoint
+                champion.version = moved
                 stop_gracefully(query, checkpoint / STOP_FILE)
                 query = start_query(
                     session,
