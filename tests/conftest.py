@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from servers import KafkaBroker, PostgresServer, RedisServer, ServerStartError, free_port, wait_for_http
+from servers import KafkaBroker, MlflowTrackingServer, PostgresServer, RedisServer, ServerStartError, free_port, wait_for_http
 
 __all__ = ["free_port"]
 
@@ -55,6 +55,17 @@ def kafka_broker() -> Iterator[KafkaBroker]:
     `.read_all()`, `.pause()`/`.resume()` (SIGSTOP/SIGCONT)."""
     server = KafkaBroker()
     _start_or_fail("kafka_broker", server.start)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(postgres_server: PostgresServer) -> Iterator[MlflowTrackingServer]:
+    """`mlflow server` on a PostgreSQL backend store, artefacts through its proxy: `.url`."""
+    server = MlflowTrackingServer(postgres_server.create_database("mlflow_tracking"))
+    _start_or_fail("mlflow_server", server.start)
     try:
         yield server
     finally:

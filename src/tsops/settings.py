@@ -297,8 +297,17 @@ class StoreSettings(Strict):
 
 
 class TrackingSettings(Strict):
-    uri: str | None = Field(None, description="MLflow tracking URI; default SQLite under .tsops/")
+    uri: str | None = Field(
+        None,
+        description="MLflow tracking URI: default SQLite under .tsops/; a tracking server "
+        "(http(s)://...) in cluster mode, which then also holds the artefacts",
+    )
     experiment: str | None = None
+    artifact_location: str | None = Field(
+        None,
+        description="where a new experiment keeps its artefacts; default: the tracking server's "
+        "own (mlflow-artifacts:/ through its proxy), or .tsops/mlartifacts for a local store",
+    )
 
 
 class DashboardSettings(Strict):
@@ -689,8 +698,17 @@ class Project:
         return self.settings.tracking.uri or f"sqlite:///{self.state_dir / 'mlflow.db'}"
 
     @property
-    def artifact_root(self) -> Path:
-        return self.state_dir / "mlartifacts"
+    def tracking_server(self) -> bool:
+        """The tracking URI is an MLflow server (it holds runs, registry and artefacts)."""
+        return self.tracking_uri.startswith(("http://", "https://", "databricks"))
+
+    @property
+    def artifact_location(self) -> str | None:
+        """Where a new experiment keeps artefacts: the setting; else the server's default
+        (None); else a folder under `.tsops/` (a local store has no artefact service)."""
+        if self.settings.tracking.artifact_location:
+            return self.settings.tracking.artifact_location
+        return None if self.tracking_server else (self.state_dir / "mlartifacts").as_uri()
 
     @property
     def experiment(self) -> str:
