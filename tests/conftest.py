@@ -10,7 +10,15 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from servers import KafkaBroker, MlflowTrackingServer, PostgresServer, RedisServer, ServerStartError, free_port, wait_for_http
+from servers import (
+    KafkaBroker,
+    MlflowTrackingServer,
+    PostgresServer,
+    RedisServer,
+    ServerStartError,
+    free_port,
+    wait_for_http,
+)
 
 __all__ = ["free_port"]
 
