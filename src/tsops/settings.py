@@ -292,8 +292,33 @@ class OnlineStoreSettings(Strict):
     connection_string: str = "127.0.0.1:6379"
 
 
+class OfflineStoreSettings(Strict):
+    """Where the history with its features lives (training, backfill, the stream's log)."""
+
+    type: Literal["file", "postgres"] = Field(
+        "file", description="file: Parquet under .tsops/ read by DuckDB; postgres: Feast's PostgreSQL store"
+    )
+    url: str | None = Field(
+        None,
+        description="postgres: postgresql://USER:${PASSWORD_VAR}@HOST:PORT/DB; ${NAME} is read from "
+        "the environment (or the file named by NAME_FILE) when used, never stored",
+    )
+    table: str = Field("tsops_features", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="postgres: table")
+    db_schema: str = Field("public", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="postgres: schema")
+
+    @model_validator(mode="after")
+    def _postgres_needs_url(self) -> OfflineStoreSettings:
+        if self.type == "postgres":
+            if not self.url:
+                raise ValueError("stores.offline.url is needed for type postgres")
+            if not self.url.startswith(("postgresql://", "postgresql+psycopg2://", "postgres://")):
+                raise ValueError("stores.offline.url must be a postgresql:// URL")
+        return self
+
+
 class StoreSettings(Strict):
     online: OnlineStoreSettings = OnlineStoreSettings()
+    offline: OfflineStoreSettings = OfflineStoreSettings()
 
 
 class TrackingSettings(Strict):

@@ -6,12 +6,9 @@ the client instead of building a new `FeatureStore` per call.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -23,6 +20,7 @@ import yaml
 
 from tsops.errors import StoreError
 from tsops.features.definitions import EntityState, FeatureSet
+from tsops.features.offline import offline_store
 from tsops.settings import Project
 
 
@@ -54,8 +52,9 @@ STATE_DESCRIPTION = "incremental feature state per entity (JSON)"
 FEATURE_HASH_TAG = "tsops.feature_hash"
 
 
-def repo_config_dict(project: Project) -> dict[str, Any]:
-    """The content of `feature_store.yaml` for this project's settings."""
+def repo_config_dict(project: Project, *, resolved: bool = False) -> dict[str, Any]:
+    """The content of `feature_store.yaml` for this project's settings; secrets stay
+    `${NAME}` placeholders (Feast expands them from the environment) unless `resolved`."""
     online = project.settings.stores.online
     state = project.state_dir
     online_store: dict[str, Any] = (
@@ -68,7 +67,7 @@ def repo_config_dict(project: Project) -> dict[str, Any]:
         "registry": str(state / "registry.db"),
         "provider": "local",
         "online_store": online_store,
-        "offline_store": {"type": "duckdb"},
+        "offline_store": offline_store(project).feast_config(resolved=resolved),
         "entity_key_serialization_version": 3,
     }
 
@@ -88,6 +87,8 @@ class FeastDefinitions:
     names: tuple[str, ...]
     feature_hash: str
     state_path: str
+    offline: str  # "file" or "postgres"
+    table: str  # postgres: the features table
 
     @classmethod
     def of(cls, project: Project) -> FeastDefinitions:
@@ -103,6 +104,8 @@ class FeastDefinitions:
             names=tuple(fs.names),
             feature_hash=fs.definition_hash(),
             state_path=str(project.state_dir / "offline" / "state.parquet"),
+            offline=project.settings.stores.offline.type,
+            table=project.settings.stores.offline.table,
         )
 
 
@@ -115,7 +118,18 @@ def feast_objects(project: Project) -> tuple[Any, ...]:
     entity = Entity(
         name=d.entity, join_keys=[d.entity], value_type=ValueType.STRING, description=d.description
     )
-    source = FileSource(name=SOURCE_NAME, path=d.source_path, timestamp_field=d.time)
+    if d.offline == "postgres":
+        from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import (
+            PostgreSQLSource,
+        )
+
+        source: Any = PostgreSQLSource(name=SOURCE_NAME, table=d.table, timestamp_field=d.time)
+        state_source: Any = PostgreSQLSource(
+            name=STATE_SOURCE, query=_empty_state_query(d), timestamp_field=d.time
+        )
+    else:
+        source = FileSource(name=SOURCE_NAME, path=d.source_path, timestamp_field=d.time)
+        state_source = FileSource(name=STATE_SOURCE, path=d.state_path, timestamp_field=d.time)
     view = FeatureView(
         name=FEATURE_VIEW,
         entities=[entity],
@@ -126,7 +140,6 @@ def feast_objects(project: Project) -> tuple[Any, ...]:
         tags={FEATURE_HASH_TAG: d.feature_hash},
     )
     # Online only: stream workers write it through and read it back on partition assignment.
-    state_source = FileSource(name=STATE_SOURCE, path=d.state_path, timestamp_field=d.time)
     state_view = FeatureView(
         name=STATE_VIEW,
         entities=[entity],
@@ -153,7 +166,7 @@ from datetime import timedelta
 
 from feast import Entity, FeatureView, Field, FileSource, ValueType
 from feast.types import Float64, String
-
+{_render_imports(d)}
 series = Entity(
     name={d.entity!r},
     join_keys=[{d.entity!r}],
@@ -161,12 +174,7 @@ series = Entity(
     description={d.description!r},
 )
 
-series_history = FileSource(
-    name={SOURCE_NAME!r},
-    path={d.source_path!r},
-    timestamp_field={d.time!r},
-)
-
+{_render_sources(d)}
 series_features = FeatureView(
     name={FEATURE_VIEW!r},
     entities=[series],
@@ -176,13 +184,6 @@ series_features = FeatureView(
     online=True,
     source=series_history,
     tags={{{FEATURE_HASH_TAG!r}: {d.feature_hash!r}}},
-)
-
-# Online only: tsops stream workers write each entity's incremental state through to it.
-series_state_log = FileSource(
-    name={STATE_SOURCE!r},
-    path={d.state_path!r},
-    timestamp_field={d.time!r},
 )
 
 series_state = FeatureView(
@@ -197,11 +198,46 @@ series_state = FeatureView(
 '''
 
 
+def _empty_state_query(d: FeastDefinitions) -> str:
+    """The state view's offline source in PostgreSQL: no rows (state lives online only)."""
+    return (
+        f'SELECT NULL::text AS "{d.entity}", NULL::timestamptz AS "{d.time}", '
+        f'NULL::text AS "{STATE_FIELD}" WHERE false'
+    )
+
+
+def _render_imports(d: FeastDefinitions) -> str:
+    if d.offline != "postgres":
+        return ""
+    return (
+        "from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import (\n"
+        "    PostgreSQLSource,\n)\n"
+    )
+
+
+def _render_sources(d: FeastDefinitions) -> str:
+    if d.offline == "postgres":
+        return (
+            f"series_history = PostgreSQLSource(\n    name={SOURCE_NAME!r},\n    table={d.table!r},\n"
+            f"    timestamp_field={d.time!r},\n)\n\n"
+            "# Online only: tsops stream workers write each entity's incremental state through to it.\n"
+            f"series_state_log = PostgreSQLSource(\n    name={STATE_SOURCE!r},\n"
+            f"    query={_empty_state_query(d)!r},\n    timestamp_field={d.time!r},\n)\n"
+        )
+    return (
+        f"series_history = FileSource(\n    name={SOURCE_NAME!r},\n    path={d.source_path!r},\n"
+        f"    timestamp_field={d.time!r},\n)\n\n"
+        "# Online only: tsops stream workers write each entity's incremental state through to it.\n"
+        f"series_state_log = FileSource(\n    name={STATE_SOURCE!r},\n    path={d.state_path!r},\n"
+        f"    timestamp_field={d.time!r},\n)\n"
+    )
+
+
 def _write_empty_state_log(d: FeastDefinitions) -> None:
     """The state view's offline source: empty (state lives online only), but it must exist
     for `feast materialize-incremental`, which reads every view's source."""
     path = Path(d.state_path)
-    if path.exists():
+    if d.offline != "file" or path.exists():
         return
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -237,8 +273,9 @@ class FeatureStoreClient:
         logging.getLogger("feast").setLevel(logging.WARNING)
         self.project = project
         self.features = FeatureSet(project.settings.features)
+        self.offline = offline_store(project)
         write_repo(project)
-        config = RepoConfig(repo_path=project.feature_repo, **repo_config_dict(project))
+        config = RepoConfig(repo_path=project.feature_repo, **repo_config_dict(project, resolved=True))
         self.store = FeatureStore(config=config)
         self.entity, self.source, self.view, _, self.state_view = feast_objects(project)
         self.refs = [f"{FEATURE_VIEW}:{n}" for n in self.features.names]
@@ -250,79 +287,22 @@ class FeatureStoreClient:
         except Exception as e:  # connection errors of the online store come through here
             raise StoreError(f"feast apply failed: {e}", str(self.project.feature_repo)) from e
 
-    def write_offline(self, features: pd.DataFrame) -> Path:
+    def write_offline(self, features: pd.DataFrame) -> None:
         """Replace the offline store atomically: an interrupted write leaves the old one intact."""
-        path = self.project.offline_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".parquet.{os.getpid()}.{time_ns()}.tmp")  # writers never share it
-        frame = features.copy()
-        time = self.project.settings.series.time
-        # Microsecond UTC: DuckDB cannot cast nanosecond TIMESTAMPTZ in Feast's queries.
-        frame[time] = pd.to_datetime(frame[time]).dt.tz_localize("UTC").astype("datetime64[us, UTC]")
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-        return path
-
-    @property
-    def stream_parts(self) -> Path:
-        return self.project.offline_path.parent / "stream"
+        self.offline.write(features)
 
     def append_offline(self, rows: pd.DataFrame) -> None:
-        """Durably add stream observations (with their features) as one part file; the next
-        `compact_offline` merges them into the store that training and backfill read."""
-        folder = self.stream_parts
-        folder.mkdir(parents=True, exist_ok=True)
-        part = folder / f"part-{time_ns()}.parquet"
-        tmp = part.with_suffix(".tmp")
-        rows.to_parquet(tmp, index=False)
-        os.replace(tmp, part)
-
-    @contextmanager
-    def _compacting(self) -> Iterator[None]:
-        """One compaction at a time across processes (training, `tsops monitor --report` and a
-        stream's end can run at once): two of them reading different part lists could otherwise
-        write back an older merge after the other deleted parts it had merged."""
-        folder = self.project.offline_path.parent
-        folder.mkdir(parents=True, exist_ok=True)
-        with (folder / ".compact.lock").open("a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        """Durably add stream observations (with their features); a replayed one lands once
+        (the file store merges them on `compact_offline`, PostgreSQL on insert)."""
+        self.offline.append(rows)
 
     def compact_offline(self) -> int:
-        """Merge stream part files into the offline store (atomic, one compaction at a time);
-        returns rows added. A replayed observation appears twice in the parts and once after
-        compaction."""
-        with self._compacting():
-            return self._compact()
-
-    def _compact(self) -> int:
-        parts = sorted(self.stream_parts.glob("part-*.parquet")) if self.stream_parts.exists() else []
-        if not parts:
-            return 0
-        series = self.project.settings.series
-        key = [series.entity_col, series.time]
-        base = self.read_offline()
-        added = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
-        added[series.time] = pd.to_datetime(added[series.time])
-        merged = pd.concat([base, added[base.columns]], ignore_index=True)
-        merged = merged.drop_duplicates(key, keep="last").sort_values(key, kind="stable")
-        self.write_offline(merged.reset_index(drop=True))
-        for p in parts:
-            p.unlink()
-        return len(merged) - len(base)
+        """Fold the stream's appended observations into what training reads; rows added."""
+        return self.offline.compact()
 
     def read_offline(self) -> pd.DataFrame:
-        """The offline store's rows (time tz-naive UTC)."""
-        path = self.project.offline_path
-        if not path.exists():
-            raise StoreError("the offline store is empty; run `tsops ingest` first", str(path))
-        frame = pd.read_parquet(path)
-        time = self.project.settings.series.time
-        frame[time] = pd.to_datetime(frame[time]).dt.tz_convert("UTC").dt.tz_localize(None)
-        return frame
+        """The offline store's rows (time tz-naive UTC), sorted by entity and time."""
+        return self.offline.read()
 
     def materialize(self, start: pd.Timestamp, end: pd.Timestamp) -> None:
         try:

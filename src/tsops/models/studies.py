@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 from tsops.errors import ModelError, StoreError
 from tsops.models import search_space
 from tsops.models.dataset import TrainingData
+from tsops.secrets import redacted
 from tsops.settings import Project
 
 PARENT_RUN_ATTR = "tsops.mlflow_parent_run_id"
@@ -34,16 +35,6 @@ class BestTrial:
     value: float
     params: dict[str, Any]
     parent_run_id: str | None
-
-
-def redacted(url: str) -> str:
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url
 
 
 def open_study(project: Project, *, worker: int = 0, create: bool = True) -> optuna.Study:
