@@ -33,6 +33,15 @@ ProjectOpt = Annotated[
 
 
 def _quiet_libraries() -> None:
+    # tsops' own warnings (e.g. a role waiting for a service at start) go to stderr, one line
+    # each, whatever handlers the libraries installed on the root logger.
+    own = logging.getLogger("tsops")
+    if not own.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        own.addHandler(handler)
+        own.setLevel(logging.WARNING)
+        own.propagate = False
     warnings.filterwarnings("ignore")
     for name in ("feast", "mlflow", "alembic", "urllib3", "ibis"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -40,10 +49,17 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 
 
-def _load(project: Path):  # type: ignore[no-untyped-def]
+def _load(project: Path, role: str | None = None, *, kafka: bool = False):  # type: ignore[no-untyped-def]
+    """The project's settings; for a `role`, after the network services it needs answer."""
     from tsops.settings import Project
 
-    return Project.load(project)
+    loaded = Project.load(project)
+    if role is not None:
+        from tsops import services
+
+        startup = loaded.settings.startup
+        services.wait_for(services.needed(loaded, role, kafka=kafka), startup.wait_s, startup.retry_every_s)
+    return loaded
 
 
 @app.command()
@@ -82,7 +98,7 @@ def ingest(project: ProjectOpt = Path(".")) -> None:
     """Load history into the offline store and materialize the online store."""
     from tsops.features.ingest import ingest as run
 
-    result = run(_load(project))
+    result = run(_load(project, "ingest"))
     c = result.cleaning
     console.print(
         f"ingested {c.rows_read} rows → {result.offline_rows} regular rows for {c.entities} "
@@ -103,7 +119,7 @@ def train(
     from tsops.errors import ConfigError
     from tsops.models.pipeline import train as run
 
-    loaded = _load(project)
+    loaded = _load(project, "train")
     if from_study:
         from tsops.models.studies import best_of_study
 
@@ -152,7 +168,7 @@ def tune(
         signal.signal(sig, lambda *_: stop.set())
     from tsops.models.tuning import tune as run
 
-    out = run(_load(project), trials=trials, timeout=timeout, workers=workers, stop=stop)
+    out = run(_load(project, "tune"), trials=trials, timeout=timeout, workers=workers, stop=stop)
     for note in out.notes:
         console.print(f"[yellow]note:[/] {note}")
     for number, reason in out.failures:
@@ -278,18 +294,18 @@ def retrain(
 
     if mode not in (None, "warm", "scratch"):
         raise ConfigError(f"unknown mode {mode!r}: use warm or scratch", "--mode")
-    d = run(_load(project), mode=mode, reason=reason, show_progress=not as_json)  # type: ignore[arg-type]
+    d = run(_load(project, "retrain"), mode=mode, reason=reason, show_progress=not as_json)  # type: ignore[arg-type]
     if as_json:
         print(json.dumps(d.as_dict()))
     else:
         colour = {"promoted": "green", "logged": "green", "rejected": "yellow"}.get(d.outcome, "red")
         console.print(f"[{colour}]{d.outcome}[/] ({d.mode}) {d.reason}")
+    # A decision, promoted or rejected by the gate, is the job done (exit 0: a scheduler such as
+    # a Kubernetes CronJob must not retry it); only a failed run is an error.
     if d.outcome == "failed":
         if as_json:
             raise typer.Exit(2)
         raise ModelError(d.reason, "tsops retrain")
-    if d.outcome == "rejected":
-        raise typer.Exit(1)  # refused by the gate, as `tsops promote`
 
 
 @app.command()
@@ -377,7 +393,7 @@ def stream(
     stop = threading.Event()  # from start-up on, SIGTERM/SIGINT finish the batch, commit, exit 0
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    loaded = _load(project)
+    loaded = _load(project, "stream", kafka=source == "kafka")
     engine = engine or loaded.settings.stream.engine
     if engine not in ("python", "spark"):
         raise ConfigError(f"unknown engine {engine!r}: use python or spark", "--engine")

@@ -43,6 +43,12 @@ def resolve_url(url: str, where: str, environ: Mapping[str, str] | None = None) 
     return PLACEHOLDER.sub(lambda m: quote(secret(m.group(1), where, environ), safe=""), url)
 
 
+def resolve_text(text: str, where: str, environ: Mapping[str, str] | None = None) -> str:
+    """`text` with each `${NAME}` replaced by the secret as is (not a URL, e.g. Redis'
+    `host:port,password=${NAME}`)."""
+    return PLACEHOLDER.sub(lambda m: secret(m.group(1), where, environ), text)
+
+
 def redacted(url: str) -> str:
     """A database URL fit for a message: the password (or its placeholder) hidden."""
     from sqlalchemy.engine import make_url

@@ -319,6 +319,19 @@ class OfflineStoreSettings(Strict):
 class StoreSettings(Strict):
     online: OnlineStoreSettings = OnlineStoreSettings()
     offline: OfflineStoreSettings = OfflineStoreSettings()
+    registry_url: str | None = Field(
+        None,
+        description="Feast's registry in a database (Feast's SQL registry), e.g. "
+        "postgresql://USER:${PASSWORD_VAR}@HOST:PORT/DB; default a file under .tsops/. Cluster "
+        "mode needs it: every role resolves the feature views from it",
+    )
+
+    @field_validator("registry_url")
+    @classmethod
+    def _database_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("postgresql", "mysql", "sqlite")):
+            raise ValueError("must be a SQLAlchemy database URL such as postgresql://...")
+        return v
 
 
 class TrackingSettings(Strict):
@@ -580,6 +593,13 @@ class RetrainSettings(Strict):
     rollback: RollbackSettings = RollbackSettings()
 
 
+class StartupSettings(Strict):
+    """How a role waits at start for the network services its settings name (cluster mode)."""
+
+    wait_s: float = Field(60.0, ge=0.0, description="give up (exit 3, naming the service) after this long")
+    retry_every_s: float = Field(2.0, gt=0.0, description="time between two attempts")
+
+
 class Settings(Strict):
     version: Literal[1] = 1
     project: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="Feast project name")
@@ -595,6 +615,7 @@ class Settings(Strict):
     tune: TuneSettings = TuneSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
     retrain: RetrainSettings = RetrainSettings()
+    startup: StartupSettings = StartupSettings()
 
     @model_validator(mode="after")
     def _retrain_fits_monitoring(self) -> Settings:

@@ -21,6 +21,7 @@ import yaml
 from tsops.errors import StoreError
 from tsops.features.definitions import EntityState, FeatureSet
 from tsops.features.offline import offline_store
+from tsops.secrets import resolve_text, resolve_url
 from tsops.settings import Project
 
 
@@ -58,13 +59,23 @@ def repo_config_dict(project: Project, *, resolved: bool = False) -> dict[str, A
     online = project.settings.stores.online
     state = project.state_dir
     online_store: dict[str, Any] = (
-        {"type": "redis", "connection_string": online.connection_string}
+        {
+            "type": "redis",
+            "connection_string": resolve_text(online.connection_string, "stores.online.connection_string")
+            if resolved
+            else online.connection_string,
+        }
         if online.type == "redis"
         else {"type": "sqlite", "path": str(state / "online.db")}
     )
+    registry_url = project.settings.stores.registry_url
+    registry: str | dict[str, Any] = str(state / "registry.db")
+    if registry_url:
+        path = resolve_url(registry_url, "stores.registry_url") if resolved else registry_url
+        registry = {"registry_type": "sql", "path": path, "cache_ttl_seconds": 60}
     return {
         "project": project.settings.project,
-        "registry": str(state / "registry.db"),
+        "registry": registry,
         "provider": "local",
         "online_store": online_store,
         "offline_store": offline_store(project).feast_config(resolved=resolved),
