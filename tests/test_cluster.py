@@ -110,6 +110,20 @@ def _forecast(url: str, entity: str) -> dict:
     return answer.json()
 
 
+def _wait_for_dashboard(url: str, predictions: int, dead: int, timeout: float = 90) -> dict:
+    deadline = time.time() + timeout
+    while True:
+        overview = httpx.get(f"{url}/ui/overview", timeout=30).json()
+        done = (
+            overview["stream"]["predictions_total"] >= predictions
+            and overview["dead_letters"]["total"] >= dead
+            and overview["accuracy"]["available"]
+        )
+        if done or time.time() > deadline:
+            return overview
+        time.sleep(1)
+
+
 def _wait_for_version(urls: list[str], entity: str, version: int, timeout: float = 60) -> None:
     deadline = time.time() + timeout
     while any(_forecast(u, entity)["version"] != version for u in urls):
@@ -217,6 +231,13 @@ def test_the_cluster_in_miniature(
             assert a["version"] == b["version"] == 1
             assert a == b
             assert pd.Timestamp(a["origin"]).tz_localize(None) == pd.Timestamp(second[-1]["timestamp"])
+
+        # The dashboard of a replica reads what the stream wrote where it wrote it: forecasts and
+        # dead letters from their topics, actuals from the PostgreSQL offline store, online
+        # accuracy from the monitoring database (no file of any other role).
+        overview = _wait_for_dashboard(serve_urls[1], predictions=len(keys), dead=len(_poison()))
+        assert overview["entities"] == len(entities) and overview["stream"]["actuals_total"] > 0
+        assert overview["accuracy"]["available"], overview["accuracy"]["reason"]
 
         # Retrain (job) sees what the workers appended; its promotion reaches every replica.
         retrainer = roles.folder("retrain")

@@ -26,6 +26,8 @@ from tsops.errors import StoreError
 from tsops.secrets import redacted, resolve_url
 from tsops.settings import OfflineStoreSettings, Project
 
+SEQ = "tsops_seq"  # PostgreSQL: each row's insertion number
+
 
 class OfflineStore(Protocol):
     """The offline store's contract: every method keys rows on (entity, time)."""
@@ -203,6 +205,7 @@ class PostgresOfflineStore:
         ent, time = self.columns.entity, self.columns.time
         body = [f'"{ent}" TEXT NOT NULL', f'"{time}" TIMESTAMPTZ NOT NULL']
         body += [f'"{c}" DOUBLE PRECISION' for c in columns if c not in (ent, time)]
+        body.append(f'"{SEQ}" BIGSERIAL')  # insertion order, for readers that tail the table
         body.append(f'PRIMARY KEY ("{ent}", "{time}")')
         return f'CREATE TABLE IF NOT EXISTS "{self.table}" ({", ".join(body)})'
 
@@ -221,6 +224,7 @@ class PostgresOfflineStore:
         with self._transaction() as cur:
             cur.execute(f'DROP TABLE IF EXISTS "{self.table}"')
             cur.execute(self._ddl(columns))
+            cur.execute(f'CREATE INDEX "{self.table}_{SEQ}" ON "{self.table}" ("{SEQ}")')
             copy = f'COPY "{self.table}" ({names}) FROM STDIN WITH (FORMAT csv)'
             cur.copy_expert(copy, self._csv(features))
 
@@ -235,8 +239,8 @@ class PostgresOfflineStore:
         with self._transaction() as cur:
             cur.execute(self._ddl(columns))
             cur.execute(
-                f'CREATE TEMPORARY TABLE IF NOT EXISTS tsops_append (LIKE "{self.table}") '
-                "ON COMMIT DELETE ROWS"
+                "CREATE TEMPORARY TABLE IF NOT EXISTS tsops_append ON COMMIT DELETE ROWS AS "
+                f'SELECT {names} FROM "{self.table}" WITH NO DATA'
             )
             cur.copy_expert(f"COPY tsops_append ({names}) FROM STDIN WITH (FORMAT csv)", self._csv(rows))
             cur.execute(
@@ -260,10 +264,33 @@ class PostgresOfflineStore:
                 buffer,
             )
         buffer.seek(0)
-        frame = pd.read_csv(buffer, dtype={ent: str})
+        frame = pd.read_csv(buffer, dtype={ent: str}).drop(columns=[SEQ])
         frame[time] = pd.to_datetime(frame[time], utc=True, format="ISO8601").dt.tz_localize(None)
         # The database's collation may order entities unlike Python: sort here, as the file store.
         return frame.sort_values([ent, time], kind="stable").reset_index(drop=True)
+
+    def rows_after(
+        self, seq: int | None, columns: list[str], latest_steps: int, step: pd.Timedelta
+    ) -> tuple[pd.DataFrame, int]:
+        """Rows added after insertion number `seq` (None: the latest `latest_steps` steps of
+        every entity) and the newest insertion number: how the dashboard tails the table. A
+        number lower than `seq` means the table was rebuilt (re-ingested): read it anew."""
+        names = ", ".join(f'"{c}"' for c in columns)
+        with self._transaction() as cur:
+            cur.execute(f'SELECT max("{SEQ}"), max("{self.columns.time}") FROM "{self.table}"')
+            newest, latest = cur.fetchone()
+            if newest is None:
+                return pd.DataFrame(columns=columns), 0
+            if seq is None or newest < seq:
+                cutoff = latest - step.to_pytimedelta() * latest_steps
+                cur.execute(f'SELECT {names} FROM "{self.table}" WHERE "{self.columns.time}" > %s', (cutoff,))
+            else:
+                cur.execute(
+                    f'SELECT {names} FROM "{self.table}" WHERE "{SEQ}" > %s AND "{SEQ}" <= %s', (seq, newest)
+                )
+            rows = cur.fetchall()
+        frame = pd.DataFrame(rows, columns=columns)
+        return frame, int(newest)
 
     def row_count(self) -> int:
         with self._transaction() as cur:
