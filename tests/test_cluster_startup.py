@@ -75,3 +75,17 @@ def test_refused_credentials_name_the_service_and_never_the_secret(
     everything = done.stdout + done.stderr
     assert "not-the-password-42" not in everything and postgres_server.password not in everything
     assert "Traceback" not in everything
+
+
+def test_the_example_cluster_configuration_is_valid_and_names_its_secrets() -> None:
+    from pathlib import Path
+
+    from tsops.settings import Project
+
+    project = Project.load(Path(__file__).parent.parent / "examples" / "cluster", environ={})
+    s = project.settings
+    assert project.tracking_server and s.stores.offline.type == "postgres" and s.stream.source == "kafka"
+    assert (
+        "${TSOPS_DB_PASSWORD}" in (s.stores.offline.url or "")
+        and s.serving.admin_token == "${TSOPS_ADMIN_TOKEN}"
+    )
