@@ -158,6 +158,23 @@ class _Launched:
     def stop(self) -> None:
         raise NotImplementedError
 
+    def _tree(self) -> list[Any]:
+        import psutil
+
+        assert self._proc is not None
+        root = psutil.Process(self._proc.pid)
+        return [root, *root.children(recursive=True)]
+
+    def pause(self) -> None:
+        """An outage that keeps the server's state: SIGSTOP to it and every process it forked
+        (PostgreSQL's backends, the tracking server's workers)."""
+        for process in self._tree():
+            process.suspend()
+
+    def resume(self) -> None:
+        for process in self._tree():
+            process.resume()
+
     def _set_port(self, port: int) -> None:
         self.port = port
 
