@@ -119,7 +119,8 @@ def main() -> None:
     with ExitStack() as stack:
         pg = stack.enter_context(PostgresServer())
         redis = stack.enter_context(RedisServer())
-        broker = stack.enter_context(KafkaBroker())
+        broker = KafkaBroker().start()
+        stack.callback(broker.stop)
         for db in ("offline", "feast", "monitoring"):
             pg.create_database(db)
         mlflow = stack.enter_context(MlflowTrackingServer(pg.create_database("mlflow")))

@@ -22,9 +22,14 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from conftest import TSOPS, free_port, synthetic_events, write_synthetic_project
+from conftest import (
+    TSOPS,
+    assert_features_equal_the_batch_engine,
+    free_port,
+    synthetic_events,
+    write_synthetic_project,
+)
 from servers import wait_for_http
-from tsops.features.engines import batch_features
 from tsops.features.store import FeatureStoreClient
 from tsops.settings import Project
 
@@ -325,15 +330,7 @@ def test_the_cluster_in_miniature(
     client = FeatureStoreClient(Project.load(roles.folder("check"), environ=env))
     after = client.read_offline()
     assert len(after) == history_rows + len(first) + len(second) + len(third)
-    series = project.settings.series
-    ent, time_col, target = series.entity_col, series.time, series.target
-    expected = batch_features(
-        after[[ent, time_col, target]], client.features, entity=ent, time=time_col, target=target
-    )
-    names = client.features.names
-    assert np.allclose(
-        after[names].to_numpy(float), expected[names].to_numpy(float), atol=1e-6, equal_nan=True
-    )
+    assert_features_equal_the_batch_engine(client, after)
 
     # No role kept or read the embedded stores: everything went through the services.
     for folder in (tmp_path / "roles").iterdir():
