@@ -313,7 +313,7 @@ class KafkaTarget:
     def open(self, schema: pa.Schema) -> None:
         from confluent_kafka import KafkaException, Producer
 
-        from tsops.streaming.kafka import ensure_topic, producer_config
+        from tsops.kafka import ensure_topic, producer_config
 
         missing = [k for k in self.params.key if k not in schema.names]
         if missing:

@@ -4,7 +4,7 @@ row (relative to the last observation, divided by one training scale) so one mod
 entities of different levels; the output layer starts at zero, so an untrained network is
 exactly seasonal naive and training can only learn what that baseline misses.
 
-This module and `pyfunc.py` travel with every logged model (`registry.log_model`, as MLflow
+This module and `pyfunc.py` travel with every logged model (`models.artifact.log_model`, as MLflow
 `code_paths`), so they import nothing of tsops but its errors, and those only when present."""
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import pandas as pd
 
 from tsops import registry
 from tsops.features.store import FeatureStoreClient
-from tsops.models import backtest, dataset, search_space, training
+from tsops.models import artifact, backtest, dataset, search_space, training
 from tsops.models.backtest import BacktestReport
 from tsops.models.lstm import Forecaster
 from tsops.models.pyfunc import output_columns
@@ -124,7 +124,7 @@ def train(
             forecaster_dir = result.forecaster.save(folder / "forecaster")
             example = data.test.features[store.features.names].head(2).reset_index(drop=True)
             output = pd.DataFrame(result.forecaster.predict(example), columns=output_columns(model.horizon))
-            info = registry.log_model(project, forecaster_dir, example, output)
+            info = artifact.log_model(project, forecaster_dir, example, output)
         version = int(info.registered_model_version)
         for key, value in tags.items():
             client.set_model_version_tag(model.name, str(version), key, value)

@@ -113,7 +113,7 @@ def replay_to_kafka(
     """Publish a CSV/JSONL file's events to the events topic, keyed by entity."""
     from confluent_kafka import Producer
 
-    from tsops.streaming.kafka import ensure_topic, producer_config
+    from tsops.kafka import ensure_topic, producer_config
 
     if not path.exists():
         raise ConfigError("event file not found", str(path))

@@ -89,7 +89,7 @@ class KafkaSink:
     def __init__(self, project: Project, cfg: SinkSettings):
         from confluent_kafka import Producer
 
-        from tsops.streaming.kafka import ensure_topic, producer_config
+        from tsops.kafka import ensure_topic, producer_config
 
         assert cfg.topic
         self.topic = cfg.topic

@@ -171,7 +171,7 @@ class KafkaSource:
     def __init__(self, project: Project, on_revoke: AssignmentListener | None = None):
         from confluent_kafka import Consumer
 
-        from tsops.streaming.kafka import consumer_config, ensure_topic
+        from tsops.kafka import consumer_config, ensure_topic
 
         kafka = project.settings.stream.kafka
         ensure_topic(kafka, kafka.events_topic)
@@ -199,7 +199,7 @@ class KafkaSource:
             self._on_revoke(lost)
 
     def poll(self, max_records: int, timeout: float) -> list[RawRecord]:
-        from tsops.streaming.kafka import decode
+        from tsops.kafka import decode
 
         # Wait for the first record only, then take what the client already holds: a poll
         # returns as soon as there is work (consume(n, timeout) would wait to fill n records).

@@ -83,7 +83,7 @@ def dashboard_consumer(kafka: KafkaSettings) -> dict[str, Any]:
     per dashboard (no worker's offsets move, no other dashboard shares its partitions)."""
     import uuid
 
-    from tsops.streaming.kafka import consumer_config
+    from tsops.kafka import consumer_config
 
     return {**consumer_config(kafka), "group.id": f"tsops-dashboard-{uuid.uuid4().hex[:12]}"}
 

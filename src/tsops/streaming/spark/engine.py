@@ -182,7 +182,7 @@ def raw_events(
             .option("stop_file", str(stop_file))
             .load()
         )
-    from tsops.streaming.kafka import consumer_config, ensure_topic
+    from tsops.kafka import consumer_config, ensure_topic
 
     kafka = cfg.kafka
     ensure_topic(kafka, kafka.events_topic)

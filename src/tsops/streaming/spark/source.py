@@ -119,7 +119,7 @@ class KafkaEventsReader(SimpleDataSourceStreamReader):
         return iter(rows), {str(p): o for p, o in sorted(offsets.items())}
 
     def _poll(self, consumer: Any, rows: list[Row], offsets: dict[int, int], n: int, timeout: float) -> int:
-        from tsops.streaming.kafka import decode
+        from tsops.kafka import decode
 
         decoded, error = decode(consumer.consume(num_messages=n, timeout=timeout))
         self.last_error = error or self.last_error

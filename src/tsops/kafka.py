@@ -1,5 +1,6 @@
-"""confluent-kafka client settings and record decoding, shared by the sources (python and Spark
-engines), the sinks and `tsops replay`."""
+"""confluent-kafka client settings and record decoding, shared by the stream sources (python and Spark
+engines), the stream sinks, `tsops replay`, the batch Kafka target and the dashboard's topic
+tails: one module a layer below all of them."""
 
 from __future__ import annotations
 
