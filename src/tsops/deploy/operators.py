@@ -159,7 +159,7 @@ def spark(m: Manifests) -> list[Obj]:
         "mode": "cluster",
         "image": m.spark_image,
         "imagePullPolicy": "IfNotPresent",
-        "mainApplicationFile": "local:///opt/tsops/main.py",
+        "mainApplicationFile": "local:///opt/tsops/tsops_app.py",
         "sparkVersion": "4.0.0",
         "sparkConf": spark_conf,
         "volumes": m.volumes(),
