@@ -89,3 +89,42 @@ def test_the_example_cluster_configuration_is_valid_and_names_its_secrets() -> N
         "${TSOPS_DB_PASSWORD}" in (s.stores.offline.url or "")
         and s.serving.admin_token == "${TSOPS_ADMIN_TOKEN}"
     )
+
+
+def test_an_online_store_gone_for_good_mid_run_ends_the_worker_naming_it(stream_model, tmp_path) -> None:
+    import json
+
+    from conftest import synthetic_events, write_jsonl
+
+    with RedisServer() as redis_server:
+        project = write_synthetic_project(
+            tmp_path / "proj",
+            tracking_uri=stream_model.tracking_uri,
+            extra={
+                "stores": {"online": {"type": "redis", "connection_string": f"127.0.0.1:{redis_server.port}"}}
+            },
+        )
+        from tsops.features.ingest import ingest
+
+        ingest(project, quiet=True)
+        events = synthetic_events(project, 40)
+        path = write_jsonl(tmp_path / "events.jsonl", events[:50])
+        predictions = project.state_dir / "predictions.jsonl"
+        worker = subprocess.Popen(
+            [*TSOPS, "stream", "--project", str(project.root), "--source", f"file:{path}", "--follow"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while not (predictions.exists() and predictions.read_text().count("\n") >= 50):
+            assert worker.poll() is None and time.monotonic() < deadline, worker.communicate()[1][-2000:]
+            time.sleep(0.3)
+        assert redis_server._proc is not None
+        redis_server._proc.kill()  # gone for good
+        redis_server._proc.wait()
+        with path.open("a") as f:
+            f.write("".join(json.dumps(e) + "\n" for e in events[50:]))
+        _, err = worker.communicate(timeout=120)
+    assert worker.returncode == 2, err[-2000:]
+    assert "Redis online store" in err and "Traceback" not in err
+    written = {json.loads(line)["key"].rsplit("|", 1)[0] for line in predictions.read_text().splitlines()}
+    assert len(written) >= 50  # what was made durable before stays

@@ -400,7 +400,21 @@ class FeatureStoreClient:
             (EntityKey(join_keys=[key], entity_values=[Value(string_val=str(e))]), protos, t, None)
             for e, t, protos in zip(entities, times, values, strict=True)
         ]
-        self.store._get_provider().online_write_batch(self.store.config, view, data, progress=None)
+        try:
+            self.store._get_provider().online_write_batch(self.store.config, view, data, progress=None)
+        except (OSError, ConnectionError) as e:
+            raise StoreError(f"the {self._online_name} failed: {e}", "stores.online") from None
+        except Exception as e:  # redis-py's errors do not derive from OSError
+            if type(e).__module__.startswith("redis"):
+                raise StoreError(f"the {self._online_name} failed: {e}", "stores.online") from None
+            raise
+
+    @property
+    def _online_name(self) -> str:
+        online = self.project.settings.stores.online
+        if online.type == "redis":
+            return f"Redis online store at {online.connection_string.split(',')[0]}"
+        return "SQLite online store"
 
     def read_states(self, entity_ids: list[str]) -> dict[str, EntityState]:
         """Stored state of the entities that have one (unknown entities are left out)."""
