@@ -21,7 +21,7 @@ from tsops.features.definitions import FeatureSet
 from tsops.features.engines import batch_features
 from tsops.monitoring.history import ALL_STEPS, MonitorHistory
 from tsops.monitoring.monitor import StreamMonitor
-from tsops.streaming.events import Event
+from tsops.records import Event
 from tsops.streaming.runner import run_stream
 from tsops.streaming.steps import prediction_records
 

@@ -371,7 +371,7 @@ def test_offline_compactions_take_turns(stream_project):
     worker.join(30)
     assert added == [3]
     assert len(client.read_offline()) == len(base) + 3
-    assert not list(client.stream_parts.glob("part-*.parquet"))
+    assert not list(client.offline.parts.glob("part-*.parquet"))
 
 
 def test_a_parquet_sink_holds_the_same_records_as_the_jsonl_sink(stream_project, tmp_path):

@@ -49,3 +49,10 @@ class StoreError(TsopsError):
     """A feature store or tracking store cannot be reached or is empty."""
 
     kind = "store_error"
+
+
+class NotFound(TsopsError):
+    """An unknown entity, model or version (HTTP 404)."""
+
+    kind = "not_found"
+    status = 404

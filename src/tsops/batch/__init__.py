@@ -5,6 +5,7 @@ Each plugin family is one small interface with a registry by name (`sources.SOUR
 """
 
 from tsops.batch.config import Job, load
-from tsops.batch.runner import Summary, run
+from tsops.batch.runner import run
+from tsops.batch.staging import Summary
 
 __all__ = ["Job", "Summary", "load", "run"]

@@ -17,7 +17,8 @@ from tsops.batch.chunks import ChunkProcessor, ChunkResult, kept_columns, output
 from tsops.batch.config import Job
 from tsops.batch.model import BatchModel
 from tsops.batch.pipeline import BackgroundWriter, Prefetch
-from tsops.batch.runner import (
+from tsops.batch.sources import Source
+from tsops.batch.staging import (
     Interrupted,
     RejectsFile,
     StagedTarget,
@@ -28,7 +29,6 @@ from tsops.batch.runner import (
     progress_bar,
     result_schema,
 )
-from tsops.batch.sources import Source
 from tsops.batch.targets import Target
 from tsops.errors import DataError, TsopsError
 

@@ -28,8 +28,8 @@ import pyarrow.dataset as ds
 from tsops.batch.chunks import CHUNK, REASON, ROW, ChunkProcessor, ChunkResult, kept_columns, rechunk
 from tsops.batch.config import Job, SparkSpec
 from tsops.batch.model import BatchModel
-from tsops.batch.runner import Interrupted, RejectsFile, Summary, describe
 from tsops.batch.sources import REJECT_COLUMN
+from tsops.batch.staging import Interrupted, RejectsFile, Summary, describe
 from tsops.errors import DataError, ModelError
 
 PARTITION = "partition"

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tsops.streaming.events import Event
+from tsops.records import Event
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from tsops.monitoring.accuracy import AccuracyTracker
 from tsops.monitoring.drift import DriftReference, DriftWindow
 from tsops.monitoring.history import ALL_STEPS, AccuracyRow, DriftRow, MonitorHistory
 from tsops.monitoring.metrics import MonitorMetrics
+from tsops.records import Event
 from tsops.settings import Project
-from tsops.streaming.events import Event
 
 log = logging.getLogger(__name__)
 

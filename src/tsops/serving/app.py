@@ -249,7 +249,15 @@ def create_app(project: Project, *, watch: bool = True) -> FastAPI:
         return Response(state.metrics.render(), 200, media_type="text/plain; version=0.0.4")
 
     oip_routes.add(app, state)
-    app.state.dashboard = ui_routes.mount(app, state)
+
+    def loaded() -> dict[str, int | None]:
+        router = state.router
+        return {
+            role: (model.version if model is not None else None)
+            for role, model in (("champion", router.champion), ("challenger", router.challenger))
+        }
+
+    app.state.dashboard = ui_routes.mount(app, state.project, state.metrics.registry, loaded)
     return app
 
 

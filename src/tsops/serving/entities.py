@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from tsops.errors import StoreError
+from tsops.errors import NotFound, StoreError
 from tsops.features.store import FEATURE_VIEW, FeatureStoreClient
-from tsops.serving.errors import BadRequest, NotFound
+from tsops.serving.errors import BadRequest
 from tsops.settings import Project
 
 MAX_ENTITIES = 1000

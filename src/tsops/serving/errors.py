@@ -23,13 +23,6 @@ class Forbidden(TsopsError):
     status = 403
 
 
-class NotFound(TsopsError):
-    """An unknown entity, model or version."""
-
-    kind = "not_found"
-    status = 404
-
-
 class Conflict(TsopsError):
     """The request is valid but the server's state does not allow it (e.g. no challenger)."""
 

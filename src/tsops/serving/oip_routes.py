@@ -9,8 +9,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 import tsops
+from tsops.errors import NotFound
 from tsops.serving.codecs import oip
-from tsops.serving.errors import NotFound
 from tsops.serving.model import ServedModel
 from tsops.serving.state import ServingState
 

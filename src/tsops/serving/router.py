@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from tsops.serving.errors import Conflict, NotFound, NotReady
+from tsops.errors import NotFound
+from tsops.serving.errors import Conflict, NotReady
 from tsops.serving.metrics import ServingMetrics
 from tsops.serving.model import ServedModel
 

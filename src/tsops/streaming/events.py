@@ -14,6 +14,7 @@ import orjson
 import pandas as pd
 
 from tsops.errors import TsopsError
+from tsops.records import Event
 from tsops.settings import SINGLE_SERIES_VALUE, SeriesSettings
 
 
@@ -33,13 +34,6 @@ class RawRecord:
     partition: int
     offset: int
     received: float  # time.perf_counter() when polled
-
-
-@dataclass(frozen=True)
-class Event:
-    entity: str
-    time: pd.Timestamp  # tz-naive UTC, floored to the series' interval
-    value: float
 
 
 def parse(payload: str, series: SeriesSettings, latest_allowed: pd.Timestamp, *, floor: bool = True) -> Event:

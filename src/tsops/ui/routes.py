@@ -8,7 +8,7 @@ horizon, a local) when the routes are declared."""
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from typing import Annotated, Any
 
@@ -17,8 +17,8 @@ from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from tsops.serving.errors import NotFound
-from tsops.serving.state import ServingState
+from tsops.errors import NotFound
+from tsops.settings import Project
 from tsops.ui.feed import DashboardFeed
 
 PUSH_CHECK_S = 0.25  # how often an open event stream looks for a new version of the data
@@ -36,21 +36,15 @@ def _json(body: Any) -> Response:
     return Response(orjson.dumps(body), 200, media_type="application/json")
 
 
-def mount(app: FastAPI, state: ServingState) -> DashboardFeed | None:
-    """Add the dashboard to the serving app (unless `serving.dashboard.enabled` is false)."""
-    project = state.project
+def mount(
+    app: FastAPI, project: Project, serving_metrics: Any, loaded: Callable[[], dict[str, int | None]]
+) -> DashboardFeed | None:
+    """Add the dashboard to a serving app (unless `serving.dashboard.enabled` is false):
+    `serving_metrics` is the app's Prometheus registry, `loaded()` the versions it serves by role."""
     if not project.settings.serving.dashboard.enabled:
         return None
     horizon = project.settings.model.horizon
-
-    def loaded() -> dict[str, int | None]:
-        router = state.router
-        return {
-            role: (model.version if model is not None else None)
-            for role, model in (("champion", router.champion), ("challenger", router.challenger))
-        }
-
-    feed = DashboardFeed(project, serving_metrics=state.metrics.registry, loaded=loaded)
+    feed = DashboardFeed(project, serving_metrics=serving_metrics, loaded=loaded)
     html = page()
     ui = APIRouter()
 
