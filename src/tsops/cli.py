@@ -40,6 +40,24 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from tsops import __version__
+
+        print(f"tsops {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_show_version, is_eager=True, help="print the version and exit"),
+    ] = False,
+) -> None:
+    """Time-series forecasting from history to live predictions."""
+
+
 def _load(project: Path):  # type: ignore[no-untyped-def]
     from tsops.settings import Project
 
@@ -490,11 +508,39 @@ def demo(
     console.print_json(json.dumps(timeline, default=str))
 
 
+def _usage_error_classes() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
+    """(usage errors, aborts) of click and of the copy Typer bundles (`typer._click`, Typer ≥ 0.29):
+    which one a command line raises depends on the Typer version pip resolved."""
+    import importlib
+
+    usage: list[type[BaseException]] = []
+    aborts: list[type[BaseException]] = []
+    for name in ("click.exceptions", "typer._click.exceptions", "typer.exceptions"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        usage += [c for c in (getattr(module, "ClickException", None),) if isinstance(c, type)]
+        aborts += [c for c in (getattr(module, "Abort", None),) if isinstance(c, type)]
+    return tuple(usage), tuple(aborts)
+
+
+def _usage_message(error: BaseException) -> str:
+    """One line: what was wrong and where to look, without the usage block click prints."""
+    ctx = getattr(error, "ctx", None)
+    text = str(error.format_message()) if hasattr(error, "format_message") else str(error)
+    if ctx is not None and type(error).__name__ != "NoArgsIsHelpError":
+        end = "" if text.endswith((".", "?", "!")) else "."
+        text = f"{text}{end} See '{ctx.command_path} --help'."
+    return text
+
+
 def main() -> None:
     _quiet_libraries()
+    usage_errors, aborts = _usage_error_classes()
     code = 0
     try:
-        result = app(standalone_mode=False)  # the code of a `typer.Exit(code)`, else None
+        result = app(standalone_mode=False, prog_name="tsops")  # the code of a `typer.Exit(code)`, else None
         code = result if isinstance(result, int) else 0
     except TsopsError as e:
         err_console.print(f"[bold red]error:[/] {e}", highlight=False)
@@ -504,16 +550,16 @@ def main() -> None:
         code = 130
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except Exception as e:  # click usage errors and the like
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            code = e.exit_code
-        elif isinstance(e, click.exceptions.Abort):
-            code = 130
+    except usage_errors as e:  # a mistyped command, option or argument
+        if type(e).__name__ == "NoArgsIsHelpError":  # plain `tsops`: the help is the message
+            console.print(_usage_message(e), highlight=False, markup=False)
         else:
-            raise
+            err_console.print(f"[bold red]error:[/] {_usage_message(e)}", highlight=False)
+        exit_code = getattr(e, "exit_code", 2)
+        code = exit_code if isinstance(exit_code, int) else 2
+    except aborts:
+        err_console.print("aborted")
+        code = 130
     sys.stdout.flush()
     sys.stderr.flush()
     # Skip interpreter teardown: duckdb's bindings print spurious "leaked" warnings there.

@@ -1,0 +1,54 @@
+"""Command-line mistakes print one message and exit with code 2, never a traceback, whichever
+copy of click (click itself or the one Typer bundles) raised them."""
+
+from __future__ import annotations
+
+import pytest
+
+import tsops
+from conftest import run_cli
+
+MISTAKES = {
+    "trian": "No such command 'trian'. Did you mean 'train'",
+    "train --quik": "No such option: --quik",
+    "init": "Missing argument 'directory'",
+    "promote --version x": "Invalid value for '--version'",
+}
+
+
+@pytest.mark.parametrize("args", list(MISTAKES))
+def test_a_command_line_mistake_is_one_message_and_exit_2(args: str) -> None:
+    result = run_cli(*args.split(), timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and MISTAKES[args] in lines[0]
+    assert "--help" in lines[0]
+
+
+def test_plain_tsops_prints_the_help_and_exits_2() -> None:
+    result = run_cli(timeout=120)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "Usage: tsops" in result.stdout and "train" in result.stdout
+
+
+def test_version_prints_the_version() -> None:
+    result = run_cli("--version", timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"tsops {tsops.__version__}"
+
+
+def test_usage_errors_of_click_and_of_typers_bundled_click_are_both_caught() -> None:
+    import click
+
+    from tsops.cli import _usage_error_classes
+
+    usage, aborts = _usage_error_classes()
+    assert click.exceptions.ClickException in usage and click.exceptions.Abort in aborts
+    try:
+        import typer._click.exceptions as bundled
+    except ImportError:
+        return  # an older Typer raises click's own classes
+    assert bundled.ClickException in usage
