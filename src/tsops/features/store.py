@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from tsops.errors import StoreError
+from tsops.errors import ConfigError, StoreError
 from tsops.features.definitions import EntityState, FeatureSet
 from tsops.settings import Project
 
@@ -165,6 +165,25 @@ class FeatureStoreClient:
             self.store.apply([self.entity, self.view, self.state_view])
         except Exception as e:  # connection errors of the online store come through here
             raise StoreError(f"feast apply failed: {e}", str(self.project.feature_repo)) from e
+
+    def ingested_hash(self) -> str | None:
+        """The definition hash of the feature view `tsops ingest` last registered (None: none)."""
+        from feast.errors import FeatureViewNotFoundException
+
+        try:
+            view = self.store.get_feature_view(FEATURE_VIEW)
+        except FeatureViewNotFoundException:
+            return None
+        return view.tags.get("tsops.feature_hash")
+
+    def require_ingested(self) -> None:
+        """Refuse to read features computed under another definition: after an edit of
+        `features` in tsops.yaml, the stores hold the old columns until `tsops ingest` runs."""
+        registered = self.ingested_hash()
+        if registered is None or not self.project.offline_path.exists():
+            raise StoreError("no features yet: run tsops ingest", str(self.project.offline_path))
+        if registered != self.features.definition_hash():
+            raise ConfigError("features changed since the last ingest: run tsops ingest", "features")
 
     def write_offline(self, features: pd.DataFrame) -> Path:
         """Replace the offline store atomically: an interrupted write leaves the old one intact."""

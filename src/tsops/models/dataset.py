@@ -84,6 +84,7 @@ def build(client: FeatureStoreClient, horizon: int, *, window: int | None = None
     settings = client.project.settings
     series = settings.series
     ent, time, target = series.entity_col, series.time, series.target
+    client.require_ingested()
     client.compact_offline()  # observations the stream appended since the last training
     history = client.read_offline()[[ent, time, target]].sort_values([ent, time]).reset_index(drop=True)
     if window is not None:

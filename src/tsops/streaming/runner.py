@@ -52,6 +52,7 @@ def run_stream(
     """Run the python engine until the source ends, `max_events`, SIGTERM/SIGINT or `stop`."""
     kind, path = parse_source(source, project)
     client = FeatureStoreClient(project)
+    client.require_ingested()
     version, forecaster = registry.load_forecaster(project, registry.CHAMPION)
     cfg = project.settings.stream
     sinks = [sink_registry.build(project, s) for s in cfg.sinks]
