@@ -144,10 +144,26 @@ def train(
     for name, m in sorted(outcome.report.overall.items(), key=lambda kv: kv[1]["mae"]):
         table.add_row(name, f"{m['mae']:.4f}", f"{m['rmse']:.4f}", f"{m['mase']:.4f}")
     console.print(table)
+    _print_left_out(outcome.left_out)
     console.print(
         f"registered version {outcome.version} as [bold]challenger[/] "
         f"(run {outcome.run_id}, {outcome.epochs_run} epochs, {outcome.seconds:.1f} s)"
     )
+
+
+def _print_left_out(left_out: dict[str, str], limit: int = 10) -> None:
+    if not left_out:
+        return
+    console.print(
+        f"[yellow]left out {len(left_out)} entit{'y' if len(left_out) == 1 else 'ies'}[/] "
+        "with too little history (not trained on, not backtested):",
+        highlight=False,
+    )
+    for entity, reason in list(left_out.items())[:limit]:
+        console.print(f"  - {entity}: {reason}", highlight=False, markup=False)
+    if len(left_out) > limit:
+        console.print(f"  … and {len(left_out) - limit} more (tsops status --json lists them)")
+    console.print("  a mistyped one? remove it with: tsops entities drop NAME", highlight=False)
 
 
 @app.command()
@@ -336,6 +352,16 @@ def status(
     console.print(table)
     s = info["schema"]
     console.print(f"schema: entity={s['entity']} time={s['time']} target={s['target']} freq={s['freq']}")
+    for m in info["models"]:
+        if m["left_out"] and (shown := set(m["aliases"]) & {"champion", "challenger"}):
+            names = ", ".join(list(m["left_out"])[:10]) + (" …" if len(m["left_out"]) > 10 else "")
+            console.print(
+                f"v{m['version']} ({', '.join(sorted(shown))}) left out "
+                f"{len(m['left_out'])} entit{'y' if len(m['left_out']) == 1 else 'ies'} with too little "
+                f"history: {names}",
+                highlight=False,
+                markup=False,
+            )
     for v in info["feature_views"]:
         console.print(f"feature view {v['name']}: {v['features']} features, entities {v['entities']}")
     console.print(
@@ -355,6 +381,35 @@ def status(
                 d["reason"],
             )
         console.print(table)
+
+
+entities_app = typer.Typer(no_args_is_help=True, help="Entities in the feature stores.")
+app.add_typer(entities_app, name="entities")
+
+
+@entities_app.command("drop")
+def entities_drop(
+    names: Annotated[list[str], typer.Argument(help="entity name(s) to remove")],
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Remove entities from the offline and online stores (e.g. one a mistyped event created).
+    Stop stream workers first."""
+    from tsops.features.entities import drop_entities
+
+    loaded = _load(project)
+    result = drop_entities(loaded, names)
+    console.print(
+        f"dropped {', '.join(result.dropped)}: {result.offline_rows} offline row(s) removed, "
+        "online features and stream state cleared",
+        highlight=False,
+        markup=False,
+    )
+    for name in result.in_history:
+        console.print(
+            f"[yellow]note:[/] {name} is still in {loaded.settings.data.path}: "
+            "remove it there, or the next tsops ingest brings it back",
+            highlight=False,
+        )
 
 
 @app.command()

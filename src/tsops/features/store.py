@@ -346,6 +346,22 @@ class FeatureStoreClient:
         ]
         self.store._get_provider().online_write_batch(self.store.config, view, data, progress=None)
 
+    def clear_online(self, entity_ids: list[str]) -> None:
+        """Blank the entities' features and stream state in the online store (Feast's SQLite
+        store cannot delete a key): serving then answers 404 for them, and a stream worker that
+        meets one again starts it afresh."""
+        from feast.protos.feast.types.Value_pb2 import Value
+
+        if not entity_ids:
+            return
+        now = pd.Timestamp.now(tz="UTC").to_pydatetime()  # newer than the last write (Redis)
+        times = [now] * len(entity_ids)
+        self._write_protos(self.view, entity_ids, times, [{n: Value() for n in self.features.names}
+                                                          for _ in entity_ids])  # fmt: skip
+        self._write_protos(
+            self.state_view, entity_ids, times, [{STATE_FIELD: Value(string_val="")} for _ in entity_ids]
+        )
+
     def read_states(self, entity_ids: list[str]) -> dict[str, EntityState]:
         """Stored state of the entities that have one (unknown entities are left out)."""
         if not entity_ids:
