@@ -52,3 +52,18 @@ def test_usage_errors_of_click_and_of_typers_bundled_click_are_both_caught() -> 
     except ImportError:
         return  # an older Typer raises click's own classes
     assert bundled.ClickException in usage
+
+
+def test_stream_without_a_source_says_which_sources_exist(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tsops.scaffold import init_example
+
+    init_example(tmp_path / "p", "synthetic", entities=2)  # stream.source: file, no stream.path
+    result = run_cli("stream", "--project", str(tmp_path / "p"), timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (
+        "error: --source: no event source: pass --source file:PATH (a CSV or JSONL of events) or "
+        "--source kafka (stream.kafka.*), or set stream.path (or stream.source: kafka) in tsops.yaml"
+    )
+    unknown = run_cli("stream", "--project", str(tmp_path / "p"), "--source", "kafak", timeout=300)
+    assert unknown.returncode == 2
+    assert "unknown source 'kafak': use --source file:PATH" in unknown.stderr
