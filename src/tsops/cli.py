@@ -23,7 +23,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Time-series forecasting from history to live predictions.",
 )
-console = Console()
+console = Console(soft_wrap=True)  # piped output: one line per result, not wrapped at 80
 err_console = Console(stderr=True, soft_wrap=True)  # one unbroken line per error, greppable
 
 ProjectOpt = Annotated[
@@ -33,11 +33,25 @@ ProjectOpt = Annotated[
 
 
 def _quiet_libraries() -> None:
-    warnings.filterwarnings("ignore")
-    for name in ("feast", "mlflow", "alembic", "urllib3", "ibis"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    """Third-party warnings and chatter stay hidden unless `--verbose` / TSOPS_VERBOSE=1."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    warnings.filterwarnings("ignore")
+    # Libraries re-enable their own warnings inside `catch_warnings` (MLflow shows its
+    # type-hint warning "once" that way): drop them where they would be shown instead.
+    warnings.showwarning = lambda *args, **kwargs: None
+    for name in ("feast", "mlflow", "alembic", "urllib3", "ibis", "py4j", "optuna"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _take_verbose_flag(argv: list[str]) -> bool:
+    """`--verbose` anywhere before `--` (so `tsops train --verbose` works too); removed from
+    argv and passed on as TSOPS_VERBOSE=1, which worker processes inherit."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    found = [i for i in range(1, end) if argv[i] == "--verbose"]
+    for i in reversed(found):
+        del argv[i]
+    return bool(found)
 
 
 def _show_version(value: bool) -> None:
@@ -53,6 +67,10 @@ def _options(
     version: Annotated[
         bool,
         typer.Option("--version", callback=_show_version, is_eager=True, help="print the version and exit"),
+    ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", help="also show third-party warnings and output (any position)"),
     ] = False,
 ) -> None:
     """Time-series forecasting from history to live predictions."""
@@ -591,7 +609,12 @@ def _usage_message(error: BaseException) -> str:
 
 
 def main() -> None:
-    _quiet_libraries()
+    from tsops.console import VERBOSE_ENV, verbose
+
+    if _take_verbose_flag(sys.argv):
+        os.environ[VERBOSE_ENV] = "1"
+    if not verbose():
+        _quiet_libraries()
     usage_errors, aborts = _usage_error_classes()
     code = 0
     try:

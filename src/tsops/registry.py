@@ -74,22 +74,24 @@ def log_model(
     """Log the pyfunc (weights as artefacts, signature, input example) into the active run."""
     from mlflow.models import infer_signature
 
+    from tsops.console import third_party_output
     from tsops.models import pyfunc_code
 
-    return mlflow.pyfunc.log_model(
-        name="model",
-        python_model=pyfunc_code.__file__,
-        artifacts={"forecaster": str(forecaster_dir)},
-        signature=infer_signature(input_example, output_example),
-        input_example=input_example,
-        registered_model_name=project.settings.model.name,
-        pip_requirements=[
-            f"torch=={__import__('torch').__version__.split('+')[0]}",
-            f"pandas=={pd.__version__}",
-            f"numpy=={np.__version__}",
-            f"mlflow=={mlflow.__version__}",
-        ],
-    )
+    with third_party_output():  # MLflow's "Successfully registered model …": tsops says it itself
+        return mlflow.pyfunc.log_model(
+            name="model",
+            python_model=pyfunc_code.__file__,
+            artifacts={"forecaster": str(forecaster_dir)},
+            signature=infer_signature(input_example, output_example),
+            input_example=input_example,
+            registered_model_name=project.settings.model.name,
+            pip_requirements=[
+                f"torch=={__import__('torch').__version__.split('+')[0]}",
+                f"pandas=={pd.__version__}",
+                f"numpy=={np.__version__}",
+                f"mlflow=={mlflow.__version__}",
+            ],
+        )
 
 
 def set_challenger(client: MlflowClient, name: str, version: int) -> None:

@@ -260,12 +260,15 @@ class FeatureStoreClient:
         return frame
 
     def materialize(self, start: pd.Timestamp, end: pd.Timestamp) -> None:
+        from tsops.console import third_party_output
+
         try:
-            self.store.materialize(
-                start_date=start.tz_localize("UTC").to_pydatetime(),
-                end_date=end.tz_localize("UTC").to_pydatetime(),
-                feature_views=[FEATURE_VIEW],
-            )
+            with third_party_output():  # Feast's banner and bars, with colour codes when piped
+                self.store.materialize(
+                    start_date=start.tz_localize("UTC").to_pydatetime(),
+                    end_date=end.tz_localize("UTC").to_pydatetime(),
+                    feature_views=[FEATURE_VIEW],
+                )
         except Exception as e:
             raise StoreError(f"materialize failed: {e}", str(self.project.feature_repo)) from e
 
