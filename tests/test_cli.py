@@ -3,6 +3,8 @@ copy of click (click itself or the one Typer bundles) raised them."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 import tsops
@@ -67,3 +69,20 @@ def test_stream_without_a_source_says_which_sources_exist(tmp_path) -> None:  # 
     unknown = run_cli("stream", "--project", str(tmp_path / "p"), "--source", "kafak", timeout=300)
     assert unknown.returncode == 2
     assert "unknown source 'kafak': use --source file:PATH" in unknown.stderr
+
+
+def test_spark_engine_without_pyspark_says_to_install_the_extra(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tsops.scaffold import init_example
+
+    init_example(tmp_path / "p", "synthetic", entities=2)
+    blocker = tmp_path / "no-pyspark"  # an environment without the `spark` extra
+    (blocker / "pyspark").mkdir(parents=True)
+    (blocker / "pyspark" / "__init__.py").write_text("raise ImportError(\"No module named 'pyspark'\")\n")
+    path = os.pathsep.join([str(blocker), *filter(None, [os.environ.get("PYTHONPATH")])])
+    args = ("stream", "--engine", "spark", "--source", "kafka", "--project", str(tmp_path / "p"))
+    result = run_cli(*args, env={"PYTHONPATH": path}, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (
+        "error: --engine: the Spark engine needs pyspark, which tsops installs only with the spark "
+        "extra: pip install 'tsops[spark]' (make setup does); or use the default engine"
+    )

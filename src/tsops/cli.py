@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tsops.errors import TsopsError
@@ -482,6 +483,9 @@ def stream(
         metrics_port=metrics_port,
     )
     if engine == "spark":
+        from tsops.spark_session import require_pyspark
+
+        require_pyspark("--engine")
         from tsops.streaming.spark.engine import run_spark_stream
 
         summary = run_spark_stream(loaded, **options).as_dict()
@@ -621,7 +625,7 @@ def main() -> None:
         result = app(standalone_mode=False, prog_name="tsops")  # the code of a `typer.Exit(code)`, else None
         code = result if isinstance(result, int) else 0
     except TsopsError as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
         code = e.exit_code
     except KeyboardInterrupt:
         err_console.print("interrupted")
@@ -632,7 +636,7 @@ def main() -> None:
         if type(e).__name__ == "NoArgsIsHelpError":  # plain `tsops`: the help is the message
             console.print(_usage_message(e), highlight=False, markup=False)
         else:
-            err_console.print(f"[bold red]error:[/] {_usage_message(e)}", highlight=False)
+            err_console.print(f"[bold red]error:[/] {escape(_usage_message(e))}", highlight=False)
         exit_code = getattr(e, "exit_code", 2)
         code = exit_code if isinstance(exit_code, int) else 2
     except aborts:
