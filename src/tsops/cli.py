@@ -288,32 +288,53 @@ def monitor(
     if not info["accuracy"] and not info["drift"]:
         console.print("no monitoring history yet: a stream with the monitor stores it while it runs")
         return
+    few = "[yellow]few[/]"
     table = Table(title="online accuracy: rolling MAE (latest snapshot)")
-    for col in ("version", "aliases", "backtest MAE", "online MAE", "errors/step", "MAE by step", "as of"):
+    for col in ("version", "aliases", "backtest MAE", "online MAE", "errors", "MAE by step", "data up to"):
         table.add_column(col)
     for v in info["accuracy"]:
         steps = " ".join(f"{s['mae']:.2f}" for s in v["by_step"])
+        mae = "-" if v["mae"] is None else f"{v['mae']:.4f}" + ("" if v["enough"] else f" ({few})")
         table.add_row(
             str(v["model_version"]),
             ", ".join(v["aliases"]),
             "-" if v["backtest_mae"] is None else f"{v['backtest_mae']:.4f}",
-            "-" if v["mae"] is None else f"{v['mae']:.4f}",
-            str(v["n"]),
+            mae,
+            f"{v['errors']} over {v['steps_with_errors']}/{v['horizon']} steps",
             steps if len(steps) < 80 else steps[:77] + "...",
-            str(v["event_time"] or v["at"]),
+            _event_time(v["event_time"]),
         )
     console.print(table)
+    snapshots = sorted({str(v["at"]) for v in info["accuracy"]} | {str(d["at"]) for d in info["drift"]})
     threshold, watched = info["drift_threshold"], info["drift_watched"] or []
     trigger = (
         f"the drift trigger watches {', '.join(watched)} at {threshold}" if watched else "no drift trigger"
     )
     table = Table(title=f"drift: PSI against the training reference ({trigger})")
-    for col in ("column", "PSI", "observations", "reference", "as of"):
+    for col in ("column", "PSI", "observations", "reference", "data up to"):
         table.add_column(col)
     for d in info["drift"]:
-        flag = "[red]" if d["feature"] in watched and d["score"] >= threshold else ""
-        table.add_row(d["feature"], f"{flag}{d['score']:.4f}", str(d["n"]), f"v{d['model_version']}", d["at"])
+        flag = "[red]" if d["feature"] in watched and d["score"] >= threshold and d["enough"] else ""
+        psi = f"{flag}{d['score']:.4f}" + ("" if d["enough"] else f" ({few})")
+        table.add_row(d["feature"], psi, str(d["n"]), f"v{d['model_version']}", _event_time(d["event_time"]))
     console.print(table)
+    if any(not v["enough"] for v in info["accuracy"]) or any(not d["enough"] for d in info["drift"]):
+        console.print(
+            f"few: the figure rests on fewer than {info['min_errors_per_step']} errors in some horizon "
+            f"step (accuracy) or {info['min_drift_rows']} observations (drift); read it as a first "
+            "sign only, the retrain triggers wait for more",
+            highlight=False,
+        )
+    if snapshots:
+        console.print(
+            f"data up to: event time of the latest observation; snapshot taken at {snapshots[-1][:19]} "
+            "(wall clock, UTC)",
+            highlight=False,
+        )
+
+
+def _event_time(value: Any) -> str:
+    return "-" if not value else str(value)[:19]
 
 
 @app.command()
