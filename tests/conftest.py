@@ -10,7 +10,15 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from servers import KafkaBroker, PostgresServer, RedisServer, ServerStartError, free_port, wait_for_http
+from servers import (
+    KafkaBroker,
+    MlflowTrackingServer,
+    PostgresServer,
+    RedisServer,
+    ServerStartError,
+    free_port,
+    wait_for_http,
+)
 
 __all__ = ["free_port"]
 
@@ -61,6 +69,17 @@ def kafka_broker() -> Iterator[KafkaBroker]:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def mlflow_server(postgres_server: PostgresServer) -> Iterator[MlflowTrackingServer]:
+    """`mlflow server` on a PostgreSQL backend store, artefacts through its proxy: `.url`."""
+    server = MlflowTrackingServer(postgres_server.create_database("mlflow_tracking"))
+    _start_or_fail("mlflow_server", server.start)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 # --- tsops projects shared by the tests (built once per session) ---------------------------
 
 import os  # noqa: E402
@@ -90,6 +109,44 @@ def weather_project(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[n
     project = init_example(tmp_path_factory.mktemp("weather") / "proj", "weather")
     ingest(project, quiet=True)
     return project
+
+
+PG_PASSWORD_VAR = "TSOPS_TEST_PG_PASSWORD"
+
+
+def postgres_offline(server: PostgresServer, database: str) -> dict[str, str]:
+    """`stores.offline` settings for a PostgreSQL offline store in a new database of `server`;
+    the password is a `${...}` secret read from the environment, as in a cluster."""
+    server.create_database(database)
+    os.environ[PG_PASSWORD_VAR] = server.password  # inherited by the CLI subprocesses
+    url = f"postgresql://{server.user}:${{{PG_PASSWORD_VAR}}}@{server.host}:{server.port}/{database}"
+    return {"type": "postgres", "url": url}
+
+
+@pytest.fixture(scope="session")
+def weather_project_postgres(tmp_path_factory: pytest.TempPathFactory, postgres_server):  # type: ignore[no-untyped-def]
+    """The weather example with its offline store in PostgreSQL, initialised and ingested."""
+    import yaml
+
+    from tsops.features.ingest import ingest
+    from tsops.scaffold import init_example
+    from tsops.settings import Project
+
+    root = tmp_path_factory.mktemp("weather-pg") / "proj"
+    init_example(root, "weather")
+    raw = yaml.safe_load((root / "tsops.yaml").read_text())
+    raw.setdefault("stores", {})["offline"] = postgres_offline(postgres_server, "weather_offline")
+    (root / "tsops.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    project = Project.load(root)
+    ingest(project, quiet=True)
+    return project
+
+
+@pytest.fixture(scope="session", params=["file", "postgres"])
+def weather_on_each_offline_store(request):  # type: ignore[no-untyped-def]
+    """The ingested weather example, once per offline store (Parquet, PostgreSQL)."""
+    name = "weather_project" if request.param == "file" else "weather_project_postgres"
+    return request.getfixturevalue(name)
 
 
 @pytest.fixture(scope="session")

@@ -493,3 +493,57 @@ class PrometheusServer(_Launched):
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+class MlflowTrackingServer(_Launched):
+    """A throw-away `mlflow server`: runs and the registry in a PostgreSQL database, artefacts
+    behind the server's own proxy (`mlflow-artifacts:/`), as a cluster runs it. A client needs
+    nothing but the URL: it never sees the server's artefact folder."""
+
+    def __init__(self, backend_store_uri: str) -> None:
+        self.host = LOOPBACK
+        self.port = 0
+        self.backend_store_uri = backend_store_uri
+        self.directory: Path | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> MlflowTrackingServer:
+        import sys
+
+        binary = Path(sys.executable).parent / "mlflow"
+        self.directory = _make_server_dir("tsops-mlflow-", None, None)
+        directory = self.directory
+
+        def command(port: int) -> list[str]:
+            return [str(binary), "server", "--backend-store-uri", self.backend_store_uri,
+                    "--artifacts-destination", str(directory / "artifacts"),
+                    "--default-artifact-root", "mlflow-artifacts:/", "--serve-artifacts",
+                    "--host", self.host, "--port", str(port), "--workers", "1"]  # fmt: skip
+
+        self._launch("mlflow server", directory, "mlflow.log", command, self._ready)
+        return self
+
+    def _ready(self) -> None:
+        import httpx
+
+        httpx.get(f"{self.url}/health", timeout=1).raise_for_status()
+
+    def log(self) -> str:
+        return _tail(self.directory / "mlflow.log", 40) if self.directory else "<no log>"
+
+    def stop(self) -> None:
+        _stop_process(self._proc, signal.SIGTERM)
+        self._proc = None
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            self.directory = None
+
+    def __enter__(self) -> MlflowTrackingServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

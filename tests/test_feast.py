@@ -13,7 +13,8 @@ from tsops.models import dataset
 from tsops.settings import Project
 
 
-def test_no_training_row_uses_an_observation_after_its_cutoff(weather_project) -> None:
+def test_no_training_row_uses_an_observation_after_its_cutoff(weather_on_each_offline_store) -> None:
+    weather_project = weather_on_each_offline_store
     client = FeatureStoreClient(weather_project)
     series = weather_project.settings.series
     ent, time, target = series.entity_col, series.time, series.target
@@ -41,7 +42,8 @@ def test_no_training_row_uses_an_observation_after_its_cutoff(weather_project) -
         assert np.allclose(data.train.labels[i], later.to_numpy()[: data.train.labels.shape[1]])
 
 
-def test_point_in_time_join_never_looks_ahead(weather_project) -> None:
+def test_point_in_time_join_never_looks_ahead(weather_on_each_offline_store) -> None:
+    weather_project = weather_on_each_offline_store
     client = FeatureStoreClient(weather_project)
     series = weather_project.settings.series
     offline = client.read_offline()

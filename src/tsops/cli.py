@@ -45,6 +45,18 @@ def _quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def _own_log_lines() -> None:
+    # tsops' own warnings (e.g. a role waiting for a service at start) go to stderr, one line
+    # each, whatever handlers the libraries installed on the root logger.
+    own = logging.getLogger("tsops")
+    if not own.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        own.addHandler(handler)
+        own.setLevel(logging.WARNING)
+        own.propagate = False
+
+
 def _take_verbose_flag(argv: list[str]) -> bool:
     """`--verbose` anywhere before `--` (so `tsops train --verbose` works too); removed from
     argv and passed on as TSOPS_VERBOSE=1, which worker processes inherit."""
@@ -77,10 +89,17 @@ def _options(
     """Time-series forecasting from history to live predictions."""
 
 
-def _load(project: Path):  # type: ignore[no-untyped-def]
+def _load(project: Path, role: str | None = None, *, kafka: bool = False):  # type: ignore[no-untyped-def]
+    """The project's settings; for a `role`, after the network services it needs answer."""
     from tsops.settings import Project
 
-    return Project.load(project)
+    loaded = Project.load(project)
+    if role is not None:
+        from tsops import services
+
+        startup = loaded.settings.startup
+        services.wait_for(services.needed(loaded, role, kafka=kafka), startup.wait_s, startup.retry_every_s)
+    return loaded
 
 
 @app.command()
@@ -119,7 +138,7 @@ def ingest(project: ProjectOpt = Path(".")) -> None:
     """Load history into the offline store and materialize the online store."""
     from tsops.features.ingest import ingest as run
 
-    result = run(_load(project))
+    result = run(_load(project, "ingest"))
     c = result.cleaning
     console.print(
         f"ingested {c.rows_read} rows → {result.offline_rows} regular rows for {c.entities} "
@@ -140,7 +159,7 @@ def train(
     from tsops.errors import ConfigError
     from tsops.models.pipeline import train as run
 
-    loaded = _load(project)
+    loaded = _load(project, "train")
     if from_study:
         from tsops.models.studies import best_of_study
 
@@ -205,7 +224,7 @@ def tune(
         signal.signal(sig, lambda *_: stop.set())
     from tsops.models.tuning import tune as run
 
-    out = run(_load(project), trials=trials, timeout=timeout, workers=workers, stop=stop)
+    out = run(_load(project, "tune"), trials=trials, timeout=timeout, workers=workers, stop=stop)
     for note in out.notes:
         console.print(f"[yellow]note:[/] {note}")
     for number, reason in out.failures:
@@ -352,18 +371,18 @@ def retrain(
 
     if mode not in (None, "warm", "scratch"):
         raise ConfigError(f"unknown mode {mode!r}: use warm or scratch", "--mode")
-    d = run(_load(project), mode=mode, reason=reason, show_progress=not as_json)  # type: ignore[arg-type]
+    d = run(_load(project, "retrain"), mode=mode, reason=reason, show_progress=not as_json)  # type: ignore[arg-type]
     if as_json:
         print(json.dumps(d.as_dict()))
     else:
         colour = {"promoted": "green", "logged": "green", "rejected": "yellow"}.get(d.outcome, "red")
         console.print(f"[{colour}]{d.outcome}[/] ({d.mode}) {d.reason}")
+    # A decision, promoted or rejected by the gate, is the job done (exit 0: a scheduler such as
+    # a Kubernetes CronJob must not retry it); only a failed run is an error.
     if d.outcome == "failed":
         if as_json:
             raise typer.Exit(2)
         raise ModelError(d.reason, "tsops retrain")
-    if d.outcome == "rejected":
-        raise typer.Exit(1)  # refused by the gate, as `tsops promote`
 
 
 @app.command()
@@ -490,10 +509,18 @@ def stream(
     stop = threading.Event()  # from start-up on, SIGTERM/SIGINT finish the batch, commit, exit 0
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    loaded = _load(project)
-    engine = engine or loaded.settings.stream.engine
+    from tsops.streaming.runner import parse_source
+
+    settings_only = _load(project)  # mistakes in the command are refused before any wait
+    engine = engine or settings_only.settings.stream.engine
     if engine not in ("python", "spark"):
         raise ConfigError(f"unknown engine {engine!r}: use python or spark", "--engine")
+    kind, _ = parse_source(source, settings_only)
+    if engine == "spark":
+        from tsops.spark_session import require_pyspark
+
+        require_pyspark("--engine")
+    loaded = _load(project, "stream", kafka=kind == "kafka")
     options: dict[str, Any] = dict(
         stop=stop,
         source=source,
@@ -504,9 +531,6 @@ def stream(
         metrics_port=metrics_port,
     )
     if engine == "spark":
-        from tsops.spark_session import require_pyspark
-
-        require_pyspark("--engine")
         from tsops.streaming.spark.engine import run_spark_stream
 
         summary = run_spark_stream(loaded, **options).as_dict()
@@ -638,6 +662,7 @@ def main() -> None:
 
     if _take_verbose_flag(sys.argv):
         os.environ[VERBOSE_ENV] = "1"
+    _own_log_lines()
     if not verbose():
         _quiet_libraries()
     usage_errors, aborts = _usage_error_classes()

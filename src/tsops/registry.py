@@ -8,6 +8,7 @@ every move is recorded on the version (tags) and in the registered model's champ
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -31,13 +32,14 @@ LEFT_OUT_TAG = "tsops.left_out_entities"  # entities a training left out, with t
 
 def connect(project: Project) -> MlflowClient:
     """Point MLflow at the project's tracking store and experiment (created on first use)."""
-    project.state_dir.mkdir(parents=True, exist_ok=True)
+    if not project.tracking_server:
+        project.state_dir.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(project.tracking_uri)
     mlflow.set_registry_uri(project.tracking_uri)
     client = MlflowClient(project.tracking_uri, project.tracking_uri)
     try:
         if client.get_experiment_by_name(project.experiment) is None:
-            client.create_experiment(project.experiment, artifact_location=project.artifact_root.as_uri())
+            client.create_experiment(project.experiment, artifact_location=project.artifact_location)
     except MlflowException as e:
         raise StoreError(f"cannot use the MLflow tracking store: {e.message}", project.tracking_uri) from None
     mlflow.set_experiment(project.experiment)
@@ -77,21 +79,47 @@ def log_model(
     from tsops.console import third_party_output
     from tsops.models import pyfunc_code
 
-    with third_party_output():  # MLflow's "Successfully registered model …": tsops says it itself
+    # third_party_output: MLflow's "Successfully registered model …"; tsops says it itself
+    with artifact_tmpdir() as tmp, third_party_output():
         return mlflow.pyfunc.log_model(
             name="model",
             python_model=pyfunc_code.__file__,
             artifacts={"forecaster": str(forecaster_dir)},
+            code_paths=[str(forecaster_code(Path(tmp)))],
             signature=infer_signature(input_example, output_example),
             input_example=input_example,
             registered_model_name=project.settings.model.name,
-            pip_requirements=[
-                f"torch=={__import__('torch').__version__.split('+')[0]}",
-                f"pandas=={pd.__version__}",
-                f"numpy=={np.__version__}",
-                f"mlflow=={mlflow.__version__}",
-            ],
+            pip_requirements=model_requirements(),
         )
+
+
+CODE_PACKAGE = "tsops_forecaster"
+
+
+def forecaster_code(into: Path) -> Path:
+    """The forecaster's own code as a package of its own (`tsops_forecaster`: the network, its
+    preprocessing and the pyfunc wrapper), logged with each model so that it loads and predicts
+    where tsops is not installed. Never `tsops` itself: that name on PyPI is another project."""
+    from tsops.models import lstm, pyfunc
+
+    package = into / CODE_PACKAGE
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text('"""The tsops forecaster, as logged with an MLflow model."""\n')
+    for module in (lstm, pyfunc):
+        shutil.copyfile(str(module.__file__), package / Path(str(module.__file__)).name)
+    return package
+
+
+def model_requirements() -> list[str]:
+    """What the logged model needs, at the versions it was trained with."""
+    import torch
+
+    return [
+        f"torch=={torch.__version__.split('+')[0]}",
+        f"pandas=={pd.__version__}",
+        f"numpy=={np.__version__}",
+        f"mlflow=={mlflow.__version__}",
+    ]
 
 
 def set_challenger(client: MlflowClient, name: str, version: int) -> None:

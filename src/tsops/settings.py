@@ -292,13 +292,60 @@ class OnlineStoreSettings(Strict):
     connection_string: str = "127.0.0.1:6379"
 
 
+class OfflineStoreSettings(Strict):
+    """Where the history with its features lives (training, backfill, the stream's log)."""
+
+    type: Literal["file", "postgres"] = Field(
+        "file", description="file: Parquet under .tsops/ read by DuckDB; postgres: Feast's PostgreSQL store"
+    )
+    url: str | None = Field(
+        None,
+        description="postgres: postgresql://USER:${PASSWORD_VAR}@HOST:PORT/DB; ${NAME} is read from "
+        "the environment (or the file named by NAME_FILE) when used, never stored",
+    )
+    table: str = Field("tsops_features", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="postgres: table")
+    db_schema: str = Field("public", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="postgres: schema")
+
+    @model_validator(mode="after")
+    def _postgres_needs_url(self) -> OfflineStoreSettings:
+        if self.type == "postgres":
+            if not self.url:
+                raise ValueError("stores.offline.url is needed for type postgres")
+            if not self.url.startswith(("postgresql://", "postgresql+psycopg2://", "postgres://")):
+                raise ValueError("stores.offline.url must be a postgresql:// URL")
+        return self
+
+
 class StoreSettings(Strict):
     online: OnlineStoreSettings = OnlineStoreSettings()
+    offline: OfflineStoreSettings = OfflineStoreSettings()
+    registry_url: str | None = Field(
+        None,
+        description="Feast's registry in a database (Feast's SQL registry), e.g. "
+        "postgresql://USER:${PASSWORD_VAR}@HOST:PORT/DB; default a file under .tsops/. Cluster "
+        "mode needs it: every role resolves the feature views from it",
+    )
+
+    @field_validator("registry_url")
+    @classmethod
+    def _database_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("postgresql", "mysql", "sqlite")):
+            raise ValueError("must be a SQLAlchemy database URL such as postgresql://...")
+        return v
 
 
 class TrackingSettings(Strict):
-    uri: str | None = Field(None, description="MLflow tracking URI; default SQLite under .tsops/")
+    uri: str | None = Field(
+        None,
+        description="MLflow tracking URI: default SQLite under .tsops/; a tracking server "
+        "(http(s)://...) in cluster mode, which then also holds the artefacts",
+    )
     experiment: str | None = None
+    artifact_location: str | None = Field(
+        None,
+        description="where a new experiment keeps its artefacts; default: the tracking server's "
+        "own (mlflow-artifacts:/ through its proxy), or .tsops/mlartifacts for a local store",
+    )
 
 
 class DashboardSettings(Strict):
@@ -546,6 +593,13 @@ class RetrainSettings(Strict):
     rollback: RollbackSettings = RollbackSettings()
 
 
+class StartupSettings(Strict):
+    """How a role waits at start for the network services its settings name (cluster mode)."""
+
+    wait_s: float = Field(60.0, ge=0.0, description="give up (exit 3, naming the service) after this long")
+    retry_every_s: float = Field(2.0, gt=0.0, description="time between two attempts")
+
+
 class Settings(Strict):
     version: Literal[1] = 1
     project: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="Feast project name")
@@ -561,6 +615,7 @@ class Settings(Strict):
     tune: TuneSettings = TuneSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
     retrain: RetrainSettings = RetrainSettings()
+    startup: StartupSettings = StartupSettings()
 
     @model_validator(mode="after")
     def _retrain_fits_monitoring(self) -> Settings:
@@ -689,8 +744,17 @@ class Project:
         return self.settings.tracking.uri or f"sqlite:///{self.state_dir / 'mlflow.db'}"
 
     @property
-    def artifact_root(self) -> Path:
-        return self.state_dir / "mlartifacts"
+    def tracking_server(self) -> bool:
+        """The tracking URI is an MLflow server (it holds runs, registry and artefacts)."""
+        return self.tracking_uri.startswith(("http://", "https://", "databricks"))
+
+    @property
+    def artifact_location(self) -> str | None:
+        """Where a new experiment keeps artefacts: the setting; else the server's default
+        (None); else a folder under `.tsops/` (a local store has no artefact service)."""
+        if self.settings.tracking.artifact_location:
+            return self.settings.tracking.artifact_location
+        return None if self.tracking_server else (self.state_dir / "mlartifacts").as_uri()
 
     @property
     def experiment(self) -> str:

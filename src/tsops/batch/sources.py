@@ -25,6 +25,7 @@ from pydantic import Field, model_validator
 
 from tsops.batch.plugins import BatchContext
 from tsops.errors import DataError, StoreError
+from tsops.secrets import resolve_url
 from tsops.settings import Strict
 
 REJECT_COLUMN = "_tsops_reject"
@@ -197,7 +198,7 @@ def sql_engine(url: str) -> Any:
     import sqlalchemy as sa
 
     try:
-        engine = sa.create_engine(url)
+        engine = sa.create_engine(resolve_url(url, "url"))
     except (sa.exc.ArgumentError, ImportError, ValueError) as e:
         raise StoreError(f"not a usable SQLAlchemy URL: {e}", "url") from None
     shown = engine.url.render_as_string(hide_password=True)

@@ -249,9 +249,14 @@ class SqlTarget:
         if self.params.db_schema:
             name = f"{quote(self.params.db_schema)}.{name}"
         cols = ", ".join(quote(c) for c in self.columns)
+        statement = f"COPY {name} ({cols}) FROM STDIN WITH (FORMAT csv)"
         cursor = self._conn.connection.dbapi_connection.cursor()
         try:
-            cursor.copy_expert(f"COPY {name} ({cols}) FROM STDIN WITH (FORMAT csv)", buf)
+            if hasattr(cursor, "copy_expert"):  # psycopg2
+                cursor.copy_expert(statement, buf)
+            else:  # psycopg 3, SQLAlchemy 2.1's default driver for postgresql://
+                with cursor.copy(statement) as copy:
+                    copy.write(buf.getvalue())
         finally:
             cursor.close()
 

@@ -36,15 +36,14 @@ def drop_entities(project: Project, names: list[str]) -> DropResult:
 
     client = FeatureStoreClient(project)
     ent = project.settings.series.entity_col
-    with client._compacting():
-        client._compact()
-        frame = client.read_offline()
-        known = sorted(frame[ent].astype(str).unique())
-        unknown = [n for n in names if n not in set(known)]
-        if unknown:
-            raise ConfigError("; ".join(unknown_entity_message(n, known) for n in unknown), "entities drop")
-        mask = frame[ent].astype(str).isin(names)
-        client.write_offline(frame[~mask].reset_index(drop=True))
+    client.compact_offline()  # the stream's appended observations first: they may hold it
+    frame = client.read_offline()
+    known = sorted(frame[ent].astype(str).unique())
+    unknown = [n for n in names if n not in set(known)]
+    if unknown:
+        raise ConfigError("; ".join(unknown_entity_message(n, known) for n in unknown), "entities drop")
+    mask = frame[ent].astype(str).isin(names)
+    client.write_offline(frame[~mask].reset_index(drop=True))
     client.clear_online(list(names))
     in_history: list[str] = []
     if project.data_path.exists():

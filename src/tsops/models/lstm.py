@@ -2,7 +2,10 @@
 next H steps as a correction to the seasonal-naive forecast. Inputs are made scale-free per
 row (relative to the last observation, divided by one training scale) so one model serves
 entities of different levels; the output layer starts at zero, so an untrained network is
-exactly seasonal naive and training can only learn what that baseline misses."""
+exactly seasonal naive and training can only learn what that baseline misses.
+
+This module and `pyfunc.py` travel with every logged model (`registry.log_model`, as MLflow
+`code_paths`), so they import nothing of tsops but its errors, and those only when present."""
 
 from __future__ import annotations
 
@@ -15,7 +18,13 @@ import pandas as pd
 import torch
 from torch import nn
 
-from tsops.errors import ModelError
+try:
+    from tsops.errors import ModelError
+except ModuleNotFoundError:  # the copy carried with a model artefact, loaded without tsops
+
+    class ModelError(ValueError):  # type: ignore[no-redef]
+        def __init__(self, message: str, where: str | None = None):
+            super().__init__(f"{where}: {message}" if where else message)
 
 
 @dataclass(frozen=True)

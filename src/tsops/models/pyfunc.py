@@ -2,6 +2,9 @@
 
 Input: a DataFrame with the feature columns (the model's signature names them).
 Output: a DataFrame with one column per horizon step, `yhat_1` .. `yhat_H`.
+
+Logged with each model as its own package (`tsops_forecaster`, with `lstm.py`) so the model
+loads where tsops is not installed: `mlflow models serve`, MLServer, KServe.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
-from tsops.models.lstm import Forecaster
+from .lstm import Forecaster  # relative: this module also runs as the copy carried with a model
 
 
 def output_columns(horizon: int) -> list[str]:

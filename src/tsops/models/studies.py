@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 from tsops.errors import ModelError, StoreError
 from tsops.models import search_space
 from tsops.models.dataset import TrainingData
+from tsops.secrets import redacted, resolve_url
 from tsops.settings import Project
 
 PARENT_RUN_ATTR = "tsops.mlflow_parent_run_id"
@@ -36,16 +37,6 @@ class BestTrial:
     parent_run_id: str | None
 
 
-def redacted(url: str) -> str:
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url
-
-
 def open_study(project: Project, *, worker: int = 0, create: bool = True) -> optuna.Study:
     """The project's study (created on first use); worker i's sampler uses seed + i."""
     tune = project.settings.tune
@@ -57,7 +48,7 @@ def open_study(project: Project, *, worker: int = 0, create: bool = True) -> opt
         with warnings.catch_warnings():  # heartbeats are flagged experimental
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             storage = optuna.storages.RDBStorage(
-                url,
+                resolve_url(url, "tune.storage"),
                 # concurrent workers on one SQLite file wait for the lock instead of failing
                 engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else {"pool_pre_ping": True},
                 heartbeat_interval=60,  # a worker that dies leaves no trial RUNNING for ever

@@ -45,6 +45,7 @@ from tsops.features.definitions import FeatureSet
 from tsops.features.store import FeatureStoreClient
 from tsops.models import dataset, search_space, studies, training
 from tsops.models.dataset import TrainingData
+from tsops.secrets import redacted
 from tsops.settings import Project
 
 
@@ -140,7 +141,7 @@ def tune(
     client.set_terminated(parent_run_id, "KILLED" if interrupted else "FINISHED")
     return TuneOutcome(
         study=study.study_name,
-        storage=studies.redacted(project.study_storage),
+        storage=redacted(project.study_storage),
         parent_run_id=parent_run_id,
         trials_run=summary.session_finished,
         complete=summary.complete,
@@ -381,7 +382,7 @@ def _parent_run(client: MlflowClient, project: Project, study: optuna.Study) -> 
         experiment.experiment_id,
         tags={MLFLOW_RUN_NAME: f"tune-{study.study_name}", "tsops.study": study.study_name, **tags},
     )
-    storage = studies.redacted(project.study_storage)
+    storage = redacted(project.study_storage)
     client.log_batch(
         run.info.run_id,
         params=[

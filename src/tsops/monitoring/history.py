@@ -17,6 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from tsops.errors import StoreError
+from tsops.secrets import resolve_url
 from tsops.settings import Project
 
 ALL_STEPS = 0  # the `step` of the mean over all horizon steps
@@ -86,7 +87,7 @@ class MonitorHistory:
     def __init__(self, url: str):
         self.url = url
         try:
-            self.engine = sa.create_engine(url)
+            self.engine = sa.create_engine(resolve_url(url, "monitoring.database"))
             if self.engine.dialect.name == "sqlite":
                 # WAL: the dashboard and `tsops monitor` read while the stream writes.
                 sa.event.listen(self.engine, "connect", _sqlite_wal)

@@ -68,10 +68,14 @@ def serve(
     """
     import uvicorn
 
+    from tsops import services
+
     loaded = Project.load(project)
     settings = loaded.settings.serving
     bind_host = host or settings.host
     check_bind(bind_host, settings.admin_token)
+    startup = loaded.settings.startup
+    services.wait_for(services.needed(loaded, "serve"), startup.wait_s, startup.retry_every_s)
     bind_port = settings.port if port is None else port
     worker_count = workers or settings.workers
     version = require_champion(loaded)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from tsops import registry
 from tsops.errors import StoreError
+from tsops.secrets import resolve_text
 from tsops.serving import model as served_model
 from tsops.serving.entities import OnlineFeatures
 from tsops.serving.errors import Forbidden, NotReady, Unauthorized
@@ -79,7 +80,9 @@ class ServingState:
 
     def authorize(self, header: str | None) -> None:
         """Admin endpoints need `Authorization: Bearer <serving.admin_token>`."""
-        token = self.project.settings.serving.admin_token
+        configured = self.project.settings.serving.admin_token
+        # `${NAME}`: the token is a secret from the environment or a mounted file (NAME_FILE)
+        token = resolve_text(configured, "serving.admin_token") if configured else None
         if not token:
             raise Forbidden(
                 "admin endpoints are disabled: set serving.admin_token (or TSOPS_SERVING__ADMIN_TOKEN)",

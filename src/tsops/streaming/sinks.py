@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import orjson
 import pandas as pd
 
+from tsops.secrets import resolve_url
 from tsops.settings import Project, SinkSettings
 
 
@@ -122,7 +123,7 @@ class SqlSink:
         import sqlalchemy as sa
 
         assert cfg.url and cfg.table
-        self.engine = sa.create_engine(cfg.url)
+        self.engine = sa.create_engine(resolve_url(cfg.url, "stream sink url"))
         meta = sa.MetaData()
         self.table = sa.Table(
             cfg.table,

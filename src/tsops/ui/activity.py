@@ -16,9 +16,9 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from tsops.settings import Project, SinkSettings
+from tsops.settings import KafkaSettings, Project, SinkSettings
 from tsops.ui.promtext import Histogram, Reading
-from tsops.ui.tails import JsonlTail, PartsTail
+from tsops.ui.tails import JsonlTail, PartsTail, TopicTail
 
 RATE_WINDOW_S = 10.0
 NOT_SERVING = ("/", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
@@ -78,16 +78,29 @@ class RequestActivity:
         return [int(now * 1000), round(recent.count / (now - then), 3), *quantiles, round(share, 4)]
 
 
+def dashboard_consumer(kafka: KafkaSettings) -> dict[str, Any]:
+    """A consumer that reads a sink topic from its start and never commits: a group of its own
+    per dashboard (no worker's offsets move, no other dashboard shares its partitions)."""
+    import uuid
+
+    from tsops.streaming.kafka import consumer_config
+
+    return {**consumer_config(kafka), "group.id": f"tsops-dashboard-{uuid.uuid4().hex[:12]}"}
+
+
 class SinkTail:
-    """Tails a file sink: JSONL lines or Parquet part files (other sink types are not readable)."""
+    """Tails a sink: JSONL lines or Parquet part files of a file sink, or a Kafka topic."""
 
     def __init__(self, project: Project, cfg: SinkSettings | None):
-        self.tail: JsonlTail | PartsTail | None = None
+        self.tail: JsonlTail | PartsTail | TopicTail | None = None
         self.path: Path | None = None
         self.reason: str | None = None
+        if cfg is not None and cfg.type == "kafka" and cfg.topic:
+            self.tail = TopicTail(dashboard_consumer(project.settings.stream.kafka), cfg.topic)
+            return
         if cfg is None or cfg.type != "file" or not cfg.path:
             kind = "no sink" if cfg is None else f"a {cfg.type} sink"
-            self.reason = f"{kind}: the dashboard reads a file sink (stream.sinks with type file)"
+            self.reason = f"{kind}: the dashboard reads a file or kafka sink (stream.sinks)"
             return
         p = Path(cfg.path).expanduser()
         self.path = p if p.is_absolute() else project.root / p
@@ -95,7 +108,7 @@ class SinkTail:
 
     def read(self) -> tuple[list[dict[str, Any]], bool]:
         """(new records, whether the file was replaced)."""
-        if isinstance(self.tail, JsonlTail):
+        if isinstance(self.tail, JsonlTail | TopicTail):
             lines = self.tail.read()
             return lines.records, lines.reset
         if isinstance(self.tail, PartsTail):

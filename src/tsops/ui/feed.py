@@ -32,10 +32,12 @@ from typing import Any
 
 import numpy as np
 import orjson
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from tsops.features.offline import PostgresOfflineStore, offline_store
 from tsops.settings import DriftTriggerSettings, Project
 from tsops.ui.activity import RequestActivity, SinkTail, StreamActivity, WorkerMetrics
 from tsops.ui.series import EntitySeries
@@ -91,6 +93,9 @@ class DashboardFeed:
             project.offline_path.parent / "stream", [self.entity_col, self.time_col, self.target]
         )
         self.offline = FileVersion(project.offline_path)
+        store = offline_store(project)  # PostgreSQL (cluster mode): tailed by insertion number
+        self.offline_table = store if isinstance(store, PostgresOfflineStore) else None
+        self._offline_seq: int | None = None
         self.registry = RegistryReader(project)
         self.monitoring = MonitoringReader(project, timedelta(hours=self.cfg.history_hours))
         self.serving_timeline: deque[list[Any]] = deque(maxlen=TIMELINE_SAMPLES)
@@ -191,6 +196,8 @@ class DashboardFeed:
             return changed
 
     def _read_actuals(self, now: float) -> bool:
+        if self.offline_table is not None:
+            return self._read_offline_table() > 0
         added = 0
         if self.offline.changed():  # ingested or compacted: re-read the latest steps once
             added += self._read_offline_tail()
@@ -210,6 +217,19 @@ class DashboardFeed:
             filters=[(self.time_col, ">", cutoff)],
         )
         return self._add_table(table)
+
+    def _read_offline_table(self) -> int:
+        assert self.offline_table is not None
+        columns = [self.entity_col, self.time_col, self.target]
+        frame, seq = self.offline_table.rows_after(
+            self._offline_seq, columns, self.cfg.points, self.project.settings.series.step
+        )
+        self._offline_seq = seq
+        if frame.empty:
+            return 0
+        frame[self.time_col] = pd.to_datetime(frame[self.time_col], utc=True)
+        frame[self.target] = frame[self.target].astype(float)
+        return self._add_table(pa.Table.from_pandas(frame, preserve_index=False))
 
     def _add_table(self, table: pa.Table) -> int:
         if table.num_rows == 0:

@@ -129,3 +129,48 @@ class FileVersion:
             return False
         self._stamp = stamp
         return stamp is not None
+
+
+class TopicTail:
+    """New JSON records of a Kafka topic since the last `read` (the stream's prediction and
+    dead-letter sinks in cluster mode). A consumer of its own (a group per dashboard, never
+    committing) reads every partition from the beginning; one call reads what arrived, at most
+    `max_records`."""
+
+    def __init__(self, consumer_config: dict[str, Any], topic: str, max_records: int = 50_000):
+        self.config = consumer_config
+        self.topic = topic
+        self.max_records = max_records
+        self._consumer: Any = None
+
+    def read(self) -> Lines:
+        if self._consumer is None:
+            from confluent_kafka import Consumer
+
+            self._consumer = Consumer(self.config)
+            self._consumer.subscribe([self.topic])
+        records: list[dict[str, Any]] = []
+        bad = 0
+        while len(records) < self.max_records:
+            messages = self._consumer.consume(num_messages=5000, timeout=0.2)
+            if not messages:
+                break
+            for m in messages:
+                value = m.value() if m.error() is None else None
+                if value is None:
+                    continue
+                try:
+                    parsed = orjson.loads(value)
+                except orjson.JSONDecodeError:
+                    bad += 1
+                    continue
+                if isinstance(parsed, dict):
+                    records.append(parsed)
+                else:
+                    bad += 1
+        return Lines(records, bad=bad)
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
