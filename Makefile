@@ -20,6 +20,7 @@ system-packages:
 	command -v wrk >/dev/null 2>&1 || missing="$$missing wrk"; \
 	command -v prometheus >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v kubectl >/dev/null 2>&1 || echo "note: kubectl (with kustomize) is missing; tests/test_deploy.py needs it: https://kubernetes.io/docs/tasks/tools/"; \
 	if [ -n "$$missing" ]; then \
 		echo "Installing Debian packages:$$missing"; \
 		$(SUDO) apt-get update && \

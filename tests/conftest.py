@@ -254,3 +254,20 @@ def mlflow_serve(trained_weather, weather_project) -> Iterator[str]:  # type: ig
     yield url
     proc.terminate()
     proc.wait(timeout=30)
+
+
+def assert_features_equal_the_batch_engine(client, rows) -> None:  # type: ignore[no-untyped-def]
+    """Every row's features are what the batch engine computes from the rows' own history."""
+    import numpy as np
+
+    from tsops.features.engines import batch_features
+
+    series = client.project.settings.series
+    ent, time, target = series.entity_col, series.time, series.target
+    expected = batch_features(
+        rows[[ent, time, target]], client.features, entity=ent, time=time, target=target
+    )
+    names = client.features.names
+    assert np.allclose(
+        rows[names].to_numpy(float), expected[names].to_numpy(float), atol=1e-6, equal_nan=True
+    )

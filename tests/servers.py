@@ -155,8 +155,41 @@ class _Launched:
     port: int
     _proc: subprocess.Popen[bytes] | None
 
-    def stop(self) -> None:
+    stop_signal: int = signal.SIGTERM
+    directory: Path | None = None
+
+    def start(self) -> Any:
         raise NotImplementedError
+
+    def stop(self) -> None:
+        _stop_process(self._proc, self.stop_signal)
+        self._proc = None
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            self.directory = None
+
+    def __enter__(self) -> Any:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _tree(self) -> list[Any]:
+        import psutil
+
+        assert self._proc is not None
+        root = psutil.Process(self._proc.pid)
+        return [root, *root.children(recursive=True)]
+
+    def pause(self) -> None:
+        """An outage that keeps the server's state: SIGSTOP to it and every process it forked
+        (PostgreSQL's backends, the tracking server's workers)."""
+        for process in self._tree():
+            process.suspend()
+
+    def resume(self) -> None:
+        for process in self._tree():
+            process.resume()
 
     def _set_port(self, port: int) -> None:
         self.port = port
@@ -211,19 +244,6 @@ class RedisServer(_Launched):
     def _ping(self) -> None:
         with self.client(socket_connect_timeout=1, socket_timeout=1) as client:
             client.ping()
-
-    def stop(self) -> None:
-        _stop_process(self._proc, signal.SIGTERM)
-        self._proc = None
-        if self.directory is not None:
-            shutil.rmtree(self.directory, ignore_errors=True)
-            self.directory = None
-
-    def __enter__(self) -> RedisServer:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
 
 def find_postgres_bindir() -> Path:
@@ -352,19 +372,7 @@ class PostgresServer(_Launched):
     def _probe(self) -> None:
         self.connect(connect_timeout=1).close()
 
-    def stop(self) -> None:
-        # SIGINT is PostgreSQL's "fast" shutdown: abort sessions, then exit cleanly.
-        _stop_process(self._proc, signal.SIGINT)
-        self._proc = None
-        if self.directory is not None:
-            shutil.rmtree(self.directory, ignore_errors=True)
-            self.directory = None
-
-    def __enter__(self) -> PostgresServer:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+    stop_signal = signal.SIGINT  # PostgreSQL's "fast" shutdown: abort sessions, then exit cleanly
 
 
 class KafkaBroker(EmbeddedBroker):
@@ -481,19 +489,6 @@ class PrometheusServer(_Launched):
     def log(self) -> str:
         return _tail(self.directory / "prometheus.log", 40) if self.directory else "<no log>"
 
-    def stop(self) -> None:
-        _stop_process(self._proc, signal.SIGTERM)
-        self._proc = None
-        if self.directory is not None:
-            shutil.rmtree(self.directory, ignore_errors=True)
-            self.directory = None
-
-    def __enter__(self) -> PrometheusServer:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
 
 class MlflowTrackingServer(_Launched):
     """A throw-away `mlflow server`: runs and the registry in a PostgreSQL database, artefacts
@@ -534,16 +529,3 @@ class MlflowTrackingServer(_Launched):
 
     def log(self) -> str:
         return _tail(self.directory / "mlflow.log", 40) if self.directory else "<no log>"
-
-    def stop(self) -> None:
-        _stop_process(self._proc, signal.SIGTERM)
-        self._proc = None
-        if self.directory is not None:
-            shutil.rmtree(self.directory, ignore_errors=True)
-            self.directory = None
-
-    def __enter__(self) -> MlflowTrackingServer:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()

@@ -8,9 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import PG_PASSWORD_VAR, postgres_offline, run_cli, synthetic_events, write_jsonl
+from conftest import (
+    PG_PASSWORD_VAR,
+    assert_features_equal_the_batch_engine,
+    postgres_offline,
+    run_cli,
+    synthetic_events,
+    write_jsonl,
+)
 from tsops.errors import ConfigError, StoreError
-from tsops.features.engines import batch_features
 from tsops.features.store import FeatureStoreClient
 from tsops.settings import Project
 
@@ -69,15 +75,7 @@ def test_the_stream_appends_its_observations_with_batch_features(
     assert done.returncode == 0, done.stderr[-3000:]
     after = client.read_offline()
     assert len(after) == len(history) + len(events)
-    series = project.settings.series
-    ent, time, target = series.entity_col, series.time, series.target
-    expected = batch_features(
-        after[[ent, time, target]], client.features, entity=ent, time=time, target=target
-    )
-    names = client.features.names
-    assert np.allclose(
-        after[names].to_numpy(float), expected[names].to_numpy(float), atol=1e-6, equal_nan=True
-    )
+    assert_features_equal_the_batch_engine(client, after)
 
 
 def test_the_password_is_a_secret_from_the_environment(

@@ -630,6 +630,32 @@ def demo(
     console.print_json(json.dumps(timeline, default=str))
 
 
+deploy_app = typer.Typer(help="Kubernetes: render the kustomize tree of this project's cluster settings.")
+app.add_typer(deploy_app, name="deploy")
+
+
+@deploy_app.command("render")
+def deploy_render(
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for base/ and overlays/{dev,prod}")],
+    project: ProjectOpt = Path("."),
+    image: Annotated[str | None, typer.Option(help="the tsops image (default: deploy.image)")] = None,
+) -> None:
+    """Write a kustomize tree (base, overlays/dev, overlays/prod) from tsops.yaml; `kubectl apply -k`."""
+    from tsops.deploy.render import render
+
+    result = render(_load(project), out, image=image)
+    console.print(
+        f"[green]rendered[/] {len(result.files)} files into {out} (base, overlays/dev, overlays/prod)"
+    )
+    if result.secrets:
+        keys = " ".join(f"--from-literal={k}=..." for k in result.secrets)
+        console.print(
+            f"the pods read the Secret {result.secrets and 'tsops-secrets'}: kubectl create secret generic "
+            f"tsops-secrets -n <namespace> {keys}"
+        )
+    console.print(f"next: kubectl apply -k {out}/overlays/dev")
+
+
 def _usage_error_classes() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
     """(usage errors, aborts) of click and of the copy Typer bundles (`typer._click`, Typer ≥ 0.29):
     which one a command line raises depends on the Typer version pip resolved."""

@@ -600,6 +600,33 @@ class StartupSettings(Strict):
     retry_every_s: float = Field(2.0, gt=0.0, description="time between two attempts")
 
 
+class DeploySettings(Strict):
+    """`tsops deploy render`: the Kubernetes tree (docs/kubernetes.md)."""
+
+    namespace: str = Field("tsops", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    image: str = Field("ghcr.io/tsops/tsops:0.1.0", description="the tsops image (every role); --image")
+    spark_image: str | None = Field(None, description="the Spark variant; default: image + '-spark'")
+    serve_replicas: int = Field(2, ge=1, description="prod: tsops serve replicas (dev: 1)")
+    serve_max_replicas: int = Field(6, ge=1, description="prod: the serve autoscaler's maximum")
+    stream_replicas: int = Field(2, ge=1, description="prod: stream workers; at most `partitions`")
+    partitions: int = Field(4, ge=1, description="partitions of the events topic (workers scale up to it)")
+    retention_hours: float = Field(
+        168.0, gt=0, description="retention of the events, predictions, dead letters"
+    )
+    kafka_replicas: int = Field(3, ge=1, description="prod: Kafka nodes (dev: 1)")
+    secret: str = Field("tsops-secrets", description="the Secret holding every ${NAME} the settings use")
+    mlflow_database: str = Field("mlflow", description="the tracking server's PostgreSQL database")
+    kserve_storage_uri: str | None = Field(
+        None,
+        description="where the champion's MLflow artefact lives (s3://, gs://, pvc://): renders the "
+        "alternative InferenceService that serves it with modelFormat mlflow",
+    )
+    retrain_schedule: str | None = Field(
+        None,
+        description="cron schedule of the retrain CronJob; default from the schedule trigger, else daily",
+    )
+
+
 class Settings(Strict):
     version: Literal[1] = 1
     project: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="Feast project name")
@@ -616,6 +643,7 @@ class Settings(Strict):
     monitoring: MonitoringSettings = MonitoringSettings()
     retrain: RetrainSettings = RetrainSettings()
     startup: StartupSettings = StartupSettings()
+    deploy: DeploySettings = DeploySettings()
 
     @model_validator(mode="after")
     def _retrain_fits_monitoring(self) -> Settings:

@@ -18,6 +18,24 @@ INITIAL_BYTES = 16 << 20  # a first read starts at most this far before the end 
 MAX_READ_BYTES = 16 << 20  # one call reads at most this much; the rest comes next call
 
 
+def json_objects(lines: list[bytes]) -> tuple[list[dict[str, Any]], int]:
+    """The JSON objects among `lines` (blank lines skipped) and how many lines were not one."""
+    records, bad = [], 0
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            value = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            bad += 1
+            continue
+        if isinstance(value, dict):
+            records.append(value)
+        else:
+            bad += 1
+    return records, bad
+
+
 @dataclass
 class Lines:
     records: list[dict[str, Any]]
@@ -61,19 +79,7 @@ class JsonlTail:
         if self._skip_first and chunks:
             chunks.pop(0)
             self._skip_first = False
-        records, bad = [], 0
-        for line in chunks:
-            if not line.strip():
-                continue
-            try:
-                value = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                bad += 1
-                continue
-            if isinstance(value, dict):
-                records.append(value)
-            else:
-                bad += 1
+        records, bad = json_objects(chunks)
         return Lines(records, reset=reset, bad=bad)
 
 
@@ -155,19 +161,10 @@ class TopicTail:
             messages = self._consumer.consume(num_messages=5000, timeout=0.2)
             if not messages:
                 break
-            for m in messages:
-                value = m.value() if m.error() is None else None
-                if value is None:
-                    continue
-                try:
-                    parsed = orjson.loads(value)
-                except orjson.JSONDecodeError:
-                    bad += 1
-                    continue
-                if isinstance(parsed, dict):
-                    records.append(parsed)
-                else:
-                    bad += 1
+            values = [m.value() for m in messages if m.error() is None and m.value() is not None]
+            found, wrong = json_objects(values)
+            records += found
+            bad += wrong
         return Lines(records, bad=bad)
 
     def close(self) -> None:

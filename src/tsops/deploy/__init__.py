@@ -1,0 +1,1 @@
+"""Kubernetes: the kustomize tree of a project's cluster settings (`tsops deploy render`)."""
