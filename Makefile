@@ -33,7 +33,7 @@ $(PYTHON):
 # torch is pinned first: an unpinned resolve would pull the multi-GB CUDA build.
 $(STAMP): pyproject.toml | $(PYTHON)
 	$(PYTHON) -m pip install torch==2.13.0
-	$(PYTHON) -m pip install -e '.[dev]'
+	$(PYTHON) -m pip install -e '.[dev,spark]'
 	touch $@
 
 test: setup

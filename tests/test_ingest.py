@@ -106,3 +106,28 @@ def test_interrupted_offline_write_leaves_previous_store_intact(weather_project,
         client.write_offline(before.head(10))
     monkeypatch.undo()
     pd.testing.assert_frame_equal(client.read_offline(), before)
+
+
+def test_training_after_a_feature_edit_without_ingest_says_to_ingest(tmp_path: Path) -> None:
+    import yaml
+
+    from tsops.features.ingest import ingest
+    from tsops.features.store import FeatureStoreClient
+    from tsops.scaffold import init_example
+    from tsops.settings import Project
+
+    root = tmp_path / "p"
+    ingest(init_example(root, "synthetic", entities=2), quiet=True)
+    raw = yaml.safe_load((root / "tsops.yaml").read_text())
+    raw["features"]["rolling"] = [*raw["features"]["rolling"], 7]
+    (root / "tsops.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+    result = run_cli("train", "--quick", "--project", str(root))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == "error: features: features changed since the last ingest: run tsops ingest"
+
+    project = Project.load(root, environ={})
+    ingest(project, quiet=True)
+    FeatureStoreClient(project).require_ingested()  # in step again: training may read them

@@ -309,3 +309,23 @@ def test_rolling_errors_keep_each_steps_last_window_errors():
         np.testing.assert_allclose(rolling.mae_by_step(), want, rtol=1e-12)
         assert rolling.count.tolist() == [len(q) for q in oracle]
     assert rolling.total == 108
+
+
+def test_tsops_monitor_says_what_each_figure_rests_on_and_flags_too_few(stream_project, tmp_path) -> None:
+    project = stream_project(monitoring={"snapshot_interval_s": 0})
+    events = synthetic_events(project, 3)  # 3 steps × 5 entities: far too few for any figure
+    run_stream(project, source=f"file:{write_jsonl(tmp_path / 'e.jsonl', events)}")
+    shown = json.loads(run_cli("monitor", "--project", str(project.root), "--json").stdout)
+    [version] = shown["accuracy"]
+    assert version["steps_with_errors"] == 2 and version["horizon"] == project.settings.model.horizon
+    assert version["errors"] == sum(s["n"] for s in version["by_step"]) == 15  # 2 + 1 actuals × 5
+    assert version["fewest_errors_per_step"] == 0 and version["enough"] is False
+    assert shown["drift"] and all(d["n"] == 15 and d["enough"] is False for d in shown["drift"])
+
+    text = run_cli("monitor", "--project", str(project.root), env={"COLUMNS": "250"}).stdout
+    assert f"15 over 2/{project.settings.model.horizon} steps" in text
+    assert text.count("(few)") == 1 + len(shown["drift"])
+    assert f"few: the figure rests on fewer than {shown['min_errors_per_step']} errors" in text
+    last_event = max(e["timestamp"] for e in events)[:19].replace("T", " ")
+    assert last_event in text.replace("T", " ")  # the data's event time, labelled as such
+    assert "snapshot taken at" in text and "(wall clock, UTC)" in text

@@ -167,7 +167,7 @@ def test_bad_requests_get_a_4xx_json_error_never_a_5xx(server, feature_rows) -> 
         ("POST", "/invocations", oversize, j, 413),
         ("GET", "/forecast/no_such_city", b"", {}, 404),
         ("POST", "/forecast", b'{"entities": []}', j, 422),
-        ("POST", "/forecast", b'{"entities": ["seattle", "atlantis"]}', j, 404),
+        ("POST", "/forecast", b'{"entities": ["atlantis", "lemuria"]}', j, 404),
         ("POST", "/v2/models/weather/infer", narrow, j, 400),
         ("POST", "/v2/models/weather/infer", strings, j, 400),
         ("POST", "/v2/models/nope/infer", b'{"inputs": []}', j, 404),
@@ -302,6 +302,33 @@ def test_schemathesis_finds_no_server_error(trained_weather, weather_project, tm
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     tested = re.search(r"Selected: (\d+)/\d+\s+Tested: (\d+)", run.stdout)
     assert tested and tested.group(1) == tested.group(2) and int(tested.group(2)) >= 18
+
+
+def test_forecast_answers_known_entities_and_names_unknown_ones_with_close_matches(server) -> None:
+    with server.client() as client:
+        many = client.post("/forecast", json={"entities": ["seattle", "seatle", "atlantis"]})
+        assert many.status_code == 200, many.text
+        body = many.json()
+        assert [f["entity"] for f in body["forecasts"]] == ["seattle"]
+        assert body["errors"] == [
+            {
+                "entity": "seatle",
+                "error": "not_found",
+                "detail": "no current features for entity 'seatle'; did you mean 'seattle'?",
+            },
+            {
+                "entity": "atlantis",
+                "error": "not_found",
+                "detail": "no current features for entity 'atlantis'",
+            },
+        ]
+        all_known = client.post("/forecast", json={"entities": ["seattle"]}).json()
+        assert "errors" not in all_known
+        one = client.get("/forecast/san_fransisco")
+        assert one.status_code == 404
+        assert one.json()["detail"] == (
+            "entity: no current features for entity 'san_fransisco'; did you mean 'san_francisco'?"
+        )
 
 
 def test_forecast_by_entity_reads_a_redis_online_store(

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tsops.errors import TsopsError
@@ -23,7 +24,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Time-series forecasting from history to live predictions.",
 )
-console = Console()
+console = Console(soft_wrap=True)  # piped output: one line per result, not wrapped at 80
 err_console = Console(stderr=True, soft_wrap=True)  # one unbroken line per error, greppable
 
 ProjectOpt = Annotated[
@@ -33,6 +34,18 @@ ProjectOpt = Annotated[
 
 
 def _quiet_libraries() -> None:
+    """Third-party warnings and chatter stay hidden unless `--verbose` / TSOPS_VERBOSE=1."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    warnings.filterwarnings("ignore")
+    # Libraries re-enable their own warnings inside `catch_warnings` (MLflow shows its
+    # type-hint warning "once" that way): drop them where they would be shown instead.
+    warnings.showwarning = lambda *args, **kwargs: None
+    for name in ("feast", "mlflow", "alembic", "urllib3", "ibis", "py4j", "optuna"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _own_log_lines() -> None:
     # tsops' own warnings (e.g. a role waiting for a service at start) go to stderr, one line
     # each, whatever handlers the libraries installed on the root logger.
     own = logging.getLogger("tsops")
@@ -42,11 +55,38 @@ def _quiet_libraries() -> None:
         own.addHandler(handler)
         own.setLevel(logging.WARNING)
         own.propagate = False
-    warnings.filterwarnings("ignore")
-    for name in ("feast", "mlflow", "alembic", "urllib3", "ibis"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+
+
+def _take_verbose_flag(argv: list[str]) -> bool:
+    """`--verbose` anywhere before `--` (so `tsops train --verbose` works too); removed from
+    argv and passed on as TSOPS_VERBOSE=1, which worker processes inherit."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    found = [i for i in range(1, end) if argv[i] == "--verbose"]
+    for i in reversed(found):
+        del argv[i]
+    return bool(found)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from tsops import __version__
+
+        print(f"tsops {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_show_version, is_eager=True, help="print the version and exit"),
+    ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", help="also show third-party warnings and output (any position)"),
+    ] = False,
+) -> None:
+    """Time-series forecasting from history to live predictions."""
 
 
 def _load(project: Path, role: str | None = None, *, kafka: bool = False):  # type: ignore[no-untyped-def]
@@ -142,10 +182,26 @@ def train(
     for name, m in sorted(outcome.report.overall.items(), key=lambda kv: kv[1]["mae"]):
         table.add_row(name, f"{m['mae']:.4f}", f"{m['rmse']:.4f}", f"{m['mase']:.4f}")
     console.print(table)
+    _print_left_out(outcome.left_out)
     console.print(
         f"registered version {outcome.version} as [bold]challenger[/] "
         f"(run {outcome.run_id}, {outcome.epochs_run} epochs, {outcome.seconds:.1f} s)"
     )
+
+
+def _print_left_out(left_out: dict[str, str], limit: int = 10) -> None:
+    if not left_out:
+        return
+    console.print(
+        f"[yellow]left out {len(left_out)} entit{'y' if len(left_out) == 1 else 'ies'}[/] "
+        "with too little history (not trained on, not backtested):",
+        highlight=False,
+    )
+    for entity, reason in list(left_out.items())[:limit]:
+        console.print(f"  - {entity}: {reason}", highlight=False, markup=False)
+    if len(left_out) > limit:
+        console.print(f"  … and {len(left_out) - limit} more (tsops status --json lists them)")
+    console.print("  a mistyped one? remove it with: tsops entities drop NAME", highlight=False)
 
 
 @app.command()
@@ -251,32 +307,53 @@ def monitor(
     if not info["accuracy"] and not info["drift"]:
         console.print("no monitoring history yet: a stream with the monitor stores it while it runs")
         return
+    few = "[yellow]few[/]"
     table = Table(title="online accuracy: rolling MAE (latest snapshot)")
-    for col in ("version", "aliases", "backtest MAE", "online MAE", "errors/step", "MAE by step", "as of"):
+    for col in ("version", "aliases", "backtest MAE", "online MAE", "errors", "MAE by step", "data up to"):
         table.add_column(col)
     for v in info["accuracy"]:
         steps = " ".join(f"{s['mae']:.2f}" for s in v["by_step"])
+        mae = "-" if v["mae"] is None else f"{v['mae']:.4f}" + ("" if v["enough"] else f" ({few})")
         table.add_row(
             str(v["model_version"]),
             ", ".join(v["aliases"]),
             "-" if v["backtest_mae"] is None else f"{v['backtest_mae']:.4f}",
-            "-" if v["mae"] is None else f"{v['mae']:.4f}",
-            str(v["n"]),
+            mae,
+            f"{v['errors']} over {v['steps_with_errors']}/{v['horizon']} steps",
             steps if len(steps) < 80 else steps[:77] + "...",
-            str(v["event_time"] or v["at"]),
+            _event_time(v["event_time"]),
         )
     console.print(table)
+    snapshots = sorted({str(v["at"]) for v in info["accuracy"]} | {str(d["at"]) for d in info["drift"]})
     threshold, watched = info["drift_threshold"], info["drift_watched"] or []
     trigger = (
         f"the drift trigger watches {', '.join(watched)} at {threshold}" if watched else "no drift trigger"
     )
     table = Table(title=f"drift: PSI against the training reference ({trigger})")
-    for col in ("column", "PSI", "observations", "reference", "as of"):
+    for col in ("column", "PSI", "observations", "reference", "data up to"):
         table.add_column(col)
     for d in info["drift"]:
-        flag = "[red]" if d["feature"] in watched and d["score"] >= threshold else ""
-        table.add_row(d["feature"], f"{flag}{d['score']:.4f}", str(d["n"]), f"v{d['model_version']}", d["at"])
+        flag = "[red]" if d["feature"] in watched and d["score"] >= threshold and d["enough"] else ""
+        psi = f"{flag}{d['score']:.4f}" + ("" if d["enough"] else f" ({few})")
+        table.add_row(d["feature"], psi, str(d["n"]), f"v{d['model_version']}", _event_time(d["event_time"]))
     console.print(table)
+    if any(not v["enough"] for v in info["accuracy"]) or any(not d["enough"] for d in info["drift"]):
+        console.print(
+            f"few: the figure rests on fewer than {info['min_errors_per_step']} errors in some horizon "
+            f"step (accuracy) or {info['min_drift_rows']} observations (drift); read it as a first "
+            "sign only, the retrain triggers wait for more",
+            highlight=False,
+        )
+    if snapshots:
+        console.print(
+            f"data up to: event time of the latest observation; snapshot taken at {snapshots[-1][:19]} "
+            "(wall clock, UTC)",
+            highlight=False,
+        )
+
+
+def _event_time(value: Any) -> str:
+    return "-" if not value else str(value)[:19]
 
 
 @app.command()
@@ -334,6 +411,16 @@ def status(
     console.print(table)
     s = info["schema"]
     console.print(f"schema: entity={s['entity']} time={s['time']} target={s['target']} freq={s['freq']}")
+    for m in info["models"]:
+        if m["left_out"] and (shown := set(m["aliases"]) & {"champion", "challenger"}):
+            names = ", ".join(list(m["left_out"])[:10]) + (" …" if len(m["left_out"]) > 10 else "")
+            console.print(
+                f"v{m['version']} ({', '.join(sorted(shown))}) left out "
+                f"{len(m['left_out'])} entit{'y' if len(m['left_out']) == 1 else 'ies'} with too little "
+                f"history: {names}",
+                highlight=False,
+                markup=False,
+            )
     for v in info["feature_views"]:
         console.print(f"feature view {v['name']}: {v['features']} features, entities {v['entities']}")
     console.print(
@@ -353,6 +440,35 @@ def status(
                 d["reason"],
             )
         console.print(table)
+
+
+entities_app = typer.Typer(no_args_is_help=True, help="Entities in the feature stores.")
+app.add_typer(entities_app, name="entities")
+
+
+@entities_app.command("drop")
+def entities_drop(
+    names: Annotated[list[str], typer.Argument(help="entity name(s) to remove")],
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Remove entities from the offline and online stores (e.g. one a mistyped event created).
+    Stop stream workers first."""
+    from tsops.features.entities import drop_entities
+
+    loaded = _load(project)
+    result = drop_entities(loaded, names)
+    console.print(
+        f"dropped {', '.join(result.dropped)}: {result.offline_rows} offline row(s) removed, "
+        "online features and stream state cleared",
+        highlight=False,
+        markup=False,
+    )
+    for name in result.in_history:
+        console.print(
+            f"[yellow]note:[/] {name} is still in {loaded.settings.data.path}: "
+            "remove it there, or the next tsops ingest brings it back",
+            highlight=False,
+        )
 
 
 @app.command()
@@ -393,10 +509,18 @@ def stream(
     stop = threading.Event()  # from start-up on, SIGTERM/SIGINT finish the batch, commit, exit 0
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    loaded = _load(project, "stream", kafka=source == "kafka")
-    engine = engine or loaded.settings.stream.engine
+    from tsops.streaming.runner import parse_source
+
+    settings_only = _load(project)  # mistakes in the command are refused before any wait
+    engine = engine or settings_only.settings.stream.engine
     if engine not in ("python", "spark"):
         raise ConfigError(f"unknown engine {engine!r}: use python or spark", "--engine")
+    kind, _ = parse_source(source, settings_only)
+    if engine == "spark":
+        from tsops.spark_session import require_pyspark
+
+        require_pyspark("--engine")
+    loaded = _load(project, "stream", kafka=kind == "kafka")
     options: dict[str, Any] = dict(
         stop=stop,
         source=source,
@@ -532,30 +656,64 @@ def deploy_render(
     console.print(f"next: kubectl apply -k {out}/overlays/dev")
 
 
+def _usage_error_classes() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
+    """(usage errors, aborts) of click and of the copy Typer bundles (`typer._click`, Typer ≥ 0.29):
+    which one a command line raises depends on the Typer version pip resolved."""
+    import importlib
+
+    usage: list[type[BaseException]] = []
+    aborts: list[type[BaseException]] = []
+    for name in ("click.exceptions", "typer._click.exceptions", "typer.exceptions"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        usage += [c for c in (getattr(module, "ClickException", None),) if isinstance(c, type)]
+        aborts += [c for c in (getattr(module, "Abort", None),) if isinstance(c, type)]
+    return tuple(usage), tuple(aborts)
+
+
+def _usage_message(error: BaseException) -> str:
+    """One line: what was wrong and where to look, without the usage block click prints."""
+    ctx = getattr(error, "ctx", None)
+    text = str(error.format_message()) if hasattr(error, "format_message") else str(error)
+    if ctx is not None and type(error).__name__ != "NoArgsIsHelpError":
+        end = "" if text.endswith((".", "?", "!")) else "."
+        text = f"{text}{end} See '{ctx.command_path} --help'."
+    return text
+
+
 def main() -> None:
-    _quiet_libraries()
+    from tsops.console import VERBOSE_ENV, verbose
+
+    if _take_verbose_flag(sys.argv):
+        os.environ[VERBOSE_ENV] = "1"
+    _own_log_lines()
+    if not verbose():
+        _quiet_libraries()
+    usage_errors, aborts = _usage_error_classes()
     code = 0
     try:
-        result = app(standalone_mode=False)  # the code of a `typer.Exit(code)`, else None
+        result = app(standalone_mode=False, prog_name="tsops")  # the code of a `typer.Exit(code)`, else None
         code = result if isinstance(result, int) else 0
     except TsopsError as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
         code = e.exit_code
     except KeyboardInterrupt:
         err_console.print("interrupted")
         code = 130
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except Exception as e:  # click usage errors and the like
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            code = e.exit_code
-        elif isinstance(e, click.exceptions.Abort):
-            code = 130
+    except usage_errors as e:  # a mistyped command, option or argument
+        if type(e).__name__ == "NoArgsIsHelpError":  # plain `tsops`: the help is the message
+            console.print(_usage_message(e), highlight=False, markup=False)
         else:
-            raise
+            err_console.print(f"[bold red]error:[/] {escape(_usage_message(e))}", highlight=False)
+        exit_code = getattr(e, "exit_code", 2)
+        code = exit_code if isinstance(exit_code, int) else 2
+    except aborts:
+        err_console.print("aborted")
+        code = 130
     sys.stdout.flush()
     sys.stderr.flush()
     # Skip interpreter teardown: duckdb's bindings print spurious "leaked" warnings there.

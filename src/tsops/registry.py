@@ -24,6 +24,7 @@ from tsops.settings import Project
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 HISTORY_TAG = "tsops.champion_history"
+LEFT_OUT_TAG = "tsops.left_out_entities"  # entities a training left out, with the reason (JSON)
 
 
 def connect(project: Project) -> MlflowClient:

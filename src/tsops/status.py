@@ -3,6 +3,7 @@ log (retrains, promotions, rollbacks)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from tsops import registry
@@ -25,6 +26,7 @@ def collect(project: Project) -> dict[str, Any]:
             "metrics": {k: v.metrics[k] for k in _SHOWN_METRICS if k in v.metrics},
             "created": v.created.isoformat(timespec="seconds"),
             "promotion_reason": v.tags.get("tsops.promotion_reason"),
+            "left_out": json.loads(v.tags.get(registry.LEFT_OUT_TAG, "{}")),
         }
         for v in registry.versions(project)
     ]

@@ -35,6 +35,9 @@ def run(job: Job, *, show_progress: bool = True, stop: threading.Event | None = 
     model = BatchModel.load(uri, tracking)
     try:
         if job.config.engine == "spark":
+            from tsops.spark_session import require_pyspark
+
+            require_pyspark("engine")
             from tsops.batch.spark import run_spark
 
             return run_spark(job, model, source, target, stop=stop)

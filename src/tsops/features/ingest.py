@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pandas as pd
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from tsops.console import progress as progress_display
 from tsops.data.history import CleaningSummary, clean_history, read_table
 from tsops.features.definitions import EntityState
 from tsops.features.engines import batch_features
@@ -38,12 +39,8 @@ def final_states(
 
 def ingest(project: Project, *, quiet: bool = False) -> IngestResult:
     series = project.settings.series
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        TimeElapsedColumn(),
-        disable=quiet,
-        transient=False,
+    with progress_display(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), show=not quiet
     ) as progress:
         task = progress.add_task("reading history", total=5)
         raw = read_table(project.data_path, project.settings.data.format)

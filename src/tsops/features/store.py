@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from tsops.errors import StoreError
+from tsops.errors import ConfigError, StoreError
 from tsops.features.definitions import EntityState, FeatureSet
 from tsops.features.offline import offline_store
 from tsops.secrets import resolve_text, resolve_url
@@ -298,6 +298,25 @@ class FeatureStoreClient:
         except Exception as e:  # connection errors of the online store come through here
             raise StoreError(f"feast apply failed: {e}", str(self.project.feature_repo)) from e
 
+    def ingested_hash(self) -> str | None:
+        """The definition hash of the feature view `tsops ingest` last registered (None: none)."""
+        from feast.errors import FeatureViewNotFoundException
+
+        try:
+            view = self.store.get_feature_view(FEATURE_VIEW)
+        except FeatureViewNotFoundException:
+            return None
+        return view.tags.get(FEATURE_HASH_TAG)
+
+    def require_ingested(self) -> None:
+        """Refuse to read features computed under another definition: after an edit of
+        `features` in tsops.yaml, the stores hold the old columns until `tsops ingest` runs."""
+        registered = self.ingested_hash()
+        if registered is None:
+            raise StoreError("no features yet: run tsops ingest", str(self.project.feature_repo))
+        if registered != self.features.definition_hash():
+            raise ConfigError("features changed since the last ingest: run tsops ingest", "features")
+
     def write_offline(self, features: pd.DataFrame) -> None:
         """Replace the offline store atomically: an interrupted write leaves the old one intact."""
         self.offline.write(features)
@@ -316,12 +335,15 @@ class FeatureStoreClient:
         return self.offline.read()
 
     def materialize(self, start: pd.Timestamp, end: pd.Timestamp) -> None:
+        from tsops.console import third_party_output
+
         try:
-            self.store.materialize(
-                start_date=start.tz_localize("UTC").to_pydatetime(),
-                end_date=end.tz_localize("UTC").to_pydatetime(),
-                feature_views=[FEATURE_VIEW],
-            )
+            with third_party_output():  # Feast's banner and bars, with colour codes when piped
+                self.store.materialize(
+                    start_date=start.tz_localize("UTC").to_pydatetime(),
+                    end_date=end.tz_localize("UTC").to_pydatetime(),
+                    feature_views=[FEATURE_VIEW],
+                )
         except Exception as e:
             raise StoreError(f"materialize failed: {e}", str(self.project.feature_repo)) from e
 
@@ -415,6 +437,22 @@ class FeatureStoreClient:
         if online.type == "redis":
             return f"Redis online store at {online.connection_string.split(',')[0]}"
         return "SQLite online store"
+
+    def clear_online(self, entity_ids: list[str]) -> None:
+        """Blank the entities' features and stream state in the online store (Feast's SQLite
+        store cannot delete a key): serving then answers 404 for them, and a stream worker that
+        meets one again starts it afresh."""
+        from feast.protos.feast.types.Value_pb2 import Value
+
+        if not entity_ids:
+            return
+        now = pd.Timestamp.now(tz="UTC").to_pydatetime()  # newer than the last write (Redis)
+        times = [now] * len(entity_ids)
+        self._write_protos(self.view, entity_ids, times, [{n: Value() for n in self.features.names}
+                                                          for _ in entity_ids])  # fmt: skip
+        self._write_protos(
+            self.state_view, entity_ids, times, [{STATE_FIELD: Value(string_val="")} for _ in entity_ids]
+        )
 
     def read_states(self, entity_ids: list[str]) -> dict[str, EntityState]:
         """Stored state of the entities that have one (unknown entities are left out)."""

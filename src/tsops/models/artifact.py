@@ -25,9 +25,11 @@ def log_model(
     """Log the pyfunc (weights as artefacts, signature, input example) into the active run."""
     from mlflow.models import infer_signature
 
+    from tsops.console import third_party_output
     from tsops.models import pyfunc_code
 
-    with tempfile.TemporaryDirectory(prefix="tsops-code-") as tmp:
+    # third_party_output: MLflow's "Successfully registered model …"; tsops says it itself
+    with tempfile.TemporaryDirectory(prefix="tsops-code-") as tmp, third_party_output():
         return mlflow.pyfunc.log_model(
             name="model",
             python_model=pyfunc_code.__file__,

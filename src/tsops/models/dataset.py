@@ -40,11 +40,39 @@ class TrainingData:
     train_history: list[np.ndarray]  # per entity target values before the tail (MASE scale)
     test_window: tuple[pd.Timestamp, pd.Timestamp]  # first and last forecast origin
     data_hash: str
+    left_out: dict[str, str]  # entity → why it was not trained on (too little history)
 
 
 def data_snapshot_hash(history: pd.DataFrame) -> str:
     digest = hashlib.sha256(pd.util.hash_pandas_object(history, index=False).to_numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def leave_out_short_entities(
+    history: pd.DataFrame, *, entity: str, horizon: int, lookback: int, holdout: int
+) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The history of the entities with enough steps to train and backtest on, and the others
+    with the reason. One mistyped entity in a stream (a one-observation series) must not stop
+    training for all; only when no entity has enough history is it an error."""
+    need = holdout + horizon + lookback + 10
+    sizes = history.groupby(entity, sort=False).size()
+    short = sizes[sizes < need]
+    left_out = {
+        str(e): f"{n} steps, needs at least {need} (window/lags {lookback} + horizon {horizon} "
+        f"+ backtest.holdout {holdout} + 10)"
+        for e, n in short.items()
+    }
+    if len(short) == len(sizes):
+        first = next(iter(left_out.items()), ("-", "no history"))
+        raise DataError(
+            f"no entity has enough history to train on ({len(sizes)} entit(y/ies)); e.g. "
+            f"{first[0]!r}: {first[1]}. Lower backtest.holdout or load more history",
+            "backtest.holdout",
+        )
+    if not left_out:
+        return history, {}
+    kept = history[~history[entity].isin(short.index)].reset_index(drop=True)
+    return kept, left_out
 
 
 def select_origins(
@@ -84,10 +112,18 @@ def build(client: FeatureStoreClient, horizon: int, *, window: int | None = None
     settings = client.project.settings
     series = settings.series
     ent, time, target = series.entity_col, series.time, series.target
+    client.require_ingested()
     client.compact_offline()  # observations the stream appended since the last training
     history = client.read_offline()[[ent, time, target]].sort_values([ent, time]).reset_index(drop=True)
     if window is not None:
         history = history.groupby(ent, sort=False).tail(window).reset_index(drop=True)
+    history, left_out = leave_out_short_entities(
+        history,
+        entity=ent,
+        horizon=horizon,
+        lookback=client.features.lookback,
+        holdout=settings.backtest.holdout,
+    )
     labels = future_targets(history, horizon, entity=ent, target=target).to_numpy()
     role = select_origins(
         history,
@@ -114,6 +150,7 @@ def build(client: FeatureStoreClient, horizon: int, *, window: int | None = None
         train_history=train_history,
         test_window=(test.features[time].min(), test.features[time].max()),
         data_hash=data_snapshot_hash(history),
+        left_out=left_out,
     )
 
 

@@ -30,6 +30,15 @@ class TrainOutcome:
     report: BacktestReport
     seconds: float
     epochs_run: int
+    left_out: dict[str, str]  # entity → why it was not trained on
+
+
+MAX_LEFT_OUT_LISTED = 50  # MLflow tag values are bounded: list the first ones, count them all
+
+
+def left_out_tag(left_out: Mapping[str, str]) -> str:
+    """The left-out entities as a JSON tag value (the first MAX_LEFT_OUT_LISTED of them)."""
+    return json.dumps(dict(list(left_out.items())[:MAX_LEFT_OUT_LISTED]))
 
 
 def train(
@@ -62,6 +71,7 @@ def train(
         "tsops.feature_hash": store.features.definition_hash(),
         "tsops.quick": str(quick).lower(),
         "tsops.backtest_window": f"{first}/{last}",
+        **({registry.LEFT_OUT_TAG: left_out_tag(data.left_out)} if data.left_out else {}),
         **({"tsops.git_commit": commit} if commit else {}),
         **(lineage or {}),
     }
@@ -76,6 +86,7 @@ def train(
                 "train_rows": len(data.train),
                 "val_rows": len(data.val),
                 "test_origins": len(data.test),
+                "left_out_entities": len(data.left_out),
             }
         )
 
@@ -132,4 +143,6 @@ def train(
             model.name, str(version), "tsops.backtest_mae", repr(report.overall["lstm"]["mae"])
         )
         registry.set_challenger(client, model.name, version)
-    return TrainOutcome(version, run.info.run_id, report, time.perf_counter() - started, result.epochs_run)
+    return TrainOutcome(
+        version, run.info.run_id, report, time.perf_counter() - started, result.epochs_run, data.left_out
+    )

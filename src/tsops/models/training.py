@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 
+from tsops.console import progress as progress_display
 from tsops.errors import ModelError
 from tsops.features.definitions import FeatureSet
 from tsops.models.baselines import seasonal_naive
@@ -68,13 +69,13 @@ def fit(
     result = TrainResult(forecaster, 0, 0)
     best_mae, best_state, stale = math.inf, None, 0
     n = len(target)
-    with Progress(
+    with progress_display(
         TextColumn("training LSTM"),
         BarColumn(),
         TextColumn("{task.completed}/{task.total} epochs"),
         TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(),
-        disable=not show_progress,
+        show=show_progress,
     ) as progress:
         task = progress.add_task("train", total=epochs, info="")
         for epoch in range(1, epochs + 1):

@@ -36,9 +36,10 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from optuna.trial import FrozenTrial, TrialState
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 
 from tsops import registry
+from tsops.console import progress as progress_display
 from tsops.errors import ModelError, TsopsError
 from tsops.features.definitions import FeatureSet
 from tsops.features.store import FeatureStoreClient
@@ -426,13 +427,13 @@ class _TrialProgress:
 
     def __init__(self, study: str, total: int, enabled: bool):
         self.total = total
-        self.bar = Progress(
+        self.bar = progress_display(
             TextColumn(f"tuning {study}"),
             BarColumn(),
             TextColumn("{task.completed}/{task.total} trials"),
             TextColumn("{task.fields[info]}"),
             TimeElapsedColumn(),
-            disable=not enabled,
+            show=enabled,
         )
         self.task = self.bar.add_task("tune", total=total, info="")
 

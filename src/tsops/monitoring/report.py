@@ -20,12 +20,19 @@ from tsops.errors import DataError, ModelError
 from tsops.features.store import FeatureStoreClient
 from tsops.monitoring import drift
 from tsops.monitoring.history import ALL_STEPS, MonitorHistory
-from tsops.settings import DriftTriggerSettings, Project
+from tsops.settings import AccuracyTriggerSettings, DriftTriggerSettings, Project
+
+# Below these, a figure rests on too few observations to act on: `tsops monitor` flags it.
+# The retrain triggers' own minimums apply when they are configured.
+MIN_ERRORS_PER_STEP = 30
+MIN_DRIFT_ROWS = 200
 
 
 def summary(project: Project) -> dict[str, Any]:
     """The latest stored rolling MAE per version (overall and by step, next to the training
-    backtest MAE) and drift score per column."""
+    backtest MAE) and drift score per column, each with how many observations it rests on
+    and whether that is enough (`enough`); times are event times (`event_time`, how far the
+    data reaches) and wall-clock snapshot times (`at`), apart."""
     history = MonitorHistory.for_project(project)
     try:
         accuracy = history.latest_accuracy()
@@ -54,9 +61,26 @@ def summary(project: Project) -> dict[str, Any]:
         else:
             entry["by_step"].append({"step": row.step, "mae": row.mae, "n": row.n})
     trigger = _drift_trigger(project)
+    min_errors = next(
+        (t.min_samples for t in project.settings.retrain.triggers if isinstance(t, AccuracyTriggerSettings)),
+        MIN_ERRORS_PER_STEP,
+    )
+    min_rows = MIN_DRIFT_ROWS if trigger is None else trigger.min_rows
+    horizon = project.settings.model.horizon
+    for entry in versions.values():
+        entry["horizon"] = horizon
+        entry["steps_with_errors"] = len(entry["by_step"])
+        entry["errors"] = sum(s["n"] for s in entry["by_step"])  # what the online MAE averages
+        entry["fewest_errors_per_step"] = entry["n"]  # 0 while some step has none yet
+        entry["enough"] = entry["n"] >= min_errors
+    drift_entries = [
+        {**r.as_dict(), "enough": r.n >= min_rows} for r in sorted(drift_rows, key=lambda r: -r.score)
+    ]
     return {
         "accuracy": [versions[v] for v in sorted(versions)],
-        "drift": [r.as_dict() for r in sorted(drift_rows, key=lambda r: -r.score)],
+        "drift": drift_entries,
+        "min_errors_per_step": min_errors,
+        "min_drift_rows": min_rows,
         "drift_threshold": None if trigger is None else trigger.threshold,
         "drift_watched": None if trigger is None else (trigger.columns or [project.settings.series.target]),
         "database": history.url.split("@")[-1],

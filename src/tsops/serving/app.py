@@ -168,7 +168,9 @@ def create_app(project: Project, *, watch: bool = True) -> FastAPI:
 
     # --- forecast by entity ----------------------------------------------------------------
 
-    async def forecast(entities: list[str]) -> tuple[list[dict[str, Any]], Any]:
+    async def forecast(entities: list[str]) -> tuple[list[dict[str, Any]], Any, list[dict[str, Any]]]:
+        """(forecasts of the entities the online store has, the routed call, per-entity errors
+        for the others); NotFound only when it has none of them."""
         online = state.online_features()
         model, role = state.router.choose()
         rows = online.read(entities, model.columns)
@@ -185,13 +187,16 @@ def create_app(project: Project, *, watch: bool = True) -> FastAPI:
                     ],
                 }
             )
-        return out, routed
+        errors = [
+            {"entity": e, "error": "not_found", "detail": online.unknown_detail(e)} for e in rows.unknown
+        ]
+        return out, routed, errors
 
     @app.get("/forecast/{entity}", tags=["forecast"])
     async def forecast_entity(entity: str) -> Response:
         """The next H values of one entity from its current online features, with the
         target times, the model name and the version that answered."""
-        out, routed = await forecast([entity])
+        out, routed, _ = await forecast([entity])
         body = {
             "model": routed.model.name,
             "version": routed.model.version,
@@ -202,13 +207,16 @@ def create_app(project: Project, *, watch: bool = True) -> FastAPI:
 
     @app.post("/forecast", tags=["forecast"])
     async def forecast_many(request: ForecastRequest) -> Response:
-        """Forecasts for many entities in one model call."""
-        out, routed = await forecast(request.entities)
+        """Forecasts for many entities in one model call. Entities without current features are
+        listed under `errors` (with close matches) while the others are answered; 404 only
+        when none has."""
+        out, routed, errors = await forecast(request.entities)
         body = {
             "model": routed.model.name,
             "version": routed.model.version,
             "role": routed.role,
             "forecasts": out,
+            **({"errors": errors} if errors else {}),
         }
         return json_response(body, headers=model_headers(routed))
 

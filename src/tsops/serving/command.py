@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tsops.errors import ConfigError
+from tsops import registry
+from tsops.errors import ConfigError, ModelError
 from tsops.settings import Project
 
 
@@ -28,6 +29,30 @@ def check_bind(host: str, admin_token: str | None) -> None:
             "serving.admin_token or TSOPS_SERVING__ADMIN_TOKEN, or bind 127.0.0.1",
             "serving.host",
         )
+
+
+def require_champion(project: Project) -> int:
+    """The champion's version; refused before the server starts when there is none (uvicorn
+    would otherwise print the lifespan's traceback and exit 3)."""
+    name = project.settings.model.name
+    version = registry.version_for_alias(registry.connect(project), name, registry.CHAMPION)
+    if version is None:
+        raise ModelError("no champion: run tsops train and tsops promote", f"model {name}")
+    return version
+
+
+def ready_message(host: str, port: int, version: int, workers: int = 1) -> str:
+    """What `tsops serve` prints once it listens: where, the dashboard and the API docs."""
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else shown}:{port}"
+    extra = f", {workers} workers" if workers > 1 else ""
+    return (
+        f"serving champion v{version} at {url}/ (bound to {host}{extra})\n"
+        f"  dashboard  {url}/\n"
+        f"  API docs   {url}/docs\n"
+        f"  forecast   {url}/forecast/{{entity}}\n"
+        "Ctrl-C stops it."
+    )
 
 
 def serve(
@@ -53,6 +78,7 @@ def serve(
     services.wait_for(services.needed(loaded, "serve"), startup.wait_s, startup.retry_every_s)
     bind_port = settings.port if port is None else port
     worker_count = workers or settings.workers
+    version = require_champion(loaded)
     common: dict[str, Any] = {
         "host": bind_host,
         "port": bind_port,
@@ -63,8 +89,22 @@ def serve(
     }
     if worker_count > 1:
         os.environ["TSOPS_PROJECT_DIR"] = str(loaded.root)
+        announce(ready_message(bind_host, bind_port, version, worker_count))  # workers start next
         uvicorn.run("tsops.serving.app:app_from_env", factory=True, workers=worker_count, **common)
         return
     from tsops.serving.app import create_app
 
-    uvicorn.run(create_app(loaded), **common)
+    class AnnouncingServer(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            if self.started:  # the lifespan ran: models and the online store are loaded
+                announce(ready_message(bind_host, bind_port, version))
+
+    server = AnnouncingServer(uvicorn.Config(create_app(loaded), **common))
+    server.run()
+    if not server.started:
+        raise ModelError("the server did not start; see the log above", "tsops serve")
+
+
+def announce(text: str) -> None:
+    print(text, flush=True)

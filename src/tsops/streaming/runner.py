@@ -20,19 +20,27 @@ from tsops.streaming.metrics import StreamMetrics
 from tsops.streaming.processor import Processor, Summary
 from tsops.streaming.sources import FileSource, KafkaSource, Source, read_lines
 
+SOURCES_HELP = "--source file:PATH (a CSV or JSONL of events) or --source kafka (stream.kafka.*)"
+
 
 def parse_source(option: str | None, project: Project) -> tuple[str, Path | None]:
-    """`file:PATH` or `kafka` (default: the settings' stream.source)."""
+    """`file:PATH` or `kafka` (default: the settings' stream.source and stream.path)."""
     cfg = project.settings.stream
+    if option is None and cfg.source == "file" and not cfg.path:
+        raise ConfigError(
+            f"no event source: pass {SOURCES_HELP}, "
+            "or set stream.path (or stream.source: kafka) in tsops.yaml",
+            "--source",
+        )
     text = option or (f"file:{cfg.path}" if cfg.source == "file" else "kafka")
     if text == "kafka":
         return "kafka", None
     if text.startswith("file:") and len(text) > 5:
         path = Path(text[5:]).expanduser()
-        return "file", path if path.is_absolute() else (Path.cwd() / path)
-    if text == "file:None":
-        raise ConfigError("no event file: pass --source file:PATH or set stream.path", "stream.path")
-    raise ConfigError(f"unknown source {text!r}: use file:PATH or kafka", "--source")
+        if not path.is_absolute():  # stream.path is relative to the project, --source to the cwd
+            path = (Path.cwd() if option else project.root) / path
+        return "file", path
+    raise ConfigError(f"unknown source {text!r}: use {SOURCES_HELP}", "--source")
 
 
 def run_stream(
@@ -52,6 +60,7 @@ def run_stream(
     """Run the python engine until the source ends, `max_events`, SIGTERM/SIGINT or `stop`."""
     kind, path = parse_source(source, project)
     client = FeatureStoreClient(project)
+    client.require_ingested()
     version, forecaster = registry.load_forecaster(project, registry.CHAMPION)
     cfg = project.settings.stream
     sinks = [sink_registry.build(project, s) for s in cfg.sinks]

@@ -307,6 +307,7 @@ def run_spark_stream(
         raise ModelError(f"no version has the alias {registry.CHAMPION!r}; run tsops train / promote", name)
     cfg = project.settings.stream
     client = FeatureStoreClient(project)
+    client.require_ingested()
     sinks = [sink_registry.build(project, s) for s in cfg.sinks]
     dead = sink_registry.build(project, cfg.dead_letter)
     metrics = StreamMetrics()
