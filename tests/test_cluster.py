@@ -297,6 +297,13 @@ def test_the_cluster_in_miniature(
             summaries.append(json.loads(out.strip().splitlines()[-1]))
         assert all(s["reloads"] >= 1 for s in summaries), summaries  # both workers swapped models
 
+        # An operator's view: `tsops status --json` from yet another folder sees the models and
+        # the stores, and no secret; no MLflow parameter or tag holds one either.
+        status = json.loads(roles.run(roles.folder("status"), "status", "--json").stdout)
+        assert json.dumps(status).count(pg.password) == 0 and status["models"]
+        for run_info in tracking.search_runs([experiment.experiment_id]):
+            assert pg.password not in json.dumps({**run_info.data.params, **run_info.data.tags})
+
         # Batch (job): forecasts for every entity from the online store, into PostgreSQL.
         batcher = roles.folder("batch")
         job = {
