@@ -216,15 +216,11 @@ def tune(
     ] = None,
 ) -> None:
     """Search the forecaster's hyperparameters (Optuna); every trial an MLflow child run."""
-    import signal
-    import threading
-
-    stop = threading.Event()  # Ctrl-C / SIGTERM: running trials end at their next epoch
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     from tsops.models.tuning import tune as run
+    from tsops.stopping import stop_on_signals
 
-    out = run(_load(project, "tune"), trials=trials, timeout=timeout, workers=workers, stop=stop)
+    with stop_on_signals() as stop:  # Ctrl-C / SIGTERM: running trials end at their next epoch
+        out = run(_load(project, "tune"), trials=trials, timeout=timeout, workers=workers, stop=stop)
     for note in out.notes:
         console.print(f"[yellow]note:[/] {note}")
     for number, reason in out.failures:
@@ -501,43 +497,38 @@ def stream(
     ] = None,
 ) -> None:
     """Turn observation events into fresh features and forecasts (python or Spark engine)."""
-    import signal
-    import threading
-
     from tsops.errors import ConfigError
-
-    stop = threading.Event()  # from start-up on, SIGTERM/SIGINT finish the batch, commit, exit 0
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    from tsops.stopping import stop_on_signals
     from tsops.streaming.runner import parse_source
 
-    settings_only = _load(project)  # mistakes in the command are refused before any wait
-    engine = engine or settings_only.settings.stream.engine
-    if engine not in ("python", "spark"):
-        raise ConfigError(f"unknown engine {engine!r}: use python or spark", "--engine")
-    kind, _ = parse_source(source, settings_only)
-    if engine == "spark":
-        from tsops.spark_session import require_pyspark
+    with stop_on_signals() as stop:  # from start-up on: finish the batch, commit, exit 0
+        settings_only = _load(project)  # mistakes in the command are refused before any wait
+        engine = engine or settings_only.settings.stream.engine
+        if engine not in ("python", "spark"):
+            raise ConfigError(f"unknown engine {engine!r}: use python or spark", "--engine")
+        kind, _ = parse_source(source, settings_only)
+        if engine == "spark":
+            from tsops.spark_session import require_pyspark
 
-        require_pyspark("--engine")
-    loaded = _load(project, "stream", kafka=kind == "kafka")
-    options: dict[str, Any] = dict(
-        stop=stop,
-        source=source,
-        follow=follow,
-        from_beginning=from_beginning,
-        max_events=max_events,
-        until_idle=until_idle,
-        metrics_port=metrics_port,
-    )
-    if engine == "spark":
-        from tsops.streaming.spark.engine import run_spark_stream
+            require_pyspark("--engine")
+        loaded = _load(project, "stream", kafka=kind == "kafka")
+        options: dict[str, Any] = dict(
+            stop=stop,
+            source=source,
+            follow=follow,
+            from_beginning=from_beginning,
+            max_events=max_events,
+            until_idle=until_idle,
+            metrics_port=metrics_port,
+        )
+        if engine == "spark":
+            from tsops.streaming.spark.engine import run_spark_stream
 
-        summary = run_spark_stream(loaded, **options).as_dict()
-    else:
-        from tsops.streaming.runner import run_stream
+            summary = run_spark_stream(loaded, **options).as_dict()
+        else:
+            from tsops.streaming.runner import run_stream
 
-        summary = run_stream(loaded, **options).as_dict()
+            summary = run_stream(loaded, **options).as_dict()
     if as_json:
         print(json.dumps(summary))
         return
@@ -575,22 +566,14 @@ def batch(
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
 ) -> None:
     """Score a source with any MLflow model into a target, in bounded memory (see docs/batch.md)."""
-    import signal
-    import threading
-
     from tsops.batch import load, run
+    from tsops.stopping import stop_on_signals
 
-    stop = threading.Event()  # checked between chunks: the targets are aborted, nothing is left
-
-    def interrupt(*_: object) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt  # a second signal: do not wait for the chunk to end
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, interrupt)
-    job = load(config, project.resolve() if project else None)
-    summary = run(job, show_progress=not as_json, stop=stop)
+    # checked between chunks: the targets are aborted, nothing is left; a second signal does
+    # not wait for the chunk to end
+    with stop_on_signals(second_interrupts=True) as stop:
+        job = load(config, project.resolve() if project else None)
+        summary = run(job, show_progress=not as_json, stop=stop)
     if as_json:
         print(json.dumps(summary.as_dict()))
         return

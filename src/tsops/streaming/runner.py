@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import json
-import signal
 import threading
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from tsops.errors import ConfigError
 from tsops.features.store import FeatureStoreClient
 from tsops.monitoring.monitor import StreamMonitor
 from tsops.settings import Project
+from tsops.stopping import stop_on_signals
 from tsops.streaming import sinks as sink_registry
 from tsops.streaming.metrics import StreamMetrics
 from tsops.streaming.processor import Processor, Summary
@@ -91,16 +91,10 @@ def run_stream(
     gc.collect()
     gc.freeze()
 
-    previous = {}
-    if stop is None and threading.current_thread() is threading.main_thread():
-        stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.signal(sig, lambda *_: stop.set())  # type: ignore[union-attr]
     try:
-        summary = processor.run(stop, max_events, until_idle)
+        with stop_on_signals(stop) as stopping:
+            summary = processor.run(stopping, max_events, until_idle)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         src.close()
         for s in [*sinks, dead]:
             s.close()
