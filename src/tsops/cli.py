@@ -57,6 +57,12 @@ def init(
     freq: Annotated[str | None, typer.Option(help="interval such as 1h (inferred if omitted)")] = None,
     entities: Annotated[int, typer.Option(help="synthetic example: number of entities")] = 50,
     seed: Annotated[int, typer.Option(help="synthetic example: random seed")] = 42,
+    season: Annotated[
+        str | None, typer.Option(help="--data: seasonal period(s) in steps, main first, e.g. 24,168")
+    ] = None,
+    horizon: Annotated[int | None, typer.Option(min=1, help="--data: steps to forecast")] = None,
+    window: Annotated[int | None, typer.Option(min=2, help="--data: model input window in steps")] = None,
+    holdout: Annotated[int | None, typer.Option(min=1, help="--data: backtest steps held out")] = None,
 ) -> None:
     """Write a ready project: an example, or one for your own data."""
     from tsops import scaffold
@@ -65,13 +71,35 @@ def init(
 
     if (example is None) == (data is None):
         raise ConfigError("give exactly one of --example NAME or --data FILE", "tsops init")
+
+    def show(defaults: scaffold.FrequencyDefaults) -> None:
+        console.print(f"defaults for {defaults.freq} data (override any in tsops.yaml):", highlight=False)
+        for line in defaults.lines():
+            console.print(f"  {line}", highlight=False, soft_wrap=True)
+
     if data is not None:
         if not time or not target:
             raise ConfigError("--data needs --time COL and --target COL", "tsops init")
-        project = scaffold.init_from_data(directory, data, time=time, target=target, entity=entity, freq=freq)
+        try:
+            seasons = [float(s) for s in season.split(",")] if season else None
+        except ValueError:
+            raise ConfigError(f"not a list of periods: {season!r}", "--season") from None
+        project = scaffold.init_from_data(
+            directory,
+            data,
+            time=time,
+            target=target,
+            entity=entity,
+            freq=freq,
+            season=seasons,
+            horizon=horizon,
+            window=window,
+            holdout=holdout,
+            on_defaults=show,
+        )
     else:
         assert example is not None
-        project = scaffold.init_example(directory, example, entities=entities, seed=seed)
+        project = scaffold.init_example(directory, example, entities=entities, seed=seed, on_defaults=show)
     FeatureStoreClient(project).apply()
     console.print(f"[green]project written[/] to {project.root} (tsops.yaml, feature_repo/)")
     console.print(f"next: tsops ingest --project {directory}")

@@ -127,7 +127,7 @@ class SeriesSettings(Strict):
         return pd.Timedelta(pd.tseries.frequencies.to_offset(self.freq))
 
 
-CalendarTerm = Literal["hour", "dayofweek", "dayofyear", "month"]
+CalendarTerm = Literal["minuteofday", "hour", "dayofweek", "dayofyear", "month"]
 
 
 class FeatureSettings(Strict):
@@ -162,7 +162,11 @@ class FeatureSettings(Strict):
 class ModelSettings(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
     horizon: int = Field(24, ge=1, le=1000)
-    season: int = Field(24, ge=1, description="seasonal-naive period in steps")
+    season: float | list[float] = Field(
+        24,
+        description="seasonal period(s) in steps, main first (e.g. [24, 168], 52.18); the seasonal "
+        "naive, MASE and the LSTM's base use the main one rounded, MSTL all of them",
+    )
     hidden_size: int = Field(64, ge=4, le=1024)
     num_layers: int = Field(1, ge=1, le=4)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
@@ -177,11 +181,39 @@ class ModelSettings(Strict):
         None, ge=1, le=1024, description="LSTM input: the last N window steps; default all of features.window"
     )
 
+    @field_validator("season")
+    @classmethod
+    def _seasons_at_least_one_step(cls, v: float | list[float]) -> float | list[float]:
+        values = v if isinstance(v, list) else [v]
+        if not values:
+            raise ValueError("give at least one period")
+        bad = [s for s in values if not (s >= 1 and s < 1e6)]
+        if bad:
+            raise ValueError(f"periods must be at least one step, got {bad}")
+        return v
+
+    @property
+    def seasons(self) -> list[float]:
+        """Every seasonal period, main first."""
+        return [float(s) for s in self.season] if isinstance(self.season, list) else [float(self.season)]
+
+    @property
+    def main_season(self) -> int:
+        """The main period in whole steps: the seasonal naive's lag and MASE's scale."""
+        return round(self.seasons[0])
+
 
 class BacktestSettings(Strict):
     holdout: int = Field(24 * 30, ge=1, description="steps per entity held out at the tail")
     stride: int = Field(24, ge=1, description="steps between rolling forecast origins")
     validation: float = Field(0.1, gt=0.0, lt=0.5, description="share of training origins for early stopping")
+    baselines: list[Literal["autoets", "autotheta", "mstl"]] = Field(
+        default_factory=lambda: cast(list[Literal["autoets", "autotheta", "mstl"]], ["autoets", "autotheta", "mstl"]),
+        description="statsforecast models backtested beside the LSTM on the same origins (empty: none)",
+    )
+    baseline_window: int = Field(
+        360, ge=4, description="steps of history each statistical baseline refits on at every origin"
+    )
 
 
 def _within_model_bounds(param: str, value: float, what: str) -> None:
@@ -582,10 +614,15 @@ class Settings(Strict):
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         window = self.features.window
-        if window < self.model.season:
+        if window < self.model.main_season:
             raise ValueError(
-                f"features.window ({window}) must be at least model.season "
-                f"({self.model.season}): the seasonal-naive baseline reads it from the window"
+                f"features.window ({window}) must be at least the main model.season "
+                f"({self.model.main_season}): the seasonal-naive baseline reads it from the window"
+            )
+        if self.model.horizon > self.backtest.holdout:
+            raise ValueError(
+                f"model.horizon ({self.model.horizon}) exceeds backtest.holdout ({self.backtest.holdout}): "
+                "no forecast origin would fit in the held-out tail"
             )
         if self.model.input_window is not None and self.model.input_window > window:
             raise ValueError(

@@ -39,7 +39,7 @@ def _compare(project: Project, challenger: int, champion: int) -> tuple[float, f
         return lambda features: pyfunc.predict(features[names]).to_numpy()
 
     predictors = {str(v): predictor(v) for v in (challenger, champion)}
-    report = backtest.run(data, predictors, model.horizon, model.season)
+    report = backtest.run(data, predictors, model.horizon, model.main_season)
     window = f"{data.test_window[0]}..{data.test_window[1]}"
     return report.overall[str(challenger)]["mae"], report.overall[str(champion)]["mae"], window
 

@@ -91,7 +91,7 @@ def train(
             on_epoch=log_epoch,
             show_progress=show_progress,
         )
-        report = backtest.run(data, {"lstm": result.forecaster.predict}, model.horizon, model.season)
+        report = backtest.run(data, {"lstm": result.forecaster.predict}, model.horizon, model.main_season)
         drift.log_reference(project, data.train.features)  # what the stream monitor scores against
         for name, values in report.overall.items():
             mlflow.log_metrics({f"{name}_{metric}": v for metric, v in values.items()})

@@ -45,7 +45,7 @@ def fit(
     rng = np.random.default_rng(model.seed)
     last = data.train.features["lag_0"].to_numpy()
     spread = float(np.std(data.train.labels - last[:, None]))
-    base = seasonal_naive(data.train.features, model.horizon, model.season)
+    base = seasonal_naive(data.train.features, model.horizon, model.main_season)
     residual = float(np.std(data.train.labels - base))
     cfg = ForecasterConfig(
         window_names=features.window_names[: model.input_window],  # the most recent N steps
@@ -54,7 +54,7 @@ def fit(
         hidden_size=model.hidden_size,
         num_layers=model.num_layers,
         dropout=model.dropout,
-        season=model.season,
+        season=model.main_season,
         scale=spread if spread > 0 else 1.0,
         residual_scale=residual if residual > 0 else 1.0,
     )
