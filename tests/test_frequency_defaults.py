@@ -44,7 +44,15 @@ def test_defaults_follow_the_frequency(freq, seasons, horizon, lags, calendar) -
     assert d.horizon <= d.holdout <= 0.25 * LONG
     assert (d.holdout - d.horizon + 1) / d.stride >= 20
     assert set(d.reasons) == {
-        "season", "horizon", "window", "lags", "rolling", "calendar", "holdout", "stride", "baseline_window"
+        "season",
+        "horizon",
+        "window",
+        "lags",
+        "rolling",
+        "calendar",
+        "holdout",
+        "stride",
+        "baseline_window",
     }
 
 

@@ -148,12 +148,27 @@ def train(
         outcome = run(loaded, params=best.params, lineage=lineage)
     else:
         outcome = run(loaded, quick=quick)
-    table = Table(title=f"Backtest on the held-out tail ({outcome.report.origins} origins)")
-    for col in ("model", "MAE", "RMSE", "MASE"):
+    report = outcome.report
+    best, best_mae = report.best_baseline()
+    table = Table(title=f"Backtest on the held-out tail ({report.origins} origins)")
+    for col in ("model", "MAE", "RMSE", "MASE", f"MAE / {best}", "fit s"):
         table.add_column(col, justify="right" if col != "model" else "left")
-    for name, m in sorted(outcome.report.overall.items(), key=lambda kv: kv[1]["mae"]):
-        table.add_row(name, f"{m['mae']:.4f}", f"{m['rmse']:.4f}", f"{m['mase']:.4f}")
+    for name, m in sorted(report.overall.items(), key=lambda kv: kv[1]["mae"]):
+        seconds = report.fit_seconds.get(name)
+        table.add_row(
+            name,
+            f"{m['mae']:.4f}",
+            f"{m['rmse']:.4f}",
+            f"{m['mase']:.4f}",
+            f"{report.ratio_to_best_baseline(name):.3f}",
+            f"{seconds:.1f}" if seconds is not None else "",
+        )
     console.print(table)
+    ratio = report.ratio_to_best_baseline("lstm")
+    verdict = "beats" if ratio < 1 else "does [bold red]not[/] beat"
+    console.print(f"the LSTM {verdict} the best baseline ({best}, MAE {best_mae:.4f}): ratio {ratio:.3f}")
+    for failure in report.failures:
+        console.print(f"[yellow]baseline:[/] {failure}", highlight=False)
     console.print(
         f"registered version {outcome.version} as [bold]challenger[/] "
         f"(run {outcome.run_id}, {outcome.epochs_run} epochs, {outcome.seconds:.1f} s)"
@@ -333,17 +348,25 @@ def status(
         print(json.dumps(info, indent=1, default=str))
         return
     table = Table(title=f"models of {info['project']}")
-    for col in ("name", "version", "aliases", "LSTM MAE", "MASE", "seasonal naive MAE"):
+    for col in ("name", "version", "aliases", "LSTM MAE", "MASE", "best baseline", "its MAE", "ratio"):
         table.add_column(col)
     for m in info["models"]:
         met = m["metrics"]
+        best = m.get("best_baseline")
         table.add_row(
             m["name"],
             str(m["version"]),
             ", ".join(m["aliases"]),
-            *(f"{met[k]:.4f}" if k in met else "-" for k in ("lstm_mae", "lstm_mase", "seasonal_naive_mae")),
+            *(f"{met[k]:.4f}" if k in met else "-" for k in ("lstm_mae", "lstm_mase")),
+            best or "-",
+            f"{met[f'{best}_mae']:.4f}" if best else "-",
+            f"{m['lstm_vs_best_baseline']:.3f}" if best else "-",
         )
     console.print(table)
+    champion = next((m for m in info["models"] if "champion" in m["aliases"]), None)
+    if champion and "verdict" in champion:
+        colour = "green" if champion["beats_best_baseline"] else "red"
+        console.print(f"champion v{champion['version']}: [{colour}]{champion['verdict']}[/]")
     s = info["schema"]
     console.print(f"schema: entity={s['entity']} time={s['time']} target={s['target']} freq={s['freq']}")
     for v in info["feature_views"]:

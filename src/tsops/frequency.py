@@ -73,7 +73,8 @@ class FrequencyDefaults:
 
     def settings(self) -> dict[str, dict[str, Any]]:
         """The `features`, `model` and `backtest` fields for tsops.yaml."""
-        season: float | list[float] = self.seasons[0] if len(self.seasons) == 1 else self.seasons
+        whole = [int(s) if float(s).is_integer() else s for s in self.seasons]  # 24, not 24.0
+        season: float | list[float] = whole[0] if len(whole) == 1 else whole
         return {
             "features": {
                 "window": self.window,
@@ -173,7 +174,9 @@ def derive(
         raise DataError(f"horizon {horizon} exceeds the backtest holdout ({holdout})", "model.horizon")
 
     reasons["window"] = f"{window}: " + (
-        "given" if window_given else f"{window // main if window % main == 0 else window / main:g} main cycle(s)"
+        "given"
+        if window_given
+        else f"{window // main if window % main == 0 else window / main:g} main cycle(s)"
     )
     lags = sorted({r for r in long_seasons if r >= window})
     reasons["lags"] = (
@@ -186,16 +189,24 @@ def derive(
     share = holdout / shortest
     reasons["holdout"] = (
         f"{holdout} steps ({_days(step * holdout)}): "
-        + ("given" if holdout_given else f"{_days(target_span)} at {freq}, at most {HOLDOUT_SHARE:.0%} of the history")
+        + (
+            "given"
+            if holdout_given
+            else f"{_days(target_span)} at {freq}, at most {HOLDOUT_SHARE:.0%} of the history"
+        )
         + f" ({share:.0%} of the shortest series)"
     )
     positions = holdout - horizon + 1
     stride = max(1, min(main, positions // TARGET_ORIGINS))
     origins = -(-positions // stride)
-    reasons["stride"] = f"{stride}: {origins} forecast origins per entity (aim ≥ {TARGET_ORIGINS}, ≤ one per cycle)"
+    reasons["stride"] = (
+        f"{stride}: {origins} forecast origins per entity (aim ≥ {TARGET_ORIGINS}, ≤ one per cycle)"
+    )
     longest = max(long_seasons, default=main)
     available = shortest - holdout
-    baseline_window = max(min(max(2 * longest + main, 4 * main, 2 * horizon), available), min(available, 2 * main + 1))
+    baseline_window = max(
+        min(max(2 * longest + main, 4 * main, 2 * horizon), available), min(available, 2 * main + 1)
+    )
     reasons["baseline_window"] = (
         f"{baseline_window}: statistical baselines refit on the latest {baseline_window} steps at each origin"
         " (two longest cycles plus one main cycle, bounded by the history)"

@@ -6,9 +6,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 import pandas as pd
+import yaml
 
 from tsops import frequency
 from tsops.data.history import infer_freq, read_table, series_extent
@@ -41,7 +40,9 @@ def _base(
     }
 
 
-def _defaults(frame: pd.DataFrame, time: str, entity: str | None, freq: str, **overrides: Any) -> FrequencyDefaults:
+def _defaults(
+    frame: pd.DataFrame, time: str, entity: str | None, freq: str, **overrides: Any
+) -> FrequencyDefaults:
     step = pd.Timedelta(pd.tseries.frequencies.to_offset(freq))
     shortest, span = series_extent(frame, time, entity, step)
     return frequency.derive(step, shortest=shortest, span=span, **overrides)
@@ -55,7 +56,9 @@ def _write(
 ) -> Project:
     settings = validate(raw, str(root / CONFIG_FILE))  # never write a project that cannot load
     why = "".join(f"#   {line}\n" for line in defaults.lines())
-    header = f"{_HEADER}# defaults derived from the {defaults.freq} frequency and the history's length:\n{why}"
+    header = (
+        f"{_HEADER}# defaults derived from the {defaults.freq} frequency and the history's length:\n{why}"
+    )
     (root / CONFIG_FILE).write_text(header + yaml.safe_dump(raw, sort_keys=False))
     if on_defaults is not None:
         on_defaults(defaults)

@@ -181,6 +181,19 @@ class ModelSettings(Strict):
         None, ge=1, le=1024, description="LSTM input: the last N window steps; default all of features.window"
     )
 
+    interval_levels: list[float] = Field(
+        default_factory=lambda: [80.0, 95.0],
+        description="prediction interval levels in percent (conformal, per horizon step); [] for none",
+    )
+
+    @field_validator("interval_levels")
+    @classmethod
+    def _levels_in_percent(cls, v: list[float]) -> list[float]:
+        bad = [x for x in v if not 0 < x < 100]
+        if bad:
+            raise ValueError(f"levels are percentages between 0 and 100, got {bad}")
+        return sorted(set(v))
+
     @field_validator("season")
     @classmethod
     def _seasons_at_least_one_step(cls, v: float | list[float]) -> float | list[float]:
@@ -203,12 +216,15 @@ class ModelSettings(Strict):
         return round(self.seasons[0])
 
 
+StatisticalBaseline = Literal["autoets", "autotheta", "mstl"]
+
+
 class BacktestSettings(Strict):
     holdout: int = Field(24 * 30, ge=1, description="steps per entity held out at the tail")
     stride: int = Field(24, ge=1, description="steps between rolling forecast origins")
     validation: float = Field(0.1, gt=0.0, lt=0.5, description="share of training origins for early stopping")
-    baselines: list[Literal["autoets", "autotheta", "mstl"]] = Field(
-        default_factory=lambda: cast(list[Literal["autoets", "autotheta", "mstl"]], ["autoets", "autotheta", "mstl"]),
+    baselines: list[StatisticalBaseline] = Field(
+        default_factory=lambda: cast(list[StatisticalBaseline], ["autoets", "autotheta", "mstl"]),
         description="statsforecast models backtested beside the LSTM on the same origins (empty: none)",
     )
     baseline_window: int = Field(

@@ -76,7 +76,9 @@ def _steps(frame: pd.DataFrame, time: str, entity: str | None) -> pd.Series:
     return steps[steps > pd.Timedelta(0)]
 
 
-def series_extent(frame: pd.DataFrame, time: str, entity: str | None, step: pd.Timedelta) -> tuple[int, pd.Timedelta]:
+def series_extent(
+    frame: pd.DataFrame, time: str, entity: str | None, step: pd.Timedelta
+) -> tuple[int, pd.Timedelta]:
     """Steps on the regular grid of the shortest entity, and the calendar span it covers."""
     times = pd.to_datetime(frame[time])
     grouped = times.groupby(frame[entity]) if entity else times.groupby(pd.Series(0, index=frame.index))
