@@ -149,9 +149,9 @@ def train(
     else:
         outcome = run(loaded, quick=quick)
     report = outcome.report
-    best, best_mae = report.best_baseline()
+    best_baseline, best_mae = report.best_baseline()
     table = Table(title=f"Backtest on the held-out tail ({report.origins} origins)")
-    for col in ("model", "MAE", "RMSE", "MASE", f"MAE / {best}", "fit s"):
+    for col in ("model", "MAE", "RMSE", "MASE", f"MAE / {best_baseline}", "fit s"):
         table.add_column(col, justify="right" if col != "model" else "left")
     for name, m in sorted(report.overall.items(), key=lambda kv: kv[1]["mae"]):
         seconds = report.fit_seconds.get(name)
@@ -166,7 +166,9 @@ def train(
     console.print(table)
     ratio = report.ratio_to_best_baseline("lstm")
     verdict = "beats" if ratio < 1 else "does [bold red]not[/] beat"
-    console.print(f"the LSTM {verdict} the best baseline ({best}, MAE {best_mae:.4f}): ratio {ratio:.3f}")
+    console.print(
+        f"the LSTM {verdict} the best baseline ({best_baseline}, MAE {best_mae:.4f}): ratio {ratio:.3f}"
+    )
     for failure in report.failures:
         console.print(f"[yellow]baseline:[/] {failure}", highlight=False)
     console.print(

@@ -146,9 +146,11 @@ def derive(
         holdout = max(horizon, int(target_span / step))
 
     def lookback() -> int:
+        assert window is not None  # narrowed above; mypy does not carry it into closures
         return max([window, *long_seasons, 1])
 
     def room() -> int:  # steps left for training origins
+        assert horizon is not None and holdout is not None
         return shortest - lookback() - horizon - holdout
 
     # Fit a short history: the holdout share first, then the longest extra season, then the window.
