@@ -70,7 +70,9 @@ DATASETS: dict[str, tuple[Callable[[], pd.DataFrame], str, str | None]] = {
 }
 
 
-def run_one(name: str, folder: Path, *, quick: bool, threads: int) -> dict[str, object]:
+def run_one(
+    name: str, folder: Path, *, quick: bool, threads: int, overrides: dict[str, str] | None = None
+) -> dict[str, object]:
     from tsops.features.ingest import ingest
     from tsops.models.pipeline import train
     from tsops.scaffold import init_from_data
@@ -89,7 +91,8 @@ def run_one(name: str, folder: Path, *, quick: bool, threads: int) -> dict[str, 
         entity=entity,
         on_defaults=lambda d: lines.extend(d.lines()),
     )
-    project = Project.load(folder / name, environ={"TSOPS_MODEL__THREADS": str(threads)})
+    env = {"TSOPS_MODEL__THREADS": str(threads), **(overrides or {})}
+    project = Project.load(folder / name, environ=env)
     ingest(project, quiet=True)
     started = time.perf_counter()
     outcome = train(project, quick=quick, show_progress=False)
@@ -152,6 +155,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="the quick epochs (model.quick_epochs)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the LSTM")
     parser.add_argument("--out", type=Path, help="also write the results as JSON")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="TSOPS_SECTION__FIELD=VALUE",
+        help="a settings override for every dataset (repeatable), e.g. TSOPS_MODEL__BASE=seasonal",
+    )
     args = parser.parse_args()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import warnings
@@ -160,7 +170,8 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.datasets.split(","):
-            result = run_one(name, Path(tmp), quick=args.quick, threads=args.threads)
+            overrides = dict(item.split("=", 1) for item in args.set)
+            result = run_one(name, Path(tmp), quick=args.quick, threads=args.threads, overrides=overrides)
             results.append(result)
             print(markdown(result), flush=True)
             print(flush=True)

@@ -25,10 +25,10 @@ def _derive(freq: str, shortest: int = LONG):
 @pytest.mark.parametrize(
     ("freq", "seasons", "horizon", "lags", "calendar"),
     [
-        ("15min", [96, 672], 96, [672], ["minuteofday", "dayofweek"]),  # 125 days: no year
-        ("30min", [48, 336], 48, [336], ["minuteofday", "dayofweek"]),
-        ("1h", [24, 168], 24, [168], ["hour", "dayofweek", "dayofyear"]),
-        ("1D", [7, 365.25], 7, [365], ["dayofweek", "dayofyear"]),
+        ("15min", [96, 672], 96, list(range(576, 673)), ["minuteofday", "dayofweek"]),  # 125 days: no year
+        ("30min", [48, 336], 48, list(range(288, 337)), ["minuteofday", "dayofweek"]),
+        ("1h", [24, 168], 24, list(range(144, 169)), ["hour", "dayofweek", "dayofyear"]),
+        ("1D", [7, 365.25], 7, list(range(358, 366)), ["dayofweek", "dayofyear"]),
         ("7D", [52.18], 52, [], ["dayofyear"]),
     ],
 )
@@ -103,7 +103,7 @@ def test_init_daily_data_writes_daily_defaults_and_prints_why(tmp_path: Path) ->
     s = Project.load(tmp_path / "p", environ={}).settings
     assert s.model.seasons == [7.0, 365.25] and s.model.main_season == 7 and s.model.horizon == 7
     assert "hour" not in s.features.calendar and "dayofweek" in s.features.calendar
-    assert s.features.lags == [365] and s.backtest.holdout == 365
+    assert s.features.lags == list(range(358, 366)) and s.backtest.holdout == 365
     out = " ".join(result.stdout.split())
     assert "season: 7, 365.25: a week and a year of days" in out
     assert "horizon: 7: one main cycle" in out

@@ -81,7 +81,14 @@ def test_gate_refuses_a_worse_challenger_force_overrides_rollback_restores(
     s = weather_project.settings
     weak = Project(
         weather_project.root,
-        s.model_copy(update={"model": s.model.model_copy(update={"quick_epochs": 1, "learning_rate": 1e-7})}),
+        s.model_copy(
+            # an untrained network is its base: the plain seasonal naive is the weak one here
+            update={
+                "model": s.model.model_copy(
+                    update={"quick_epochs": 1, "learning_rate": 1e-7, "base": "seasonal"}
+                )
+            }
+        ),
     )
     worse = train(weak, quick=True, show_progress=False)
     assert worse.version == trained_weather.version + 1

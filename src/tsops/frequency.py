@@ -180,9 +180,15 @@ def derive(
         if window_given
         else f"{window // main if window % main == 0 else window / main:g} main cycle(s)"
     )
-    lags = sorted({r for r in long_seasons if r >= window})
+    # For each season beyond the window, the value one season before every forecast step
+    # (lag s - h for h = 1..H) and the season itself: the seasonal profile of the horizon.
+    beyond = [r for r in long_seasons if r >= window]
+    lags = sorted({k for r in beyond for k in range(max(window, r - horizon), r + 1)})
     reasons["lags"] = (
-        f"{lags}: the seasons beyond the window" if lags else "[]: every season lies in the window"
+        ", ".join(f"{max(window, r - horizon)}..{r}" for r in beyond)
+        + ": one season before each forecast step, for the seasons beyond the window"
+        if beyond
+        else "[]: every season lies in the window"
     )
     rolling = sorted({r for r in long_seasons if r >= 2})
     reasons["rolling"] = f"{rolling}: mean and std over each season" if rolling else "[]: no season"

@@ -181,6 +181,12 @@ class ModelSettings(Strict):
         None, ge=1, le=1024, description="LSTM input: the last N window steps; default all of features.window"
     )
 
+    base: Literal["auto", "seasonal", "level_adjusted"] = Field(
+        "auto",
+        description="what the LSTM corrects: the seasonal naive at the best season, plain or moved to "
+        "the current level (lag_0 - lag_season); auto trains on both when the adjusted one is "
+        "better in training and keeps the better on validation",
+    )
     interval_levels: list[float] = Field(
         default_factory=lambda: [80.0, 95.0],
         description="prediction interval levels in percent (conformal, per horizon step); [] for none",

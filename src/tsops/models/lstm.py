@@ -33,6 +33,8 @@ class ForecasterConfig:
     interval_levels: list[float] = field(default_factory=list)
     interval_quantiles: list[list[float]] = field(default_factory=list)
     interval_floor: float = 0.0
+    # base = seasonal naive + (lag_0 - lag_season): last season's profile moved to today's level
+    level_adjusted: bool = False
 
     @property
     def input_names(self) -> list[str]:
@@ -83,6 +85,8 @@ class Forecaster:
         self._spread = np.array([k == "spread" for k in kinds], dtype=bool)
         backs = [cfg.season * -(-h // cfg.season) - h for h in range(1, cfg.horizon + 1)]
         self._base_names = [f"lag_{b}" for b in backs]  # the seasonal-naive forecast's lags
+        if cfg.level_adjusted:  # the last two columns: today's level and one season before
+            self._base_names += ["lag_0", f"lag_{cfg.season}"]
         self._plans: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def plan(self, columns: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -116,8 +120,15 @@ class Forecaster:
         return (
             torch.from_numpy(np.ascontiguousarray(seq, dtype=np.float32)).unsqueeze(-1),
             torch.from_numpy(context.astype(np.float32)),
-            matrix[:, base_at],
+            self._base(matrix, base_at),
         )
+
+    def _base(self, matrix: np.ndarray, base_at: np.ndarray) -> np.ndarray:
+        """The forecast the network corrects: the seasonal naive, level-adjusted if so set."""
+        if not self.cfg.level_adjusted:
+            return matrix[:, base_at]
+        shift = matrix[:, base_at[-2]] - matrix[:, base_at[-1]]
+        return matrix[:, base_at[:-2]] + shift[:, None]
 
     def tensors(self, features: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
         """`arrays` for a DataFrame of feature rows, after checking they are complete."""
