@@ -154,7 +154,7 @@ def train(
     for col in ("model", "MAE", "RMSE", "MASE", f"MAE / {best_baseline}", "fit s"):
         table.add_column(col, justify="right" if col != "model" else "left")
     for name, m in sorted(report.overall.items(), key=lambda kv: kv[1]["mae"]):
-        seconds = report.fit_seconds.get(name)
+        seconds = outcome.lstm_seconds if name == "lstm" else report.fit_seconds.get(name)
         table.add_row(
             name,
             f"{m['mae']:.4f}",

@@ -99,8 +99,8 @@ def _fit_on_base(
     loss_fn = torch.nn.SmoothL1Loss(beta=0.5)
     result = TrainResult(forecaster, 0, 0)
     # The untrained network is exactly the base forecast: it stays the answer unless an epoch
-    # beats it on the validation origins (a warm start likewise keeps its weights unless beaten).
-    best_mae, stale = validation_mae(forecaster, data.val), 0
+    # beats it on the validation origins. A warm start keeps its best epoch, as before.
+    best_mae, stale = (validation_mae(forecaster, data.val) if init is None else math.inf), 0
     best_state = copy.deepcopy(forecaster.net.state_dict())
     n = len(target)
     with Progress(
