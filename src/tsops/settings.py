@@ -597,6 +597,11 @@ class RetrainSettings(Strict):
     warm_learning_rate: float = Field(5e-4, gt=0.0, le=1.0, description="warm start: learning rate")
     threads: int = Field(1, ge=1, description="torch threads of a retrain (it runs beside serving)")
     auto_promote: bool = Field(True, description="promote a challenger that passes the gate")
+    gate_beats_best_baseline: bool = Field(
+        False,
+        description="the gate (tsops promote, automatic promotion) also refuses a challenger whose "
+        "backtest MAE is not below the best baseline's (its training run's lstm_vs_best_baseline < 1)",
+    )
     rollback: RollbackSettings = RollbackSettings()
 
 
