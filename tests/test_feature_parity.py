@@ -14,7 +14,10 @@ from tsops.settings import FeatureSettings, SeriesSettings
 
 SERIES = SeriesSettings(entity="city", time="date", target="temp")
 FEATURES = FeatureSettings(
-    window=48, lags=[168], rolling=[24, 168], calendar=["hour", "dayofweek", "dayofyear", "month"]
+    window=48,
+    lags=[168],
+    rolling=[24, 168],
+    calendar=["minuteofday", "hour", "dayofweek", "dayofyear", "month"],
 )
 
 

@@ -108,6 +108,15 @@ def test_oip_v2_through_the_official_triton_client(server, feature_rows, weather
     wanted = [triton.InferRequestedOutput("yhat", binary_data=False)]
     pinned = client.infer(name, [json_input], model_version="1", outputs=wanted)
     assert np.array_equal(pinned.as_numpy("yhat"), expected)
+    # the prediction intervals are extra outputs, in binary and JSON alike
+    names = [o["name"] for o in meta["outputs"]]
+    assert names == ["yhat", "yhat_lower_80", "yhat_upper_80", "yhat_lower_95", "yhat_upper_95"]
+    lower, upper = result.as_numpy("yhat_lower_95"), result.as_numpy("yhat_upper_95")
+    assert np.all(lower < expected) and np.all(expected < upper)
+    bands = [triton.InferRequestedOutput(n, binary_data=False) for n in ("yhat_lower_80", "yhat_upper_80")]
+    only = client.infer(name, [json_input], outputs=bands).get_response()["outputs"]
+    assert [o["name"] for o in only] == ["yhat_lower_80", "yhat_upper_80"]
+    assert np.all(result.as_numpy("yhat_lower_80") > lower)
 
     with pytest.raises(InferenceServerException, match=r"\[404\] not_found"):
         client.infer("no_such_model", [json_input])
@@ -131,6 +140,8 @@ def test_forecast_by_entity_is_timestamped_with_model_and_version(server, weathe
         features = store.online(["seattle"])[store.features.names]
         expected = champion.predict(features).to_numpy()[0]
         assert np.allclose([p["value"] for p in body["forecast"]], expected, rtol=0, atol=1e-9)
+        for p in body["forecast"]:  # the calibrated intervals of every step, nested
+            assert p["lower_95"] < p["lower_80"] < p["value"] < p["upper_80"] < p["upper_95"]
 
         many = client.post("/forecast", json={"entities": ["san_francisco", "seattle"]}).json()
         assert [f["entity"] for f in many["forecasts"]] == ["san_francisco", "seattle"]

@@ -63,6 +63,11 @@ def test_file_replay_prints_a_json_summary_and_writes_predictions(stream_project
     assert first["key"] == f"{first['entity']}|{first['event_time']}|{first['model_version']}"
     assert len(first["values"]) == len(first["target_times"]) == 24
     assert pd.Timestamp(first["target_times"][0]) == pd.Timestamp(first["event_time"]) + pd.Timedelta("1h")
+    assert set(first["intervals"]) == {"80", "95"}
+    low, high = first["intervals"]["80"]["lower"], first["intervals"]["80"]["upper"]
+    assert len(low) == len(high) == 24 and all(
+        lo < v < hi for lo, v, hi in zip(low, first["values"], high, strict=True)
+    )
     assert_stream_equals_batch(project, events)
 
 

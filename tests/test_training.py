@@ -31,6 +31,11 @@ def test_training_run_is_tracked_with_lineage(weather_project, trained_weather) 
     run = client.get_run(trained_weather.run_id)
     assert run.data.params["model.horizon"] == "24"
     assert {"lstm_mae", "seasonal_naive_mae", "persistence_mase"} <= set(run.data.metrics)
+    for baseline in ("autoets", "autotheta", "mstl"):  # statsforecast, beside the LSTM
+        assert run.data.metrics[f"{baseline}_mae"] > 0 and run.data.metrics[f"{baseline}_fit_seconds"] > 0
+    best = run.data.tags["tsops.best_baseline"]
+    ratio = run.data.metrics["lstm_mae"] / run.data.metrics[f"{best}_mae"]
+    assert run.data.metrics["lstm_vs_best_baseline"] == ratio
     losses = client.get_metric_history(run.info.run_id, "train_loss")
     assert [m.step for m in losses] == list(range(1, trained_weather.epochs_run + 1))
     tags = run.data.tags
@@ -76,7 +81,14 @@ def test_gate_refuses_a_worse_challenger_force_overrides_rollback_restores(
     s = weather_project.settings
     weak = Project(
         weather_project.root,
-        s.model_copy(update={"model": s.model.model_copy(update={"quick_epochs": 1, "learning_rate": 1e-7})}),
+        s.model_copy(
+            # an untrained network is its base: the plain seasonal naive is the weak one here
+            update={
+                "model": s.model.model_copy(
+                    update={"quick_epochs": 1, "learning_rate": 1e-7, "base": "seasonal"}
+                )
+            }
+        ),
     )
     worse = train(weak, quick=True, show_progress=False)
     assert worse.version == trained_weather.version + 1
@@ -108,6 +120,9 @@ def test_status_json_lists_models_schema_entities_and_online_rows(weather_projec
     assert {v["name"] for v in info["feature_views"]} == {"series_features", "series_state"}
     first = next(m for m in info["models"] if m["version"] == trained_weather.version)
     assert "champion" in first["aliases"] and first["metrics"]["lstm_mae"] > 0
+    assert first["best_baseline"] in {"persistence", "seasonal_naive", "autoets", "autotheta", "mstl"}
+    assert first["beats_best_baseline"] == (first["lstm_vs_best_baseline"] < 1)
+    assert ("does NOT beat" in first["verdict"]) != first["beats_best_baseline"]
 
 
 def test_tracking_on_postgresql(postgres_server, tmp_path) -> None:

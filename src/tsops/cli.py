@@ -113,6 +113,12 @@ def init(
     freq: Annotated[str | None, typer.Option(help="interval such as 1h (inferred if omitted)")] = None,
     entities: Annotated[int, typer.Option(help="synthetic example: number of entities")] = 50,
     seed: Annotated[int, typer.Option(help="synthetic example: random seed")] = 42,
+    season: Annotated[
+        str | None, typer.Option(help="--data: seasonal period(s) in steps, main first, e.g. 24,168")
+    ] = None,
+    horizon: Annotated[int | None, typer.Option(min=1, help="--data: steps to forecast")] = None,
+    window: Annotated[int | None, typer.Option(min=2, help="--data: model input window in steps")] = None,
+    holdout: Annotated[int | None, typer.Option(min=1, help="--data: backtest steps held out")] = None,
 ) -> None:
     """Write a ready project: an example, or one for your own data."""
     from tsops import scaffold
@@ -121,13 +127,35 @@ def init(
 
     if (example is None) == (data is None):
         raise ConfigError("give exactly one of --example NAME or --data FILE", "tsops init")
+
+    def show(defaults: scaffold.FrequencyDefaults) -> None:
+        console.print(f"defaults for {defaults.freq} data (override any in tsops.yaml):", highlight=False)
+        for line in defaults.lines():
+            console.print(f"  {line}", highlight=False, soft_wrap=True)
+
     if data is not None:
         if not time or not target:
             raise ConfigError("--data needs --time COL and --target COL", "tsops init")
-        project = scaffold.init_from_data(directory, data, time=time, target=target, entity=entity, freq=freq)
+        try:
+            seasons = [float(s) for s in season.split(",")] if season else None
+        except ValueError:
+            raise ConfigError(f"not a list of periods: {season!r}", "--season") from None
+        project = scaffold.init_from_data(
+            directory,
+            data,
+            time=time,
+            target=target,
+            entity=entity,
+            freq=freq,
+            season=seasons,
+            horizon=horizon,
+            window=window,
+            holdout=holdout,
+            on_defaults=show,
+        )
     else:
         assert example is not None
-        project = scaffold.init_example(directory, example, entities=entities, seed=seed)
+        project = scaffold.init_example(directory, example, entities=entities, seed=seed, on_defaults=show)
     FeatureStoreClient(project).apply()
     console.print(f"[green]project written[/] to {project.root} (tsops.yaml, feature_repo/)")
     console.print(f"next: tsops ingest --project {directory}")
@@ -176,12 +204,29 @@ def train(
         outcome = run(loaded, params=best.params, lineage=lineage)
     else:
         outcome = run(loaded, quick=quick)
-    table = Table(title=f"Backtest on the held-out tail ({outcome.report.origins} origins)")
-    for col in ("model", "MAE", "RMSE", "MASE"):
+    report = outcome.report
+    best_baseline, best_mae = report.best_baseline()
+    table = Table(title=f"Backtest on the held-out tail ({report.origins} origins)")
+    for col in ("model", "MAE", "RMSE", "MASE", f"MAE / {best_baseline}", "fit s"):
         table.add_column(col, justify="right" if col != "model" else "left")
-    for name, m in sorted(outcome.report.overall.items(), key=lambda kv: kv[1]["mae"]):
-        table.add_row(name, f"{m['mae']:.4f}", f"{m['rmse']:.4f}", f"{m['mase']:.4f}")
+    for name, m in sorted(report.overall.items(), key=lambda kv: kv[1]["mae"]):
+        seconds = outcome.lstm_seconds if name == "lstm" else report.fit_seconds.get(name)
+        table.add_row(
+            name,
+            f"{m['mae']:.4f}",
+            f"{m['rmse']:.4f}",
+            f"{m['mase']:.4f}",
+            f"{report.ratio_to_best_baseline(name):.3f}",
+            f"{seconds:.1f}" if seconds is not None else "",
+        )
     console.print(table)
+    ratio = report.ratio_to_best_baseline("lstm")
+    verdict = "beats" if ratio < 1 else "does [bold red]not[/] beat"
+    console.print(
+        f"the LSTM {verdict} the best baseline ({best_baseline}, MAE {best_mae:.4f}): ratio {ratio:.3f}"
+    )
+    for failure in report.failures:
+        console.print(f"[yellow]baseline:[/] {failure}", highlight=False)
     _print_left_out(outcome.left_out)
     console.print(
         f"registered version {outcome.version} as [bold]challenger[/] "
@@ -394,17 +439,25 @@ def status(
         print(json.dumps(info, indent=1, default=str))
         return
     table = Table(title=f"models of {info['project']}")
-    for col in ("name", "version", "aliases", "LSTM MAE", "MASE", "seasonal naive MAE"):
+    for col in ("name", "version", "aliases", "LSTM MAE", "MASE", "best baseline", "its MAE", "ratio"):
         table.add_column(col)
     for m in info["models"]:
         met = m["metrics"]
+        best = m.get("best_baseline")
         table.add_row(
             m["name"],
             str(m["version"]),
             ", ".join(m["aliases"]),
-            *(f"{met[k]:.4f}" if k in met else "-" for k in ("lstm_mae", "lstm_mase", "seasonal_naive_mae")),
+            *(f"{met[k]:.4f}" if k in met else "-" for k in ("lstm_mae", "lstm_mase")),
+            best or "-",
+            f"{met[f'{best}_mae']:.4f}" if best else "-",
+            f"{m['lstm_vs_best_baseline']:.3f}" if best else "-",
         )
     console.print(table)
+    champion = next((m for m in info["models"] if "champion" in m["aliases"]), None)
+    if champion and "verdict" in champion:
+        colour = "green" if champion["beats_best_baseline"] else "red"
+        console.print(f"champion v{champion['version']}: [{colour}]{champion['verdict']}[/]")
     s = info["schema"]
     console.print(f"schema: entity={s['entity']} time={s['time']} target={s['target']} freq={s['freq']}")
     for m in info["models"]:

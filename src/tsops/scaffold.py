@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import yaml
 
-from tsops.data.history import infer_freq, read_table
+from tsops import frequency
+from tsops.data.history import infer_freq, read_table, series_extent
 from tsops.errors import ConfigError, DataError
+from tsops.frequency import FrequencyDefaults
 from tsops.settings import CONFIG_FILE, Project, validate
 
 EXAMPLES = ("weather", "synthetic")
@@ -20,27 +24,44 @@ _HEADER = """\
 """
 
 
-def _base(project: str, data_path: str, schema: dict[str, Any], model_name: str) -> dict[str, Any]:
+def _base(
+    project: str, data_path: str, schema: dict[str, Any], model_name: str, defaults: FrequencyDefaults
+) -> dict[str, Any]:
+    derived = defaults.settings()
     return {
         "version": 1,
         "project": project,
         "data": {"path": data_path},
         "schema": {**schema, "gaps": "interpolate", "duplicates": "last"},
-        "features": {
-            "window": 48,
-            "lags": [168],
-            "rolling": [24, 168],
-            "calendar": ["hour", "dayofweek"],
-        },
-        "model": {"name": model_name, "horizon": 24, "season": 24},
-        "backtest": {"holdout": 720, "stride": 24},
+        "features": derived["features"],
+        "model": {"name": model_name, **derived["model"]},
+        "backtest": derived["backtest"],
         "stores": {"online": {"type": "sqlite"}},
     }
 
 
-def _write(root: Path, raw: dict[str, Any]) -> Project:
+def _defaults(
+    frame: pd.DataFrame, time: str, entity: str | None, freq: str, **overrides: Any
+) -> FrequencyDefaults:
+    step = pd.Timedelta(pd.tseries.frequencies.to_offset(freq))
+    shortest, span = series_extent(frame, time, entity, step)
+    return frequency.derive(step, shortest=shortest, span=span, **overrides)
+
+
+def _write(
+    root: Path,
+    raw: dict[str, Any],
+    defaults: FrequencyDefaults,
+    on_defaults: Callable[[FrequencyDefaults], None] | None,
+) -> Project:
     settings = validate(raw, str(root / CONFIG_FILE))  # never write a project that cannot load
-    (root / CONFIG_FILE).write_text(_HEADER + yaml.safe_dump(raw, sort_keys=False))
+    why = "".join(f"#   {line}\n" for line in defaults.lines())
+    header = (
+        f"{_HEADER}# defaults derived from the {defaults.freq} frequency and the history's length:\n{why}"
+    )
+    (root / CONFIG_FILE).write_text(header + yaml.safe_dump(raw, sort_keys=False))
+    if on_defaults is not None:
+        on_defaults(defaults)
     return Project(root, settings)
 
 
@@ -50,33 +71,46 @@ def _prepare(root: Path) -> None:
     (root / "data").mkdir(parents=True, exist_ok=True)
 
 
-def init_example(root: Path, example: str, *, entities: int = 50, seed: int = 42) -> Project:
-    """Write the weather (real 2010 temperatures, two cities) or synthetic example project."""
+def init_example(
+    root: Path,
+    example: str,
+    *,
+    entities: int = 50,
+    seed: int = 42,
+    on_defaults: Callable[[FrequencyDefaults], None] | None = None,
+) -> Project:
+    """Write the weather (real 2010 temperatures, two cities) or synthetic example project;
+    its defaults follow the example's frequency like a user's data."""
     if example not in EXAMPLES:
         raise ConfigError(f"unknown example {example!r}; choose one of {list(EXAMPLES)}", "--example")
     _prepare(root)
     if example == "weather":
         from tsops.data.weather import load_weather
 
-        load_weather().to_parquet(root / "data" / "history.parquet", index=False)
+        history = load_weather()
+        history.to_parquet(root / "data" / "history.parquet", index=False)
+        defaults = _defaults(history, "date", "city", "1h")
         raw = _base(
             "weather",
             "data/history.parquet",
             {"entity": "city", "time": "date", "target": "temp", "freq": "1h"},
             "weather",
+            defaults,
         )
-        raw["features"]["calendar"] = ["hour", "dayofweek", "dayofyear"]
-        return _write(root, raw)
+        return _write(root, raw, defaults, on_defaults)
 
     from tsops.data.synthetic import SyntheticSpec, generate
 
     spec = SyntheticSpec(entities=entities, seed=seed)
-    generate(spec).to_parquet(root / "data" / "history.parquet", index=False)
+    history = generate(spec)
+    history.to_parquet(root / "data" / "history.parquet", index=False)
+    defaults = _defaults(history, "timestamp", "entity_id", "1h")
     raw = _base(
         "synthetic",
         "data/history.parquet",
         {"entity": "entity_id", "time": "timestamp", "target": "value", "freq": "1h"},
         "synthetic",
+        defaults,
     )
     raw["data"]["synthetic"] = {
         "entities": entities,
@@ -84,7 +118,7 @@ def init_example(root: Path, example: str, *, entities: int = 50, seed: int = 42
         "periods": spec.periods,
         "seed": seed,
     }
-    return _write(root, raw)
+    return _write(root, raw, defaults, on_defaults)
 
 
 def init_from_data(
@@ -95,13 +129,22 @@ def init_from_data(
     target: str,
     entity: str | None = None,
     freq: str | None = None,
+    season: list[float] | None = None,
+    horizon: int | None = None,
+    window: int | None = None,
+    holdout: int | None = None,
+    on_defaults: Callable[[FrequencyDefaults], None] | None = None,
 ) -> Project:
-    """Write a project for the user's own CSV or Parquet file (referenced, not copied)."""
+    """Write a project for the user's own CSV or Parquet file (referenced, not copied), with
+    defaults derived from its frequency and length; the keyword arguments override them."""
     frame = read_table(data)
     missing = [c for c in (time, target, entity) if c and c not in frame.columns]
     if missing:
         raise DataError(f"missing column(s) {missing}; the file has {list(frame.columns)}", str(data))
     freq = freq or infer_freq(frame, time, entity)
+    defaults = _defaults(
+        frame, time, entity, freq, season=season, horizon=horizon, window=window, holdout=holdout
+    )
     _prepare(root)
     name = "".join(c if c.isalnum() else "_" for c in root.resolve().name.lower()).strip("_") or "project"
     if not name[0].isalpha():
@@ -109,4 +152,4 @@ def init_from_data(
     schema: dict[str, Any] = {"entity": entity, "time": time, "target": target, "freq": freq}
     if entity is None:
         schema.pop("entity")
-    return _write(root, _base(name, str(data.resolve()), schema, name))
+    return _write(root, _base(name, str(data.resolve()), schema, name, defaults), defaults, on_defaults)

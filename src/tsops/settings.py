@@ -127,7 +127,7 @@ class SeriesSettings(Strict):
         return pd.Timedelta(pd.tseries.frequencies.to_offset(self.freq))
 
 
-CalendarTerm = Literal["hour", "dayofweek", "dayofyear", "month"]
+CalendarTerm = Literal["minuteofday", "hour", "dayofweek", "dayofyear", "month"]
 
 
 class FeatureSettings(Strict):
@@ -162,7 +162,11 @@ class FeatureSettings(Strict):
 class ModelSettings(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
     horizon: int = Field(24, ge=1, le=1000)
-    season: int = Field(24, ge=1, description="seasonal-naive period in steps")
+    season: float | list[float] = Field(
+        24,
+        description="seasonal period(s) in steps, main first (e.g. [24, 168], 52.18); the seasonal "
+        "naive, MASE and the LSTM's base use the main one rounded, MSTL all of them",
+    )
     hidden_size: int = Field(64, ge=4, le=1024)
     num_layers: int = Field(1, ge=1, le=4)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
@@ -177,11 +181,61 @@ class ModelSettings(Strict):
         None, ge=1, le=1024, description="LSTM input: the last N window steps; default all of features.window"
     )
 
+    base: Literal["auto", "seasonal", "level_adjusted"] = Field(
+        "auto",
+        description="what the LSTM corrects: the seasonal naive at the best season, plain or moved to "
+        "the current level (lag_0 - lag_season); auto trains on both when the adjusted one is "
+        "better in training and keeps the better on validation",
+    )
+    interval_levels: list[float] = Field(
+        default_factory=lambda: [80.0, 95.0],
+        description="prediction interval levels in percent (conformal, per horizon step); [] for none",
+    )
+
+    @field_validator("interval_levels")
+    @classmethod
+    def _levels_in_percent(cls, v: list[float]) -> list[float]:
+        bad = [x for x in v if not 0 < x < 100]
+        if bad:
+            raise ValueError(f"levels are percentages between 0 and 100, got {bad}")
+        return sorted(set(v))
+
+    @field_validator("season")
+    @classmethod
+    def _seasons_at_least_one_step(cls, v: float | list[float]) -> float | list[float]:
+        values = v if isinstance(v, list) else [v]
+        if not values:
+            raise ValueError("give at least one period")
+        bad = [s for s in values if not (s >= 1 and s < 1e6)]
+        if bad:
+            raise ValueError(f"periods must be at least one step, got {bad}")
+        return v
+
+    @property
+    def seasons(self) -> list[float]:
+        """Every seasonal period, main first."""
+        return [float(s) for s in self.season] if isinstance(self.season, list) else [float(self.season)]
+
+    @property
+    def main_season(self) -> int:
+        """The main period in whole steps: the seasonal naive's lag and MASE's scale."""
+        return round(self.seasons[0])
+
+
+StatisticalBaseline = Literal["autoets", "autotheta", "mstl"]
+
 
 class BacktestSettings(Strict):
     holdout: int = Field(24 * 30, ge=1, description="steps per entity held out at the tail")
     stride: int = Field(24, ge=1, description="steps between rolling forecast origins")
     validation: float = Field(0.1, gt=0.0, lt=0.5, description="share of training origins for early stopping")
+    baselines: list[StatisticalBaseline] = Field(
+        default_factory=lambda: cast(list[StatisticalBaseline], ["autoets", "autotheta", "mstl"]),
+        description="statsforecast models backtested beside the LSTM on the same origins (empty: none)",
+    )
+    baseline_window: int = Field(
+        360, ge=4, description="steps of history each statistical baseline refits on at every origin"
+    )
 
 
 def _within_model_bounds(param: str, value: float, what: str) -> None:
@@ -590,6 +644,11 @@ class RetrainSettings(Strict):
     warm_learning_rate: float = Field(5e-4, gt=0.0, le=1.0, description="warm start: learning rate")
     threads: int = Field(1, ge=1, description="torch threads of a retrain (it runs beside serving)")
     auto_promote: bool = Field(True, description="promote a challenger that passes the gate")
+    gate_beats_best_baseline: bool = Field(
+        False,
+        description="the gate (tsops promote, automatic promotion) also refuses a challenger whose "
+        "backtest MAE is not below the best baseline's (its training run's lstm_vs_best_baseline < 1)",
+    )
     rollback: RollbackSettings = RollbackSettings()
 
 
@@ -665,10 +724,15 @@ class Settings(Strict):
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         window = self.features.window
-        if window < self.model.season:
+        if window < self.model.main_season:
             raise ValueError(
-                f"features.window ({window}) must be at least model.season "
-                f"({self.model.season}): the seasonal-naive baseline reads it from the window"
+                f"features.window ({window}) must be at least the main model.season "
+                f"({self.model.main_season}): the seasonal-naive baseline reads it from the window"
+            )
+        if self.model.horizon > self.backtest.holdout:
+            raise ValueError(
+                f"model.horizon ({self.model.horizon}) exceeds backtest.holdout ({self.backtest.holdout}): "
+                "no forecast origin would fit in the held-out tail"
             )
         if self.model.input_window is not None and self.model.input_window > window:
             raise ValueError(

@@ -13,7 +13,30 @@ from tsops.lifecycle import decisions
 from tsops.settings import Project
 
 MAX_ENTITIES = 1000
-_SHOWN_METRICS = ("lstm_mae", "lstm_rmse", "lstm_mase", "seasonal_naive_mae", "persistence_mae")
+_SHOWN_SUFFIXES = ("_mae", "_rmse", "_mase", "_fit_seconds")
+_HIDDEN = ("val_mae", "lstm_mae_by_step")
+
+
+def _backtest(metrics: dict[str, float], tags: dict[str, str]) -> dict[str, Any]:
+    """The LSTM beside every baseline, and plainly whether it beats the best of them."""
+    shown = {k: v for k, v in metrics.items() if k.endswith(_SHOWN_SUFFIXES) and k not in _HIDDEN}
+    baselines = sorted({k.rsplit("_", 1)[0] for k in shown if k.endswith("_mae")} - {"lstm"})
+    if "lstm_mae" not in metrics or not baselines:
+        return {"metrics": shown}
+    best = min(baselines, key=lambda b: metrics[f"{b}_mae"])
+    ratio = metrics["lstm_mae"] / metrics[f"{best}_mae"] if metrics[f"{best}_mae"] > 0 else float("inf")
+    return {
+        "metrics": shown,
+        "best_baseline": best,
+        "lstm_vs_best_baseline": ratio,
+        "beats_best_baseline": ratio < 1.0,
+        "verdict": (
+            f"the LSTM beats the best baseline ({best}): MAE ratio {ratio:.3f}"
+            if ratio < 1.0
+            else f"the LSTM does NOT beat the best baseline ({best}): MAE ratio {ratio:.3f}"
+        ),
+        "baseline_failures": int(tags.get("tsops.baseline_failures", "0") or 0),
+    }
 
 
 def collect(project: Project) -> dict[str, Any]:
@@ -23,7 +46,7 @@ def collect(project: Project) -> dict[str, Any]:
             "name": v.name,
             "version": v.version,
             "aliases": v.aliases,
-            "metrics": {k: v.metrics[k] for k in _SHOWN_METRICS if k in v.metrics},
+            **_backtest(v.metrics, v.tags),
             "created": v.created.isoformat(timespec="seconds"),
             "promotion_reason": v.tags.get("tsops.promotion_reason"),
             "left_out": json.loads(v.tags.get(registry.LEFT_OUT_TAG, "{}")),

@@ -38,18 +38,53 @@ def read_table(path: Path, fmt: str | None = None) -> pd.DataFrame:
         raise DataError(f"cannot read as {kind}: {e}", str(path)) from None
 
 
+REGULAR_SHARE = 0.9  # share of steps that must be whole multiples of the most common one
+
+
 def infer_freq(frame: pd.DataFrame, time: str, entity: str | None) -> str:
-    """The most common step between consecutive timestamps, as a pandas frequency string."""
+    """The most common step between consecutive timestamps, as a pandas frequency string.
+    Gaps (a step that is a whole multiple of it) are fine; irregular timestamps and calendar
+    months (28 to 31 days) are refused with the reason."""
+    steps = _steps(frame, time, entity)
+    if steps.empty:
+        raise DataError("cannot infer a frequency: fewer than two distinct timestamps", time)
+    step = steps.mode().iloc[0]
+    regular = float(((steps % step) == pd.Timedelta(0)).mean())
+    if pd.Timedelta("28D") <= step <= pd.Timedelta("31D"):
+        raise DataError(
+            f"the timestamps are about a month apart (most often {step}): tsops needs a fixed step "
+            "(minutes, hours, days or weeks), and calendar months are not one",
+            time,
+        )
+    if regular < REGULAR_SHARE:
+        raise DataError(
+            f"cannot infer a frequency: the timestamps are irregular (only {regular:.0%} of the steps "
+            f"are whole multiples of the most common one, {step}); resample the data to a regular "
+            "interval, or give --freq to align it onto one",
+            time,
+        )
+    return pd.tseries.frequencies.to_offset(step).freqstr
+
+
+def _steps(frame: pd.DataFrame, time: str, entity: str | None) -> pd.Series:
     times = pd.to_datetime(frame[time])
     steps = (
         frame.assign(_t=times).sort_values([entity, "_t"]).groupby(entity)["_t"].diff()
         if entity
         else times.sort_values().diff()
     )
-    steps = steps[steps > pd.Timedelta(0)]
-    if steps.empty:
-        raise DataError("cannot infer a frequency: fewer than two distinct timestamps", time)
-    return pd.tseries.frequencies.to_offset(steps.mode().iloc[0]).freqstr
+    return steps[steps > pd.Timedelta(0)]
+
+
+def series_extent(
+    frame: pd.DataFrame, time: str, entity: str | None, step: pd.Timedelta
+) -> tuple[int, pd.Timedelta]:
+    """Steps on the regular grid of the shortest entity, and the calendar span it covers."""
+    times = pd.to_datetime(frame[time])
+    grouped = times.groupby(frame[entity]) if entity else times.groupby(pd.Series(0, index=frame.index))
+    spans = grouped.max() - grouped.min()
+    shortest = spans.min()
+    return int(shortest // step) + 1, shortest
 
 
 def _parse_times(raw: pd.Series, source: str, column: str) -> pd.Series:

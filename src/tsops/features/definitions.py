@@ -154,7 +154,20 @@ class Rolling:
         return dict(zip(self.names, (float(w.mean()), float(w.std(ddof=1))), strict=True))
 
 
-_CALENDAR_PERIODS = {"hour": 24.0, "dayofweek": 7.0, "dayofyear": 365.25, "month": 12.0}
+_CALENDAR_PERIODS = {
+    "minuteofday": 1440.0,
+    "hour": 24.0,
+    "dayofweek": 7.0,
+    "dayofyear": 365.25,
+    "month": 12.0,
+}
+
+
+def _calendar_value(times: pd.DatetimeIndex | pd.Timestamp, term: str) -> np.ndarray | float:
+    """The raw calendar position of `times` for `term` (minute of day for sub-hourly data)."""
+    if term == "minuteofday":
+        return np.asarray(times.hour * 60 + times.minute, dtype=float)
+    return np.asarray(getattr(times, term), dtype=float)
 
 
 @dataclass(frozen=True)
@@ -175,7 +188,7 @@ class Calendar:
         return 2.0 * np.pi * np.asarray(raw, dtype=float) / _CALENDAR_PERIODS[self.term]
 
     def at(self, windows: np.ndarray, times: pd.DatetimeIndex) -> dict[str, np.ndarray]:
-        angle = self._angle(np.asarray(getattr(times, self.term)))
+        angle = self._angle(_calendar_value(times, self.term))
         return dict(zip(self.names, (np.sin(angle), np.cos(angle)), strict=True))
 
     def batch(self, values: np.ndarray, times: pd.DatetimeIndex) -> dict[str, np.ndarray]:
@@ -183,7 +196,7 @@ class Calendar:
 
     def incremental(self, state: EntityState) -> dict[str, float]:
         assert state.last_time is not None
-        angle = float(self._angle(getattr(state.last_time, self.term)))
+        angle = float(self._angle(_calendar_value(state.last_time, self.term)))
         return dict(zip(self.names, (math.sin(angle), math.cos(angle)), strict=True))
 
 

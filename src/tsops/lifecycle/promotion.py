@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from mlflow import MlflowClient
+
 from tsops import registry
 from tsops.errors import ModelError
 from tsops.features.store import FeatureStoreClient
@@ -39,7 +41,7 @@ def _compare(project: Project, challenger: int, champion: int) -> tuple[float, f
         return lambda features: pyfunc.predict(features[names]).to_numpy()
 
     predictors = {str(v): predictor(v) for v in (challenger, champion)}
-    report = backtest.run(data, predictors, model.horizon, model.season)
+    report = backtest.run(data, predictors, model.horizon, model.main_season)
     window = f"{data.test_window[0]}..{data.test_window[1]}"
     return report.overall[str(challenger)]["mae"], report.overall[str(champion)]["mae"], window
 
@@ -92,6 +94,11 @@ def _promote(project: Project, version: int | None, *, force: bool) -> Promotion
     current = registry.version_for_alias(client, name, registry.CHAMPION)
     if current == candidate:
         return PromotionDecision(False, candidate, current, "already champion")
+    if not force and project.settings.retrain.gate_beats_best_baseline:
+        refused = _short_of_best_baseline(client, name, candidate)
+        if refused:
+            client.set_model_version_tag(name, str(candidate), "tsops.gate_rejected", refused)
+            return PromotionDecision(False, candidate, current, refused)
     if current is None:
         registry.move_champion(client, name, candidate, "first model")
         return PromotionDecision(True, candidate, None, "first model")
@@ -108,6 +115,19 @@ def _promote(project: Project, version: int | None, *, force: bool) -> Promotion
     reason = f"backtest MAE {new_mae:.4f} ≥ champion v{current} {old_mae:.4f} on {window}"
     client.set_model_version_tag(name, str(candidate), "tsops.gate_rejected", reason)
     return PromotionDecision(False, candidate, current, reason, new_mae, old_mae)
+
+
+def _short_of_best_baseline(client: MlflowClient, name: str, version: int) -> str | None:
+    """Why `version` does not beat the best baseline of its own backtest, or None if it does."""
+    mv = client.get_model_version(name, str(version))
+    metrics = client.get_run(mv.run_id).data.metrics if mv.run_id else {}
+    ratio = metrics.get("lstm_vs_best_baseline")
+    best = (mv.tags or {}).get("tsops.best_baseline", "the best baseline")
+    if ratio is None:
+        return f"v{version} has no baseline comparison in its training run (retrain it)"
+    if ratio >= 1.0:
+        return f"v{version} does not beat the best baseline ({best}): backtest MAE ratio {ratio:.3f} ≥ 1"
+    return None
 
 
 def rollback(project: Project, *, record: bool = True) -> PromotionDecision:

@@ -6,8 +6,8 @@ with the features known at that origin (a fixed-model rolling-origin evaluation)
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ import pandas as pd
 from tsops.models import metrics
 from tsops.models.baselines import BASELINES
 from tsops.models.dataset import TrainingData
+from tsops.models.intervals import coverage as interval_coverage
 
 Predictor = Callable[[pd.DataFrame], np.ndarray]
 
@@ -26,6 +27,20 @@ class BacktestReport:
     by_step: dict[str, dict[str, np.ndarray]]  # model name -> {mae, rmse, mase} arrays (H,)
     predictions: dict[str, np.ndarray]
     origins: int
+    baselines: list[str] = field(default_factory=list)  # which of the models are baselines
+    fit_seconds: dict[str, float] = field(default_factory=dict)  # statistical baselines' time
+    failures: list[str] = field(default_factory=list)  # baseline fits that fell back, and why
+    coverage: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> level -> share
+
+    def best_baseline(self) -> tuple[str, float]:
+        """The baseline with the lowest MAE, and that MAE."""
+        name = min(self.baselines, key=lambda n: self.overall[n]["mae"])
+        return name, self.overall[name]["mae"]
+
+    def ratio_to_best_baseline(self, model: str) -> float:
+        """`model`'s MAE over the best baseline's (below 1: it beats every baseline)."""
+        best = self.best_baseline()[1]
+        return self.overall[model]["mae"] / best if best > 0 else float("inf")
 
     def table(self) -> pd.DataFrame:
         """One row per horizon step (and 'all'), one column per model and metric."""
@@ -37,17 +52,42 @@ class BacktestReport:
         return pd.DataFrame(rows, index=[*range(1, horizon + 1), "all"])
 
 
-def run(data: TrainingData, models: dict[str, Predictor], horizon: int, season: int) -> BacktestReport:
-    scale = metrics.seasonal_scale(data.train_history, season)
+def run(
+    data: TrainingData,
+    models: dict[str, Predictor],
+    horizon: int,
+    season: int,
+    baselines: Mapping[str, np.ndarray] | None = None,
+    *,
+    fit_seconds: Mapping[str, float] | None = None,
+    failures: list[str] | None = None,
+    intervals: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]] | None = None,
+) -> BacktestReport:
+    """Every model, the naive baselines at the main `season` and the given precomputed
+    `baselines` (forecasts of the same test origins) on the test origins; MASE scales each row
+    by its entity's in-sample seasonal naive MAE. `intervals` (model -> level -> lower, upper
+    on the test rows) give each model's coverage of the actuals."""
+    entity_col = data.history.columns[0]
+    scales = metrics.seasonal_scales(data.train_history, season)
+    scale = metrics.row_scales(data.test.features[entity_col].astype(str).to_numpy(), scales)
     truth = data.test.labels
     predictions = {name: predict(data.test.features) for name, predict in models.items()}
     for name, baseline in BASELINES.items():
         predictions[name] = baseline(data.test.features, horizon, season)
+    predictions.update(baselines or {})
     return BacktestReport(
         overall={n: metrics.overall(truth, p, scale) for n, p in predictions.items()},
         by_step={n: metrics.per_step(truth, p, scale) for n, p in predictions.items()},
         predictions=predictions,
         origins=len(truth),
+        baselines=[*BASELINES, *(baselines or {})],
+        fit_seconds=dict(fit_seconds or {}),
+        failures=list(failures or []),
+        coverage={
+            name: {level: interval_coverage(truth, lo, hi) for level, (lo, hi) in by_level.items()}
+            for name, by_level in (intervals or {}).items()
+            if by_level
+        },
     )
 
 

@@ -21,6 +21,12 @@ def seasonal_naive(features: pd.DataFrame, horizon: int, season: int) -> np.ndar
     return np.stack(cols, axis=1)
 
 
+def level_adjusted_naive(features: pd.DataFrame, horizon: int, season: int) -> np.ndarray:
+    """The seasonal naive moved by how far the last observation is from one season before it."""
+    shift = features["lag_0"].to_numpy(dtype=float) - features[f"lag_{season}"].to_numpy(dtype=float)
+    return seasonal_naive(features, horizon, season) + shift[:, None]
+
+
 BASELINES = {
     "persistence": lambda f, horizon, season: persistence(f, horizon),
     "seasonal_naive": seasonal_naive,

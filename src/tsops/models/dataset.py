@@ -37,7 +37,8 @@ class TrainingData:
     train: Examples
     val: Examples
     test: Examples
-    train_history: list[np.ndarray]  # per entity target values before the tail (MASE scale)
+    train_history: dict[str, np.ndarray]  # per entity target values before the tail (MASE scale)
+    history: pd.DataFrame  # the regular series (entity, time, target), sorted: baselines refit on it
     test_window: tuple[pd.Timestamp, pd.Timestamp]  # first and last forecast origin
     data_hash: str
     left_out: dict[str, str]  # entity → why it was not trained on (too little history)
@@ -140,14 +141,16 @@ def build(client: FeatureStoreClient, horizon: int, *, window: int | None = None
     _refuse_non_finite(examples, client.features.names, ent, time, target)
     roles = role[role != ""].to_numpy()
     test = examples.subset(roles == "test")
-    train_history = [
-        g[target].to_numpy()[: len(g) - settings.backtest.holdout] for _, g in history.groupby(ent)
-    ]
+    train_history = {
+        str(key): g[target].to_numpy()[: len(g) - settings.backtest.holdout]
+        for key, g in history.groupby(ent)
+    }
     return TrainingData(
         train=examples.subset(roles == "train"),
         val=examples.subset(roles == "val"),
         test=test,
         train_history=train_history,
+        history=history,
         test_window=(test.features[time].min(), test.features[time].max()),
         data_hash=data_snapshot_hash(history),
         left_out=left_out,

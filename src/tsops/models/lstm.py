@@ -10,7 +10,7 @@ This module and `pyfunc.py` travel with every logged model (`models.artifact.log
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,12 @@ class ForecasterConfig:
     season: int
     scale: float  # input scale: std of (label - last observation) in training
     residual_scale: float  # output scale: std of (label - seasonal naive) in training
+    # conformal intervals (models/intervals.py): levels in percent, quantiles per level and step
+    interval_levels: list[float] = field(default_factory=list)
+    interval_quantiles: list[list[float]] = field(default_factory=list)
+    interval_floor: float = 0.0
+    # base = seasonal naive + (lag_0 - lag_season): last season's profile moved to today's level
+    level_adjusted: bool = False
 
     @property
     def input_names(self) -> list[str]:
@@ -88,6 +94,8 @@ class Forecaster:
         self._spread = np.array([k == "spread" for k in kinds], dtype=bool)
         backs = [cfg.season * -(-h // cfg.season) - h for h in range(1, cfg.horizon + 1)]
         self._base_names = [f"lag_{b}" for b in backs]  # the seasonal-naive forecast's lags
+        if cfg.level_adjusted:  # the last two columns: today's level and one season before
+            self._base_names += ["lag_0", f"lag_{cfg.season}"]
         self._plans: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def plan(self, columns: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -121,8 +129,15 @@ class Forecaster:
         return (
             torch.from_numpy(np.ascontiguousarray(seq, dtype=np.float32)).unsqueeze(-1),
             torch.from_numpy(context.astype(np.float32)),
-            matrix[:, base_at],
+            self._base(matrix, base_at),
         )
+
+    def _base(self, matrix: np.ndarray, base_at: np.ndarray) -> np.ndarray:
+        """The forecast the network corrects: the seasonal naive, level-adjusted if so set."""
+        if not self.cfg.level_adjusted:
+            return matrix[:, base_at]
+        shift = matrix[:, base_at[-2]] - matrix[:, base_at[-1]]
+        return matrix[:, base_at[:-2]] + shift[:, None]
 
     def tensors(self, features: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
         """`arrays` for a DataFrame of feature rows, after checking they are complete."""
@@ -163,6 +178,58 @@ class Forecaster:
                 outs.append(self.net(seq[i : i + batch_size], ctx[i : i + batch_size]).numpy())
         delta = np.concatenate(outs) if outs else np.zeros((0, self.cfg.horizon), np.float32)
         return base + delta.astype(np.float64) * self.cfg.residual_scale
+
+    def calibrated(self, features: pd.DataFrame, labels: np.ndarray, levels: list[float]) -> Forecaster:
+        """This forecaster with conformal intervals calibrated on `features`/`labels` (rows the
+        network was not trained on: the validation origins)."""
+        from tsops.models import intervals
+
+        seq, ctx, base = self.tensors(features)
+        yhat = self._forecast(seq, ctx, base, 4096)
+        scale = self._scale(features[self.cfg.window_names].to_numpy(dtype=np.float64))
+        floor = max(float(np.median(scale)) * intervals.FLOOR_SHARE, 1e-12)
+        scores = np.abs(labels - yhat) / np.maximum(scale, floor)[:, None]
+        cfg = replace(
+            self.cfg,
+            interval_levels=[float(x) for x in levels],
+            interval_quantiles=intervals.calibrate(scores, levels),
+            interval_floor=floor,
+        )
+        return Forecaster(cfg, self.net)
+
+    def _scale(self, window: np.ndarray) -> np.ndarray:
+        from tsops.models import intervals
+
+        return intervals.local_scale(window, self.cfg.season)
+
+    def interval_bounds(
+        self, matrix: np.ndarray, columns: tuple[str, ...], yhat: np.ndarray
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Lower/upper bounds per level ("80", "95") around `yhat` for the feature rows in
+        `matrix` (columns `columns`); empty when the model has no calibrated intervals."""
+        if not self.cfg.interval_levels:
+            return {}
+        return self._bounds(matrix[:, self.plan(columns)[0]], yhat)
+
+    def _bounds(self, window: np.ndarray, yhat: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        from tsops.models import intervals
+
+        if not self.cfg.interval_levels:
+            return {}
+        return intervals.bounds(
+            yhat,
+            self._scale(window),
+            self.cfg.interval_levels,
+            self.cfg.interval_quantiles,
+            self.cfg.interval_floor,
+        )
+
+    def predict_intervals(
+        self, features: pd.DataFrame
+    ) -> tuple[np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]]]:
+        """Forecasts and their interval bounds for a DataFrame of feature rows."""
+        yhat = self.predict(features)
+        return yhat, self._bounds(features[self.cfg.window_names].to_numpy(np.float64), yhat)
 
     def save(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ import pandas as pd
 
 from tsops import registry
 from tsops.features.store import FeatureStoreClient
-from tsops.models import artifact, backtest, dataset, search_space, training
+from tsops.models import artifact, backtest, dataset, search_space, statistical, training
 from tsops.models.backtest import BacktestReport
 from tsops.models.lstm import Forecaster
 from tsops.models.pyfunc import output_columns
@@ -31,6 +31,7 @@ class TrainOutcome:
     seconds: float
     epochs_run: int
     left_out: dict[str, str]  # entity → why it was not trained on
+    lstm_seconds: float = 0.0  # the LSTM's training alone (the rest: data, baselines, logging)
 
 
 MAX_LEFT_OUT_LISTED = 50  # MLflow tag values are bounded: list the first ones, count them all
@@ -93,6 +94,7 @@ def train(
         def log_epoch(epoch: int, loss: float, val_mae: float) -> None:
             mlflow.log_metrics({"train_loss": loss, "val_mae": val_mae}, step=epoch)
 
+        fit_started = time.perf_counter()
         result = training.fit(
             data,
             store.features,
@@ -102,10 +104,42 @@ def train(
             on_epoch=log_epoch,
             show_progress=show_progress,
         )
-        report = backtest.run(data, {"lstm": result.forecaster.predict}, model.horizon, model.season)
+        forecaster = result.forecaster
+        if model.interval_levels:
+            forecaster = forecaster.calibrated(data.val.features, data.val.labels, model.interval_levels)
+        lstm_seconds = time.perf_counter() - fit_started
+        stats = statistical.run(
+            data,
+            settings.backtest.baselines,
+            seasons=model.seasons,
+            horizon=model.horizon,
+            window=settings.backtest.baseline_window,
+            levels=model.interval_levels,
+        )
+        report = backtest.run(
+            data,
+            {"lstm": forecaster.predict},
+            model.horizon,
+            model.main_season,
+            stats.predictions,
+            fit_seconds=stats.seconds,
+            failures=[str(f) for f in stats.failures],
+            intervals={"lstm": forecaster.predict_intervals(data.test.features)[1], **stats.intervals},
+        )
         drift.log_reference(project, data.train.features)  # what the stream monitor scores against
         for name, values in report.overall.items():
             mlflow.log_metrics({f"{name}_{metric}": v for metric, v in values.items()})
+        mlflow.log_metrics(
+            {
+                "lstm_fit_seconds": lstm_seconds,
+                **{f"{n}_fit_seconds": v for n, v in report.fit_seconds.items()},
+            }
+        )
+        best, _ = report.best_baseline()
+        mlflow.log_metric("lstm_vs_best_baseline", report.ratio_to_best_baseline("lstm"))
+        for name, by_level in report.coverage.items():
+            mlflow.log_metrics({f"{name}_coverage_{level}": v for level, v in by_level.items()})
+        mlflow.set_tags({"tsops.best_baseline": best, "tsops.baseline_failures": str(len(report.failures))})
         for h, mae in enumerate(report.by_step["lstm"]["mae"], start=1):
             mlflow.log_metric("lstm_mae_by_step", float(mae), step=h)
         with registry.artifact_tmpdir() as tmp:
@@ -131,10 +165,12 @@ def train(
                     indent=1,
                 )
             )
+            if report.failures:
+                (folder / "baseline_failures.txt").write_text("\n".join(report.failures) + "\n")
             mlflow.log_artifacts(str(folder), artifact_path="backtest")
-            forecaster_dir = result.forecaster.save(folder / "forecaster")
+            forecaster_dir = forecaster.save(folder / "forecaster")
             example = data.test.features[store.features.names].head(2).reset_index(drop=True)
-            output = pd.DataFrame(result.forecaster.predict(example), columns=output_columns(model.horizon))
+            output = pd.DataFrame(forecaster.predict(example), columns=output_columns(model.horizon))
             info = artifact.log_model(project, forecaster_dir, example, output)
         version = int(info.registered_model_version)
         for key, value in tags.items():
@@ -142,7 +178,14 @@ def train(
         client.set_model_version_tag(
             model.name, str(version), "tsops.backtest_mae", repr(report.overall["lstm"]["mae"])
         )
+        client.set_model_version_tag(model.name, str(version), "tsops.best_baseline", best)
         registry.set_challenger(client, model.name, version)
     return TrainOutcome(
-        version, run.info.run_id, report, time.perf_counter() - started, result.epochs_run, data.left_out
+        version,
+        run.info.run_id,
+        report,
+        time.perf_counter() - started,
+        result.epochs_run,
+        data.left_out,
+        lstm_seconds,
     )

@@ -14,7 +14,7 @@ from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 from tsops.console import progress as progress_display
 from tsops.errors import ModelError
 from tsops.features.definitions import FeatureSet
-from tsops.models.baselines import seasonal_naive
+from tsops.models.baselines import level_adjusted_naive, seasonal_naive
 from tsops.models.dataset import Examples, TrainingData
 from tsops.models.lstm import Forecaster, ForecasterConfig
 from tsops.settings import ModelSettings
@@ -29,6 +29,7 @@ class TrainResult:
     best_epoch: int
     train_loss: list[float] = field(default_factory=list)
     val_mae: list[float] = field(default_factory=list)
+    best_val_mae: float = math.inf
 
 
 def fit(
@@ -41,12 +42,42 @@ def fit(
     show_progress: bool = True,
     init: Forecaster | None = None,
 ) -> TrainResult:
+    """Train the forecaster as a correction to its base forecast. With `model.base` auto and
+    two promising bases (the plain and the level-adjusted seasonal naive), one network is
+    trained on each and the one with the lower validation MAE is kept; a warm start keeps
+    the base of `init`."""
+    if init is not None:
+        candidates = [(init.cfg.season, init.cfg.level_adjusted)]
+    else:
+        candidates = base_candidates(data, model)
+    if len(candidates) == 1:
+        return _fit_on_base(data, features, model, candidates[0], quick, on_epoch, show_progress, init)
+    results = [_fit_on_base(data, features, model, c, quick, None, show_progress, None) for c in candidates]
+    best = min(results, key=lambda r: r.best_val_mae)
+    for epoch, (loss, mae) in enumerate(zip(best.train_loss, best.val_mae, strict=True), start=1):
+        if on_epoch:
+            on_epoch(epoch, loss, mae)
+    return best
+
+
+def _fit_on_base(
+    data: TrainingData,
+    features: FeatureSet,
+    model: ModelSettings,
+    base_choice: tuple[int, bool],
+    quick: bool,
+    on_epoch: EpochCallback | None,
+    show_progress: bool,
+    init: Forecaster | None,
+) -> TrainResult:
     torch.manual_seed(model.seed)
     torch.set_num_threads(model.threads)
     rng = np.random.default_rng(model.seed)
     last = data.train.features["lag_0"].to_numpy()
     spread = float(np.std(data.train.labels - last[:, None]))
-    base = seasonal_naive(data.train.features, model.horizon, model.season)
+    season, adjusted = base_choice
+    naive = level_adjusted_naive if adjusted else seasonal_naive
+    base = naive(data.train.features, model.horizon, season)
     residual = float(np.std(data.train.labels - base))
     cfg = ForecasterConfig(
         window_names=features.window_names[: model.input_window],  # the most recent N steps
@@ -55,7 +86,8 @@ def fit(
         hidden_size=model.hidden_size,
         num_layers=model.num_layers,
         dropout=model.dropout,
-        season=model.season,
+        season=season,
+        level_adjusted=adjusted,
         scale=spread if spread > 0 else 1.0,
         residual_scale=residual if residual > 0 else 1.0,
     )
@@ -67,7 +99,10 @@ def fit(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     loss_fn = torch.nn.SmoothL1Loss(beta=0.5)
     result = TrainResult(forecaster, 0, 0)
-    best_mae, best_state, stale = math.inf, None, 0
+    # The untrained network is exactly the base forecast: it stays the answer unless an epoch
+    # beats it on the validation origins. A warm start keeps its best epoch, as before.
+    best_mae, stale = (validation_mae(forecaster, data.val) if init is None else math.inf), 0
+    best_state = copy.deepcopy(forecaster.net.state_dict())
     n = len(target)
     with progress_display(
         TextColumn("training LSTM"),
@@ -111,16 +146,58 @@ def fit(
             progress.update(task, advance=1, info=f"loss {train_loss:.4f}  val MAE {val_mae:.3f}")
             if stale >= model.patience:
                 break
-    if best_state is not None:
-        forecaster.net.load_state_dict(best_state)
+    forecaster.net.load_state_dict(best_state)
     forecaster.net.eval()
+    result.best_val_mae = best_mae
     return result
+
+
+def base_candidates(data: TrainingData, model: ModelSettings) -> list[tuple[int, bool]]:
+    """The bases worth a network, as (season, level-adjusted): the plain seasonal naive at the
+    season of `model.season` (whose lags the features hold) with the lowest training MAE, and
+    the level-adjusted one (last season's profile moved by lag_0 - lag_season) if it is lower
+    still. On half-hourly demand the level-adjusted weekly profile wins by far (Taylor's data:
+    holdout MAE 352 against 1,859 for yesterday's); on weekly CO2 a network learns the trend
+    better from the plain one, which is why both are trained and validation decides."""
+    features = data.train.features
+    scored: dict[tuple[int, bool], float] = {}
+    for period in dict.fromkeys(round(s) for s in model.seasons):
+        needed = {f"lag_{period * -(-h // period) - h}" for h in range(1, model.horizon + 1)}
+        if period < 1 or not needed <= set(features.columns):
+            continue
+        options = [(False, seasonal_naive)]
+        if f"lag_{period}" in features.columns:
+            options.append((True, level_adjusted_naive))
+        for adjusted, naive in options:
+            if model.base == "seasonal" and adjusted or model.base == "level_adjusted" and not adjusted:
+                continue
+            predicted = naive(features, model.horizon, period)
+            scored[(period, adjusted)] = float(np.mean(np.abs(data.train.labels - predicted)))
+    if not scored:
+        return [(model.main_season, False)]
+    plain = [k for k in scored if not k[1]]
+    adjusted_ = [k for k in scored if k[1]]
+    best_plain = min(plain, key=scored.__getitem__) if plain else None
+    best_adjusted = min(adjusted_, key=scored.__getitem__) if adjusted_ else None
+    if best_plain is None or best_adjusted is None:
+        return [best_plain or best_adjusted]  # type: ignore[list-item]
+    if scored[best_adjusted] < scored[best_plain]:
+        return [best_plain, best_adjusted]
+    return [best_plain]
 
 
 def warm_start(init: Forecaster, cfg: ForecasterConfig) -> Forecaster:
     """A copy of `init` to fine-tune. Its input and output scales are kept, so its weights keep
     their meaning; the architecture and inputs must match the settings."""
-    fields = ("window_names", "context_names", "horizon", "hidden_size", "num_layers", "season")
+    fields = (
+        "window_names",
+        "context_names",
+        "horizon",
+        "hidden_size",
+        "num_layers",
+        "season",
+        "level_adjusted",
+    )
     changed = [f for f in fields if getattr(init.cfg, f) != getattr(cfg, f)]
     if changed:
         raise ModelError(

@@ -134,12 +134,18 @@ def load_reference(project: Project, version: int) -> DriftReference | None:
 
 
 def monitored_columns(project: Project) -> list[str]:
-    """The target, then `monitoring.drift_features` (default: every feature except the window
-    lags, which repeat the target, and calendar terms, which a short window cannot match)."""
+    """The target, then `monitoring.drift_features` (default: every feature except the lags,
+    which repeat the target, but for those a whole season back, and calendar terms, which a
+    short window cannot match)."""
     features = FeatureSet(project.settings.features)
     chosen = project.settings.monitoring.drift_features
     if chosen is None:
-        chosen = [n for n in features.context_names if not n.endswith(("_sin", "_cos"))]
+        seasons = {f"lag_{round(s)}" for s in project.settings.model.seasons}
+        chosen = [
+            n
+            for n in features.context_names
+            if not n.endswith(("_sin", "_cos")) and (not n.startswith("lag_") or n in seasons)
+        ]
     unknown = [n for n in chosen if n not in features.names]
     if unknown:
         raise ConfigError(

@@ -175,17 +175,20 @@ def create_app(project: Project, *, watch: bool = True) -> FastAPI:
         model, role = state.router.choose()
         rows = online.read(entities, model.columns)
         routed = await state.router.predict(model, role, rows.matrix)
+        bounds = routed.model.intervals(rows.matrix, routed.yhat)  # {"80": (lower, upper), ...}
         out = []
-        for entity, origin, values in zip(rows.entities, rows.origins, routed.yhat, strict=True):
+        for i, (entity, origin, values) in enumerate(
+            zip(rows.entities, rows.origins, routed.yhat, strict=True)
+        ):
             times = online.times(origin, routed.model.horizon)
+            points: list[dict[str, Any]] = [
+                {"time": t, "value": v} for t, v in zip(times, values.tolist(), strict=True)
+            ]
+            for level, (lower, upper) in bounds.items():
+                for point, lo, hi in zip(points, lower[i].tolist(), upper[i].tolist(), strict=True):
+                    point[f"lower_{level}"], point[f"upper_{level}"] = lo, hi
             out.append(
-                {
-                    "entity": entity,
-                    "origin": origin.isoformat().replace("+00:00", "Z"),
-                    "forecast": [
-                        {"time": t, "value": v} for t, v in zip(times, values.tolist(), strict=True)
-                    ],
-                }
+                {"entity": entity, "origin": origin.isoformat().replace("+00:00", "Z"), "forecast": points}
             )
         errors = [
             {"entity": e, "error": "not_found", "detail": online.unknown_detail(e)} for e in rows.unknown

@@ -59,6 +59,10 @@ class ServedModel:
         fix_torch_threads()
         return self.forecaster.predict_matrix(matrix, self._columns)
 
+    def intervals(self, matrix: np.ndarray, yhat: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """The conformal interval bounds per level around `yhat` (empty for a model without)."""
+        return self.forecaster.interval_bounds(matrix, self._columns, yhat)
+
     def start_batching(self, max_batch_size: int, max_wait_s: float, metrics: ServingMetrics) -> None:
         version = str(self.version)
         histogram = metrics.batch_size.labels(version)

@@ -83,7 +83,8 @@ def add(app: FastAPI, state: ServingState) -> None:
     async def model_metadata(name: str, version: str | None = None) -> Response:
         model = model_named(name, version)
         versions = [m.version for m in state.router.loaded()]
-        return _json(oip.model_metadata(name, versions, model.columns, model.horizon))
+        levels = [f"{lv:g}" for lv in model.forecaster.cfg.interval_levels]
+        return _json(oip.model_metadata(name, versions, model.columns, model.horizon, levels))
 
     @app.get("/v2/models/{name}/ready", tags=["oip"])
     @app.get("/v2/models/{name}/versions/{version}/ready", tags=["oip"])
@@ -100,7 +101,16 @@ def add(app: FastAPI, state: ServingState) -> None:
         header_length = request.headers.get(oip.HEADER_LENGTH)
         decoded = oip.decode(await request.body(), header_length, model.columns)
         routed = await state.router.predict(model, role, decoded.matrix)
-        body, headers = oip.encode(routed.yhat, name, routed.model.version, decoded.id, decoded.binary_output)
+        extra = oip.interval_outputs(routed.model.intervals(decoded.matrix, routed.yhat))
+        body, headers = oip.encode(
+            routed.yhat,
+            name,
+            routed.model.version,
+            decoded.id,
+            decoded.binary_output,
+            extra,
+            decoded.outputs,
+        )
         headers["X-Model-Version"] = str(routed.model.version)
         media = "application/octet-stream" if decoded.binary_output else JSON
         return Response(body, 200, headers=headers, media_type=media)

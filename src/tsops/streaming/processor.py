@@ -275,7 +275,8 @@ class Processor:
         kept = [item for item, ok in zip(items, ready, strict=True) if ok]
         if not kept:
             return []
-        yhat = self.forecaster.predict_matrix(features[ready], self._names)
+        matrix = features[ready]
+        yhat = self.forecaster.predict_matrix(matrix, self._names)
         now = time.perf_counter()
         records = prediction_records(
             [ev for _, ev, _ in kept],
@@ -284,6 +285,7 @@ class Processor:
             model=self.model_name,
             version=self.model_version,
             latencies_ms=[(now - r.received) * 1000 for r, _, _ in kept],
+            intervals=self.forecaster.interval_bounds(matrix, self._names, yhat),
         )
         self._received = [r.received for r, _, _ in kept]
         return records

@@ -169,10 +169,12 @@ def prediction_records(
     model: str,
     version: int,
     latencies_ms: list[float],
+    intervals: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> list[dict[str, Any]]:
     """One record per event: the horizon's target times and values, the model version, and an
     idempotency key (entity, event time, model version) so a replayed batch rewrites the same
-    record."""
+    record; with `intervals` (level -> lower, upper), `intervals: {"80": {"lower": [...],
+    "upper": [...]}, ...}` too."""
     if not events:
         return []
     horizon = forecasts.shape[1]
@@ -184,19 +186,21 @@ def prediction_records(
     targets = np.datetime_as_string(origins[:, None] + offsets[None, :], unit="s").tolist()
     stamps = {t: (t.isoformat(), row) for t, row in zip(distinct, targets, strict=True)}
     values = np.asarray(forecasts, dtype=float).tolist()
+    bounds = {level: (lo.tolist(), hi.tolist()) for level, (lo, hi) in (intervals or {}).items()}
     out = []
-    for ev, row_values, latency in zip(events, values, latencies_ms, strict=True):
+    for i, (ev, row_values, latency) in enumerate(zip(events, values, latencies_ms, strict=True)):
         iso, row_targets = stamps[ev.time]
-        out.append(
-            {
-                "key": f"{ev.entity}|{iso}|{version}",
-                "entity": ev.entity,
-                "event_time": iso,
-                "target_times": row_targets,
-                "values": row_values,
-                "model": model,
-                "model_version": version,
-                "latency_ms": round(latency, 3),
-            }
-        )
+        record: dict[str, Any] = {
+            "key": f"{ev.entity}|{iso}|{version}",
+            "entity": ev.entity,
+            "event_time": iso,
+            "target_times": row_targets,
+            "values": row_values,
+            "model": model,
+            "model_version": version,
+            "latency_ms": round(latency, 3),
+        }
+        if bounds:
+            record["intervals"] = {lv: {"lower": lo[i], "upper": hi[i]} for lv, (lo, hi) in bounds.items()}
+        out.append(record)
     return out

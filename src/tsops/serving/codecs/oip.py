@@ -42,6 +42,7 @@ class InferRequest:
     matrix: np.ndarray
     id: str | None
     binary_output: bool
+    outputs: list[str] | None = None  # the output names the request asked for (None: all)
 
 
 def decode(body: bytes, header_length: str | None, columns: list[str]) -> InferRequest:
@@ -75,7 +76,8 @@ def decode(body: bytes, header_length: str | None, columns: list[str]) -> InferR
         isinstance(o, dict) and (o.get("parameters") or {}).get("binary_data") for o in outputs
     )
     request_id = request.get("id")
-    return InferRequest(matrix, None if request_id is None else str(request_id), binary_output)
+    names = [str(o.get("name")) for o in outputs if isinstance(o, dict) and o.get("name")] or None
+    return InferRequest(matrix, None if request_id is None else str(request_id), binary_output, names)
 
 
 def _tensor(spec: dict[str, Any], binary: bytes, offset: int, where: str) -> tuple[Any, int]:
@@ -122,21 +124,47 @@ def _assemble(tensors: dict[str, Any], columns: list[str]) -> np.ndarray:
     return finite_matrix(stacked, len(columns), "inputs")
 
 
+def interval_outputs(bounds: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Interval bounds as extra output tensors: `yhat_lower_80`, `yhat_upper_80`, ..."""
+    out = {}
+    for level, (lower, upper) in bounds.items():
+        out[f"{OUTPUT}_lower_{level}"], out[f"{OUTPUT}_upper_{level}"] = lower, upper
+    return out
+
+
 def encode(
-    yhat: np.ndarray, model: str, version: int, request_id: str | None, binary: bool
+    yhat: np.ndarray,
+    model: str,
+    version: int,
+    request_id: str | None,
+    binary: bool,
+    extra: dict[str, np.ndarray] | None = None,
+    requested: list[str] | None = None,
 ) -> tuple[bytes, dict[str, str]]:
-    """The infer response body and extra headers (the binary extension's header length)."""
-    output: dict[str, Any] = {"name": OUTPUT, "datatype": "FP64", "shape": list(yhat.shape)}
-    raw = b""
-    if binary:
-        raw = np.ascontiguousarray(yhat, dtype="<f8").tobytes()
-        output["parameters"] = {"binary_data_size": len(raw)}
-    else:
-        output["data"] = yhat.reshape(-1).tolist()
+    """The infer response body and extra headers (the binary extension's header length).
+    `extra` are further output tensors (the interval bounds); `requested` names the outputs the
+    request asked for, in its order (default: `yhat`, then every extra one)."""
+    tensors = {OUTPUT: yhat, **(extra or {})}
+    names = requested or list(tensors)
+    unknown = [n for n in names if n not in tensors]
+    if unknown:
+        raise BadRequest(f"unknown output(s) {unknown}; this model has {list(tensors)}", "outputs")
+    outputs, chunks = [], []
+    for name in names:
+        array = tensors[name]
+        output: dict[str, Any] = {"name": name, "datatype": "FP64", "shape": list(array.shape)}
+        if binary:
+            chunk = np.ascontiguousarray(array, dtype="<f8").tobytes()
+            output["parameters"] = {"binary_data_size": len(chunk)}
+            chunks.append(chunk)
+        else:
+            output["data"] = np.asarray(array, float).reshape(-1).tolist()
+        outputs.append(output)
+    raw = b"".join(chunks)
     response: dict[str, Any] = {
         "model_name": model,
         "model_version": str(version),
-        "outputs": [output],
+        "outputs": outputs,
     }
     if request_id is not None:
         response["id"] = request_id
@@ -146,12 +174,15 @@ def encode(
     return header + raw, {HEADER_LENGTH: str(len(header))}
 
 
-def model_metadata(model: str, versions: list[int], columns: list[str], horizon: int) -> dict:
+def model_metadata(
+    model: str, versions: list[int], columns: list[str], horizon: int, levels: list[str] | None = None
+) -> dict:
+    names = [OUTPUT, *(f"{OUTPUT}_{side}_{lv}" for lv in levels or [] for side in ("lower", "upper"))]
     return {
         "name": model,
         "versions": [str(v) for v in versions],
         "platform": "pytorch_mlflow",
         "inputs": [{"name": "input", "datatype": "FP64", "shape": [-1, len(columns)]}],
-        "outputs": [{"name": OUTPUT, "datatype": "FP64", "shape": [-1, horizon]}],
+        "outputs": [{"name": n, "datatype": "FP64", "shape": [-1, horizon]} for n in names],
         "parameters": {"columns": columns},
     }

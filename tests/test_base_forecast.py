@@ -1,0 +1,54 @@
+"""The LSTM corrects the base forecast that fits the data: the seasonal naive at the season
+whose profile repeats, moved to the current level when that is what the data does."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from tsops.models.baselines import level_adjusted_naive
+from tsops.models.dataset import Examples, TrainingData
+from tsops.models.lstm import Forecaster, ForecasterConfig
+from tsops.models.training import base_candidates
+from tsops.settings import ModelSettings
+
+H = 6
+
+
+def _data(values: np.ndarray) -> TrainingData:
+    origins = np.arange(200, len(values) - H)
+    lags = {f"lag_{k}": values[origins - k] for k in [*range(48), *range(162, 169)]}
+    features = pd.DataFrame(lags)
+    labels = np.stack([values[origins + h] for h in range(1, H + 1)], axis=1)
+    train = Examples(features, labels)
+    return TrainingData(train, train, train, {"a": values}, pd.DataFrame(), (0, 0), "x")  # type: ignore[arg-type]
+
+
+def _settings(**kw) -> ModelSettings:  # type: ignore[no-untyped-def]
+    return ModelSettings(name="m", horizon=H, season=[24, 168], **kw)
+
+
+def test_a_weekly_profile_makes_the_week_the_base_season() -> None:
+    t = np.arange(3000)
+    weekday = (t // 24) % 7 < 5
+    values = np.where(weekday, 10.0, 2.0) * np.sin(2 * np.pi * t / 24) ** 2
+    assert base_candidates(_data(values), _settings()) == [(168, False)]
+
+
+def test_a_wandering_level_adds_the_level_adjusted_base() -> None:
+    rng = np.random.default_rng(0)
+    t = np.arange(3000)
+    values = np.sin(2 * np.pi * t / 24) + np.cumsum(rng.normal(0, 0.3, len(t)))  # a random-walk level
+    candidates = base_candidates(_data(values), _settings())
+    assert candidates == [(24, False), (24, True)]  # both trained; validation keeps the better
+    assert base_candidates(_data(values), _settings(base="seasonal")) == [(24, False)]
+
+
+def test_an_untrained_level_adjusted_forecaster_is_exactly_its_base() -> None:
+    rng = np.random.default_rng(1)
+    values = rng.normal(size=600).cumsum()
+    data = _data(values)
+    names = [f"lag_{k}" for k in range(48)]
+    cfg = ForecasterConfig(names, ["lag_168"], H, 8, 1, 0.0, 24, 1.0, 1.0, level_adjusted=True)
+    features = data.train.features
+    np.testing.assert_allclose(Forecaster(cfg).predict(features), level_adjusted_naive(features, H, 24))

@@ -1,0 +1,131 @@
+"""`tsops init` derives its defaults from the data's frequency and length, says why, and lets
+flags and tsops.yaml override them; data it cannot use is refused naming what is wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import run_cli
+from tsops.errors import DataError
+from tsops.frequency import derive
+from tsops.settings import Project
+
+LONG = 12_000  # steps: long enough that no default is shortened by the history
+
+
+def _derive(freq: str, shortest: int = LONG):
+    step = pd.Timedelta(pd.tseries.frequencies.to_offset(freq))
+    return derive(step, shortest=shortest)
+
+
+@pytest.mark.parametrize(
+    ("freq", "seasons", "horizon", "lags", "calendar"),
+    [
+        ("15min", [96, 672], 96, list(range(576, 673)), ["minuteofday", "dayofweek"]),  # 125 days: no year
+        ("30min", [48, 336], 48, list(range(288, 337)), ["minuteofday", "dayofweek"]),
+        ("1h", [24, 168], 24, list(range(144, 169)), ["hour", "dayofweek", "dayofyear"]),
+        ("1D", [7, 365.25], 7, list(range(358, 366)), ["dayofweek", "dayofyear"]),
+        ("7D", [52.18], 52, [], ["dayofyear"]),
+    ],
+)
+def test_defaults_follow_the_frequency(freq, seasons, horizon, lags, calendar) -> None:
+    d = _derive(freq)
+    assert d.seasons == seasons
+    assert d.horizon == horizon == d.main_season
+    assert d.window >= d.main_season
+    assert d.lags == lags
+    assert d.rolling == sorted({round(s) for s in seasons})
+    assert d.calendar == calendar
+    # the holdout is a calendar span, with enough origins and never most of the history
+    assert d.horizon <= d.holdout <= 0.25 * LONG
+    assert (d.holdout - d.horizon + 1) / d.stride >= 20
+    assert set(d.reasons) == {
+        "season",
+        "horizon",
+        "window",
+        "lags",
+        "rolling",
+        "calendar",
+        "holdout",
+        "stride",
+        "baseline_window",
+    }
+
+
+def test_hourly_holdout_is_thirty_days_and_daily_one_year() -> None:
+    assert _derive("1h").holdout == 720
+    assert _derive("1D").holdout == 365
+    assert _derive("15min").holdout == 28 * 96
+
+
+def test_short_series_get_defaults_that_fit_them() -> None:
+    d = _derive("1h", shortest=300)  # 12.5 days: a weekly season does not fit twice with the rest
+    assert d.seasons == [24]
+    assert d.lags == [] and d.rolling == [24]
+    assert d.holdout <= 75
+    assert 300 - d.window - d.horizon - d.holdout >= 10
+    assert "dropped" in d.reasons["season"]
+
+
+def test_too_short_series_are_refused_naming_the_main_season() -> None:
+    with pytest.raises(DataError, match="main season") as e:
+        _derive("1h", shortest=40)
+    assert e.value.where == "model.season"
+
+
+def test_overrides_are_kept_and_checked() -> None:
+    step = pd.Timedelta("1h")
+    d = derive(step, shortest=LONG, season=[12.0], horizon=6, window=36, holdout=100)
+    assert (d.seasons, d.horizon, d.window, d.holdout) == ([12.0], 6, 36, 100)
+    with pytest.raises(DataError, match="shorter than the main season"):
+        derive(step, shortest=LONG, season=[48.0], window=24)
+
+
+def _write_csv(path: Path, times: pd.DatetimeIndex, entities: int = 1) -> Path:
+    rng = np.random.default_rng(0)
+    frames = [
+        pd.DataFrame({"site": f"s{e}", "t": times, "y": rng.normal(size=len(times))}) for e in range(entities)
+    ]
+    pd.concat(frames).to_csv(path, index=False)
+    return path
+
+
+def test_init_daily_data_writes_daily_defaults_and_prints_why(tmp_path: Path) -> None:
+    csv = _write_csv(tmp_path / "d.csv", pd.date_range("2015-01-01", periods=4 * 365, freq="D"), 2)
+    result = run_cli(
+        "init", str(tmp_path / "p"), "--data", str(csv), "--time", "t", "--target", "y", "--entity", "site"
+    )
+    assert result.returncode == 0, result.stderr
+    s = Project.load(tmp_path / "p", environ={}).settings
+    assert s.model.seasons == [7.0, 365.25] and s.model.main_season == 7 and s.model.horizon == 7
+    assert "hour" not in s.features.calendar and "dayofweek" in s.features.calendar
+    assert s.features.lags == list(range(358, 366)) and s.backtest.holdout == 365
+    out = " ".join(result.stdout.split())
+    assert "season: 7, 365.25: a week and a year of days" in out
+    assert "horizon: 7: one main cycle" in out
+    assert "holdout: 365 steps" in out
+
+
+def test_init_flags_override_the_derived_defaults(tmp_path: Path) -> None:
+    csv = _write_csv(tmp_path / "h.csv", pd.date_range("2024-01-01", periods=24 * 60, freq="h"))
+    result = run_cli(
+        "init", str(tmp_path / "p"), "--data", str(csv), "--time", "t", "--target", "y",
+        "--season", "24,168", "--horizon", "12", "--holdout", "200",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    s = Project.load(tmp_path / "p", environ={}).settings
+    assert s.model.season == [24.0, 168.0] and s.model.horizon == 12 and s.backtest.holdout == 200
+
+
+def test_irregular_timestamps_are_refused_with_the_reason(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    times = pd.Timestamp("2024-01-01") + pd.to_timedelta(np.cumsum(rng.integers(1, 600, 500)), unit="s")
+    csv = _write_csv(tmp_path / "irr.csv", pd.DatetimeIndex(times))
+    result = run_cli("init", str(tmp_path / "p"), "--data", str(csv), "--time", "t", "--target", "y")
+    assert result.returncode == 2
+    assert "irregular" in result.stderr and "--freq" in result.stderr
+    assert "Traceback" not in result.stderr
