@@ -10,7 +10,7 @@ training. The last `backtest.validation` share of training origins is used for e
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -41,7 +41,7 @@ class TrainingData:
     history: pd.DataFrame  # the regular series (entity, time, target), sorted: baselines refit on it
     test_window: tuple[pd.Timestamp, pd.Timestamp]  # first and last forecast origin
     data_hash: str
-    left_out: dict[str, str]  # entity → why it was not trained on (too little history)
+    left_out: dict[str, str] = field(default_factory=dict)  # entity → why it was left out (too short)
 
 
 def data_snapshot_hash(history: pd.DataFrame) -> str:
