@@ -49,7 +49,7 @@ lint: setup
 
 # The images (deploy/README.md): docker when an engine answers, else buildah; a debootstrapped
 # Debian base when BASE cannot be pulled. Settings pass through the environment (IMAGE, BASE,
-# BUILDAH_OPTS, WHEELS, IMAGE_WORK).
+# BUILDAH_OPTS, IMAGE_WORK; deploy/image.sh lists them).
 image:
 	deploy/image.sh build
 

@@ -15,8 +15,10 @@
 #   LOCAL_BASE           name of the debootstrapped base (default localhost/tsops-base:bookworm)
 #   IMAGE_WORK           work folder outside the repository (default /var/tmp/tsops-image)
 #   BUILDAH_OPTS         global buildah options, e.g. "--root DIR --runroot DIR"
-#   WHEELS               folder of local wheels mounted into the build (buildah only;
-#                        default: pip's configured find-links when it holds the torch wheel)
+#   BUILDAH_ISOLATION    buildah's RUN isolation (default: chroot inside a container, else oci)
+#   (buildah) this machine's pip settings go into the build: `pip config list` becomes the
+#   build's pip.conf, every local path it names is mounted read-only; torch comes from a
+#   configured wheel folder when it holds the CPU wheel, else from the CPU index.
 #   PULL_TIMEOUT         seconds to try pulling BASE (default 90)
 #   NICE                 prefix for the heavy commands (default "nice -n 19 ionice -c3")
 set -euo pipefail
@@ -95,6 +97,13 @@ make_base() {
   rm -f "$tarball"
 }
 
+# Inside a container (as here) buildah's runtime cannot make cgroups for RUN steps: chroot.
+isolation() {
+  if [ -n "${BUILDAH_ISOLATION:-}" ]; then echo "$BUILDAH_ISOLATION"
+  elif [ -e /.dockerenv ] || [ -e /run/.containerenv ]; then echo chroot
+  else echo oci; fi
+}
+
 # Echo the base to build from: BASE when present or pullable, else the debootstrapped base.
 resolve_base() {
   if have_image "$BASE"; then echo "$BASE"; return; fi
@@ -105,16 +114,45 @@ resolve_base() {
   echo "$LOCAL_BASE"
 }
 
-# The folder holding the CPU torch wheel, from WHEELS or pip's configured find-links.
-local_wheels() {
-  local dir
-  for dir in ${WHEELS:-} ${PIP_FIND_LINKS:-} $(pip config get global.find-links 2>/dev/null || true); do
-    if compgen -G "$dir/torch-${torch_version}+cpu-*.whl" >/dev/null; then echo "$dir"; return; fi
+# This machine's pip settings for the build (`pip config list`: wheel folders, mirrors, a CA
+# bundle, constraints), written to IMAGE_WORK/pip.conf; echoes the build options that mount it
+# and every local path it names (read-only, at the same path).
+host_pip_args() {
+  command -v pip >/dev/null 2>&1 || return 0
+  local line key value token conf="$IMAGE_WORK/pip.conf"
+  declare -A settings=() mounts=()
+  while IFS= read -r line; do
+    key="${line%%=*}"
+    key="${key#*.}"
+    value="${line#*=}"
+    value="${value#\'}"
+    value="${value%\'}"
+    settings["$key"]="$value"
+  done < <(pip config list 2>/dev/null)
+  [ "${#settings[@]}" -gt 0 ] || return 0
+  mkdir -p "$IMAGE_WORK"
+  {
+    echo "[global]"
+    for key in "${!settings[@]}"; do
+      printf '%s = %s\n' "$key" "${settings[$key]}"
+      for token in ${settings[$key]}; do
+        token="${token#file://}"
+        if [ "${token#/}" != "$token" ] && [ -e "$token" ]; then mounts["$token"]=1; fi
+      done
+    done
+  } >"$conf"
+  echo --volume "$conf:/tmp/pip-build.conf:ro" --build-arg PIP_CONFIG_FILE=/tmp/pip-build.conf
+  for token in "${!mounts[@]}"; do echo --volume "$token:$token:ro"; done
+  for token in ${settings[find-links]:-}; do
+    if compgen -G "${token#file://}/torch-${torch_version}+cpu-*.whl" >/dev/null; then
+      echo --build-arg TORCH_INDEX_URL=
+      break
+    fi
   done
 }
 
 build() {
-  local base wheels start
+  local base start
   pick_engine
   base="$(resolve_base)"
   local args=(--build-arg "BASE=$base" --build-arg "VERSION=$version"
@@ -122,12 +160,14 @@ build() {
     --build-arg "SOURCE=$(git remote get-url origin 2>/dev/null || true)")
   local tsops_args=(--build-arg "TORCH_VERSION=$torch_version")
   if [ "$e" = buildah ]; then
-    wheels="$(local_wheels)"
-    if [ -n "$wheels" ]; then
-      log "torch from the local wheel folder $wheels (mounted at /wheels)"
-      tsops_args+=(--volume "$wheels:/wheels:ro" --build-arg WHEELS=/wheels)
+    local pip_args
+    read -r -a pip_args <<<"$(host_pip_args | tr '\n' ' ')"
+    if [ "${#pip_args[@]}" -gt 0 ]; then
+      log "pip inside the build uses this machine's pip settings ($IMAGE_WORK/pip.conf): ${pip_args[*]}"
+      tsops_args+=("${pip_args[@]}")
     fi
-    args+=(--layers --network host)
+    # docker format keeps SHELL (OCI drops it)
+    args+=(--format docker --layers --network host --isolation "$(isolation)")
   fi
   start=$SECONDS
   log "$e: building $IMAGE from $base"
@@ -193,9 +233,9 @@ check() {
     c="$("${eng[@]}" from "$IMAGE")"
     trap '"${eng[@]}" rm "$c" >/dev/null' EXIT
     log "buildah run $IMAGE -- tsops --help"
-    "${eng[@]}" run "$c" -- tsops --help
+    "${eng[@]}" run --isolation "$(isolation)" "$c" -- tsops --help
     log "buildah run: init, ingest, train --quick, promote, serve, health"
-    "${nice_cmd[@]}" "${eng[@]}" run --network host "$c" -- /bin/bash -c "$check_script"
+    "${nice_cmd[@]}" "${eng[@]}" run --isolation "$(isolation)" --network host "$c" -- /bin/bash -c "$check_script"
   fi
   log "check passed"
 }
