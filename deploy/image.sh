@@ -137,6 +137,8 @@ host_pip_args() {
       printf '%s = %s\n' "$key" "${settings[$key]}"
       for token in ${settings[$key]}; do
         token="${token#file://}"
+        # a local index's pages link to files beside it (simple/ and files/ under one root)
+        case "$key" in *index-url) token="$(dirname "$token")" ;; esac
         if [ "${token#/}" != "$token" ] && [ -e "$token" ]; then mounts["$token"]=1; fi
       done
     done
