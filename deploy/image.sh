@@ -169,7 +169,7 @@ build() {
       tsops_args+=("${pip_args[@]}")
     fi
     # docker format keeps SHELL (OCI drops it)
-    args+=(--format docker --layers --network host --isolation "$(isolation)")
+    args+=(--format docker --layers --force-rm --network host --isolation "$(isolation)")
   fi
   start=$SECONDS
   log "$e: building $IMAGE from $base"
@@ -231,13 +231,12 @@ check() {
     podman "${buildah_opts[@]}" run --rm --network host --entrypoint /bin/bash "$IMAGE" -c "$check_script"
   else
     # buildah run ignores ENTRYPOINT: the commands are given in full, as the image's user.
-    local c
-    c="$("${eng[@]}" from "$IMAGE")"
-    trap '"${eng[@]}" rm "$c" >/dev/null' EXIT
+    container="$("${eng[@]}" from "$IMAGE")"
+    trap '"${eng[@]}" rm "$container" >/dev/null' EXIT
     log "buildah run $IMAGE -- tsops --help"
-    "${eng[@]}" run --isolation "$(isolation)" "$c" -- tsops --help
+    "${eng[@]}" run --isolation "$(isolation)" "$container" -- tsops --help
     log "buildah run: init, ingest, train --quick, promote, serve, health"
-    "${nice_cmd[@]}" "${eng[@]}" run --isolation "$(isolation)" --network host "$c" -- /bin/bash -c "$check_script"
+    "${nice_cmd[@]}" "${eng[@]}" run --isolation "$(isolation)" --network host "$container" -- /bin/bash -c "$check_script"
   fi
   log "check passed"
 }
