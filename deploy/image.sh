@@ -216,27 +216,40 @@ sys.exit(0 if answers.get("live", (0,))[0] == 200 and answers.get("ready", (0,))
 PY
 EOF
 
+# `run_in IMAGE COMMAND...`: COMMAND in a fresh container of IMAGE, as the image's user, on
+# the host's network. docker or podman when present (the command replaces the entrypoint),
+# else buildah run (which never applies an entrypoint).
+run_in() {
+  local image="$1" status=0
+  shift
+  if [ "$e" = docker ] || command -v podman >/dev/null 2>&1; then
+    local runner=(docker)
+    [ "$e" = docker ] || runner=(podman "${buildah_opts[@]}")
+    "${nice_cmd[@]}" "${runner[@]}" run --rm --network host --entrypoint "$1" "$image" "${@:2}"
+    return
+  fi
+  container="$("${eng[@]}" from "$image")"
+  "${nice_cmd[@]}" "${eng[@]}" run --isolation "$(isolation)" --network host "$container" -- "$@" \
+    || status=$?
+  "${eng[@]}" rm "$container" >/dev/null
+  return "$status"
+}
+
 check() {
   pick_engine
   have_image "$IMAGE" || { log "$IMAGE is not built: make image"; exit 1; }
-  if [ "$e" = docker ]; then
-    log "docker run $IMAGE --help"
-    docker run --rm "$IMAGE" --help
-    log "docker run: init, ingest, train --quick, promote, serve, health"
-    docker run --rm --entrypoint /bin/bash "$IMAGE" -c "$check_script"
-  elif command -v podman >/dev/null 2>&1; then
-    log "podman run $IMAGE --help"
-    podman "${buildah_opts[@]}" run --rm "$IMAGE" --help
-    log "podman run: init, ingest, train --quick, promote, serve, health"
-    podman "${buildah_opts[@]}" run --rm --network host --entrypoint /bin/bash "$IMAGE" -c "$check_script"
-  else
-    # buildah run ignores ENTRYPOINT: the commands are given in full, as the image's user.
-    container="$("${eng[@]}" from "$IMAGE")"
-    trap '"${eng[@]}" rm "$container" >/dev/null' EXIT
-    log "buildah run $IMAGE -- tsops --help"
-    "${eng[@]}" run --isolation "$(isolation)" "$container" -- tsops --help
-    log "buildah run: init, ingest, train --quick, promote, serve, health"
-    "${nice_cmd[@]}" "${eng[@]}" run --isolation "$(isolation)" --network host "$container" -- /bin/bash -c "$check_script"
+  local runner="buildah run"
+  [ "$e" = docker ] && runner="docker run"
+  [ "$e" = buildah ] && command -v podman >/dev/null 2>&1 && runner="podman run"
+  log "$runner $IMAGE: tsops --help"
+  run_in "$IMAGE" tsops --help
+  log "$runner $IMAGE: init, ingest, train --quick, promote, serve, health"
+  run_in "$IMAGE" /bin/bash -c "$check_script"
+  if have_image "$IMAGE_SPARK"; then
+    log "$runner $IMAGE_SPARK: /opt/entrypoint.sh pass-through, spark-submit of the tsops main file"
+    run_in "$IMAGE_SPARK" /opt/entrypoint.sh /bin/bash -c \
+      'set -euo pipefail; id; java -version 2>&1 | head -n1; echo "SPARK_HOME=$SPARK_HOME"
+       spark-submit --master "local[1]" /opt/tsops/tsops_app.py --help 2>&1 | grep -E "Usage|serve|stream"'
   fi
   log "check passed"
 }
