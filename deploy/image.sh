@@ -194,13 +194,18 @@ port="$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0));
 tsops serve --port "$port" &
 server=$!
 trap 'kill "$server" 2>/dev/null || true' EXIT
-python - "$port" <<'PY'
-import sys, time, urllib.error, urllib.request
+python - "$port" "$server" <<'PY'
+import os, sys, time, urllib.error, urllib.request
 
 base = f"http://127.0.0.1:{sys.argv[1]}"
 deadline = time.monotonic() + 180
 answers: dict[str, tuple[int, str]] = {}
 while time.monotonic() < deadline and answers.get("ready", (0,))[0] != 200:
+    try:
+        os.kill(int(sys.argv[2]), 0)
+    except ProcessLookupError:
+        print("tsops serve exited")
+        break
     for name in ("live", "ready"):
         try:
             with urllib.request.urlopen(f"{base}/v2/health/{name}", timeout=5) as r:
