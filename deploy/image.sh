@@ -254,7 +254,9 @@ check() {
     log "$runner $IMAGE_SPARK: /opt/entrypoint.sh pass-through, spark-submit of the tsops main file"
     run_in "$IMAGE_SPARK" /opt/entrypoint.sh /bin/bash -c \
       'set -euo pipefail; id; java -version 2>&1 | head -n1; echo "SPARK_HOME=$SPARK_HOME"
-       spark-submit --master "local[1]" /opt/tsops/tsops_app.py --help 2>&1 | grep -E "Usage|serve|stream"'
+       # a buildah container'"'"'s hostname is not in its /etc/hosts (a pod'"'"'s is): Spark binds loopback
+       SPARK_LOCAL_IP=127.0.0.1 SPARK_LOCAL_HOSTNAME=localhost \
+         spark-submit --master "local[1]" /opt/tsops/tsops_app.py --help 2>&1 | grep -E "Usage|serve |stream "'
   fi
   log "check passed"
 }
