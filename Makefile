@@ -4,10 +4,12 @@ VENV        := .venv
 PYTHON      := $(VENV)/bin/python
 STAMP       := $(VENV)/.stamp
 PYTEST_ARGS ?=
+# CPU torch, pinned here and in the image (deploy/Dockerfile reads it through deploy/image.sh).
+TORCH_VERSION := 2.13.0
 # Root installs packages directly; everyone else goes through sudo.
 SUDO        := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: setup system-packages test demo lint
+.PHONY: setup system-packages test demo lint image image-check
 
 setup: system-packages $(STAMP)
 
@@ -32,7 +34,7 @@ $(PYTHON):
 
 # torch is pinned first: an unpinned resolve would pull the multi-GB CUDA build.
 $(STAMP): pyproject.toml | $(PYTHON)
-	$(PYTHON) -m pip install torch==2.13.0
+	$(PYTHON) -m pip install torch==$(TORCH_VERSION)
 	$(PYTHON) -m pip install -e '.[dev,spark]'
 	touch $@
 
@@ -45,3 +47,12 @@ demo: setup
 lint: setup
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/mypy src
+
+# The images (deploy/README.md): docker when an engine answers, else buildah; a debootstrapped
+# Debian base when BASE cannot be pulled. Settings pass through the environment (IMAGE, BASE,
+# BUILDAH_OPTS, IMAGE_WORK; deploy/image.sh lists them).
+image:
+	deploy/image.sh build
+
+image-check:
+	deploy/image.sh check
