@@ -133,7 +133,8 @@ def test_rollback_when_the_new_champions_online_mae_is_worse_than_the_previous(p
     assert old is not None
     new = max(v.version for v in registry.versions(project) if v.version != old)
     history = MonitorHistory.for_project(project)
-    history.write([AccuracyRow(utcnow() - timedelta(minutes=5), None, old, ALL_STEPS, 5.0, 300)], [])
+    # The previous champion's latest figure (later than any a stream in an earlier test wrote)
+    history.write([AccuracyRow(utcnow(), None, old, ALL_STEPS, 5.0, 300)], [])
     promote(project, new, force=True)
 
     def online(mae: float, n: int) -> list[AccuracyRow]:

@@ -142,11 +142,14 @@ def test_connector_reader_without_its_jar_is_a_config_error(stream_model, spark,
     from tsops.errors import ConfigError
 
     kafka = {"bootstrap_servers": kafka_broker.bootstrap, "events_topic": f"e-{uuid.uuid4().hex[:8]}"}
-    project = write_synthetic_project(  # refused before anything is read: no ingest needed
+    project = write_synthetic_project(
         tmp_path / "proj",
         tracking_uri=stream_model.tracking_uri,
         extra={"stream": {"source": "kafka", "kafka": kafka, "spark": {"kafka_reader": "connector"}}},
     )
+    from tsops.features.ingest import ingest
+
+    ingest(project, quiet=True)  # a project not ingested is refused first, for that reason
     with pytest.raises(ConfigError, match="connector") as caught:
         run_spark_stream(project, spark=spark)
     assert caught.value.where == "stream.spark.kafka_reader"
