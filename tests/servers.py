@@ -28,7 +28,7 @@ import psycopg2
 import redis
 from psycopg2 import sql
 
-from tsops.streaming.broker import BrokerError, EmbeddedBroker
+from tsops.demo_broker import BrokerError, EmbeddedBroker
 
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 30.0
@@ -376,7 +376,7 @@ class PostgresServer(_Launched):
 
 
 class KafkaBroker(EmbeddedBroker):
-    """The package's embedded tansu broker (`tsops.streaming.broker`), plus `read_all()`."""
+    """The package's embedded tansu broker (`tsops.demo_broker`), plus `read_all()`."""
 
     def start(self) -> KafkaBroker:
         try:

@@ -520,7 +520,7 @@ def test_lstm_champion_scores_feature_rows_like_its_pyfunc(
 
 def test_entity_ids_get_forecasts_from_the_online_store(trained_weather, weather_project, tmp_path) -> None:
     from tsops import registry
-    from tsops.serving.entities import OnlineFeatures
+    from tsops.features.online import OnlineFeatures
 
     cities = sorted(_feature_rows(weather_project, 2000)["city"].unique())
     job = write_job(

@@ -9,6 +9,7 @@ import json
 import signal
 import subprocess
 import time
+import urllib.request
 import uuid
 from collections import Counter
 
@@ -16,10 +17,11 @@ import numpy as np
 import pytest
 
 from conftest import TSOPS, synthetic_events, write_jsonl, write_synthetic_project
+from servers import free_port
 from test_streaming import assert_stream_equals_batch, promote_mid_stream, read_jsonl, ticks_for
 from tsops.features.store import FeatureStoreClient
 from tsops.streaming.runner import replay_to_kafka, run_stream
-from tsops.streaming.spark.engine import run_spark_stream, spark_session
+from tsops.streaming.spark.engine import KafkaLag, run_spark_stream, spark_session
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +49,11 @@ def twin_projects(stream_model, tmp_path):  # type: ignore[no-untyped-def]
         return tuple(made)
 
     return make
+
+
+def metric_value(text: str, name: str) -> float:
+    (line,) = [x for x in text.splitlines() if x.startswith(name + " ")]
+    return float(line.split()[1])
 
 
 def predictions_of(project) -> dict[str, dict]:  # type: ignore[no-untyped-def]
@@ -87,6 +94,26 @@ def assert_same_outcome(python_project, spark_project, entities: list[str]) -> N
     assert dead_letters_of(python_project) == dead_letters_of(spark_project)
 
 
+def stored_accuracy(project) -> dict[tuple[int, int], tuple[float, int]]:  # type: ignore[no-untyped-def]
+    """The latest rolling MAE (and its error count) per (model version, step) the monitor stored."""
+    from tsops.monitoring.history import MonitorHistory
+
+    history = MonitorHistory.for_project(project)
+    try:
+        return {(r.model_version, r.step): (r.mae, r.n) for r in history.latest_accuracy()}
+    finally:
+        history.close()
+
+
+def assert_same_accuracy(python_project, spark_project) -> None:  # type: ignore[no-untyped-def]
+    """Both engines' monitors stored the same rolling MAE per step for the same events."""
+    a, b = stored_accuracy(python_project), stored_accuracy(spark_project)
+    assert a and a.keys() == b.keys()
+    assert any(step > 0 for _, step in a)
+    for key, (mae, n) in a.items():
+        assert b[key][1] == n and abs(b[key][0] - mae) <= 1e-6 * max(1.0, abs(mae)), key
+
+
 def poisoned(events: list[dict]) -> list:
     lines: list = list(events)
     lines.insert(10, json.dumps({"entity_id": "e000", "value": 1.0}))  # missing_field
@@ -118,6 +145,7 @@ def test_spark_engine_equals_python_engine_on_a_file_replay_with_poison(twin_pro
     )  # fmt: skip
     entities = sorted({e["entity_id"] for e in events})
     assert_same_outcome(python_project, spark_project, entities)
+    assert_same_accuracy(python_project, spark_project)
     assert_stream_equals_batch(spark_project, events)
 
 
@@ -189,8 +217,10 @@ def test_kafka_ticks_through_spark_equal_the_python_engine_and_sigterm_stops_it(
         lines
     )
     log = tmp_path / "spark.log"
+    port = free_port()
     worker = subprocess.Popen(
-        [*TSOPS, "stream", "--project", str(spark_project.root), "--engine", "spark", "--json"],
+        [*TSOPS, "stream", "--project", str(spark_project.root), "--engine", "spark", "--json"]
+        + ["--metrics-port", str(port)],
         stdout=subprocess.PIPE,
         stderr=log.open("w"),
         text=True,
@@ -203,6 +233,10 @@ def test_kafka_ticks_through_spark_equal_the_python_engine_and_sigterm_stops_it(
             assert worker.poll() is None, log.read_text()[-3000:]
             assert time.time() < deadline, "the Spark engine did not predict every closed bar in time"
             time.sleep(0.5)
+        # The Spark engine's monitor saw the actuals (closed bars) and it exports a consumer lag.
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        assert metric_value(metrics, "tsops_accuracy_actuals_total") > 0
+        assert metric_value(metrics, "tsops_stream_consumer_lag") >= 0
         worker.send_signal(signal.SIGTERM)
         out, _ = worker.communicate(timeout=120)
     finally:
@@ -287,3 +321,28 @@ def test_a_running_spark_query_switches_to_a_new_champion(spark, stream_project,
     )
     assert result["summary"].reloads == 1  # the query restarted once, on its checkpoint
     assert [r["model_version"] for r in rows] == [old] * 50 + [new] * 50
+
+
+def test_spark_consumer_lag_is_the_high_watermarks_past_the_last_batch(stream_model, kafka_broker, tmp_path):
+    from confluent_kafka import Producer
+
+    topic = f"lag-{uuid.uuid4().hex[:8]}"
+    kafka_broker.create_topic(topic, 2)
+    project = write_synthetic_project(
+        tmp_path / "p",
+        tracking_uri=stream_model.tracking_uri,
+        extra={"stream": {"kafka": {"bootstrap_servers": kafka_broker.bootstrap, "events_topic": topic}}},
+    )
+    producer = Producer({"bootstrap.servers": kafka_broker.bootstrap, "linger.ms": 0})
+    for partition, n in ((0, 7), (1, 3)):
+        for _ in range(n):
+            producer.produce(topic, b"{}", partition=partition)
+            producer.flush(10)  # one record per produce: the broker's watermarks are exact
+    lag = KafkaLag(project)
+    try:
+        progress = {"sources": [{"endOffset": json.dumps({"0": 2, "1": 3})}]}
+        assert lag(progress) == 5
+        assert lag({"sources": [{"endOffset": {"0": 7, "1": 0}}]}) == 3
+        assert lag(None) is None and lag({"sources": []}) is None
+    finally:
+        lag.close()

@@ -32,9 +32,9 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from tsops.demo_broker import BrokerError, EmbeddedBroker
 from tsops.errors import ConfigError
 from tsops.settings import CONFIG_FILE, Project
-from tsops.streaming.broker import BrokerError, EmbeddedBroker
 
 log = logging.getLogger("tsops.demo")
 

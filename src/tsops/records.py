@@ -1,10 +1,13 @@
-"""Shared record types, a layer below every package that passes them: the observation event
-(streaming parses it, monitoring joins it with forecasts)."""
+"""Shared record types and time arithmetic, a layer below every package that passes them: the
+observation event (streaming parses it, monitoring joins it with forecasts) and the target
+times of a forecast (stream records, `/forecast`, backtest plots, the dashboard)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, NotRequired, TypedDict
 
+import numpy as np
 import pandas as pd
 
 
@@ -15,3 +18,37 @@ class Event:
     entity: str
     time: pd.Timestamp  # tz-naive UTC, floored to the series' interval
     value: float
+
+
+def target_times(origins: Any, step_ns: int, horizon: int) -> np.ndarray:
+    """The times forecasts made at `origins` are for: origin + h·step for h = 1..`horizon`, as
+    an (origins, horizon) datetime64[ns] array (`origins`: datetime64, int64 nanoseconds or
+    timestamps). The one place that turns an origin and a step into target times."""
+    start = np.asarray(origins, dtype="datetime64[ns]").reshape(-1)
+    offsets = (np.arange(1, horizon + 1, dtype=np.int64) * int(step_ns)).astype("timedelta64[ns]")
+    return start[:, None] + offsets[None, :]
+
+
+def iso_seconds(times: np.ndarray) -> list[Any]:
+    """datetime64 values as ISO 8601 strings to the second (the records' time format)."""
+    return np.datetime_as_string(times, unit="s").tolist()  # type: ignore[no-any-return]
+
+
+class Interval(TypedDict):
+    lower: list[float]
+    upper: list[float]
+
+
+class Prediction(TypedDict):
+    """A forecast as the stream engines write it (`streaming.steps.prediction_records`) and the
+    monitor, the dashboard, the sinks and the batch Kafka target read it: a JSON object."""
+
+    key: str  # entity|event_time|model_version: a replay rewrites the same record
+    entity: str
+    event_time: str  # ISO, the origin of the forecast
+    target_times: list[str]  # ISO, origin + h·step for h = 1..H
+    values: list[float]
+    model: str
+    model_version: int
+    latency_ms: float  # poll → prediction in the worker
+    intervals: NotRequired[dict[str, Interval]]  # by level ("80", "95"), when calibrated

@@ -8,8 +8,12 @@ every move is recorded on the version (tags) and in the registered model's champ
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +29,8 @@ from tsops.settings import Project
 CHAMPION, CHALLENGER = "champion", "challenger"
 HISTORY_TAG = "tsops.champion_history"
 LEFT_OUT_TAG = "tsops.left_out_entities"  # entities a training left out, with the reason (JSON)
+
+log = logging.getLogger("tsops.registry")
 
 
 def connect(project: Project) -> MlflowClient:
@@ -142,9 +148,101 @@ def load_forecaster(project: Project, alias: str = CHAMPION, version: int | None
     resolved = version or version_for_alias(client, name, alias)
     if resolved is None:
         raise ModelError(f"no version has the alias {alias!r}; run tsops train / promote", name)
-    model = load(project, version=resolved)
-    return resolved, model.unwrap_python_model().forecaster
+    return resolved, forecaster_of(load(project, version=resolved))
 
 
 def artifact_tmpdir() -> tempfile.TemporaryDirectory[str]:
     return tempfile.TemporaryDirectory(prefix="tsops-")
+
+
+def forecaster_of(pyfunc: Any) -> Any:
+    """The `Forecaster` inside a loaded tsops pyfunc model."""
+    return pyfunc.unwrap_python_model().forecaster
+
+
+class AliasWatcher:
+    """Follows aliases of the registered model for a long-running process (serving, both stream
+    engines): every `interval_s` a background thread reads the aliases `aliases()` names and,
+    for each that points elsewhere than `installed(alias)`, calls `on_move(alias, version)`,
+    which loads and swaps in the new version (a failure there is retried at the next check).
+
+    One registry client, reused. A registry outage or a version that cannot be loaded never
+    stops the caller: it is logged once, then once a minute while it lasts, then its end."""
+
+    def __init__(
+        self,
+        project: Project,
+        *,
+        interval_s: float,
+        installed: Callable[[str], int | None],
+        on_move: Callable[[str, int], None],
+        aliases: Callable[[], Iterable[str]] = lambda: (CHAMPION,),
+        who: str = "watcher",
+    ):
+        self.project = project
+        self.interval = interval_s
+        self.installed = installed
+        self.on_move = on_move
+        self.aliases = aliases
+        self.who = who
+        self._client: MlflowClient | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name=f"{who}-aliases", daemon=True)
+        self._failing_since: float | None = None
+        self._last_report = 0.0
+        self._failures = 0
+
+    def start(self) -> None:
+        if self.interval > 0:
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+
+    def check(self, aliases: Iterable[str] | None = None) -> dict[str, int | None]:
+        """Read the aliases now and install what moved (blocking); returns alias → version as
+        the registry has it. Raises when the registry cannot be read or a version not loaded."""
+        with self._lock:
+            if self._client is None:
+                self._client = connect(self.project)
+            name = self.project.settings.model.name
+            found = {a: version_for_alias(self._client, name, a) for a in (aliases or self.aliases())}
+            for alias, version in found.items():
+                if version is not None and version != self.installed(alias):
+                    self.on_move(alias, version)
+                    log.info("%s: %s v%s is now the %s", self.who, name, version, alias)
+            return found
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.check()
+            except Exception as e:
+                self._failed(e)
+            else:
+                self._recovered()
+
+    def _failed(self, error: Exception) -> None:
+        now = time.monotonic()
+        self._failures += 1
+        if self._failing_since is None:
+            self._failing_since = self._last_report = now
+            log.warning("%s: cannot follow the registry's aliases: %s (retrying)", self.who, error)
+        elif now - self._last_report >= OUTAGE_REPORT_EVERY_S:
+            self._last_report = now
+            since = now - self._failing_since
+            log.warning(
+                "%s: still failing after %.0f s (%d checks): %s", self.who, since, self._failures, error
+            )
+
+    def _recovered(self) -> None:
+        if self._failing_since is not None:
+            since = time.monotonic() - self._failing_since
+            log.warning("%s: the registry answers again after %.0f s", self.who, since)
+            self._failing_since, self._failures = None, 0
+
+
+OUTAGE_REPORT_EVERY_S = 60.0

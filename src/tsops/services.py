@@ -10,6 +10,7 @@ never a half-started process). Embedded defaults (files, SQLite) need no wait.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from collections.abc import Callable
@@ -178,3 +179,13 @@ def wait_for(services: list[Service], wait_s: float, every_s: float = 2.0) -> No
 def _reason(e: Exception) -> str:
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     return text[:200]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listening host is only reachable from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve anywhere

@@ -309,7 +309,7 @@ class EntitiesSource:
     READ_ROWS = 1000
 
     def __init__(self, params: EntitiesParams, context: BatchContext):
-        from tsops.serving.entities import OnlineFeatures
+        from tsops.features.online import OnlineFeatures
 
         self.params = params
         self.context = context

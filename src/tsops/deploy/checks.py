@@ -6,7 +6,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from tsops.errors import ConfigError
-from tsops.serving.command import is_loopback
+from tsops.services import is_loopback
 from tsops.settings import Project
 
 

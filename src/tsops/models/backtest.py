@@ -17,6 +17,7 @@ from tsops.models import metrics
 from tsops.models.baselines import BASELINES
 from tsops.models.dataset import TrainingData
 from tsops.models.intervals import coverage as interval_coverage
+from tsops.records import target_times
 
 Predictor = Callable[[pd.DataFrame], np.ndarray]
 
@@ -116,9 +117,9 @@ def plot(
     horizon = data.test.labels.shape[1]
     for k, row in enumerate(np.flatnonzero((feats[entity_col] == first).to_numpy())[-4:]):
         origin = pd.Timestamp(feats[time_col].iloc[row])
-        target_times = [origin + step * h for h in range(1, horizon + 1)]
+        times = target_times([origin.to_datetime64()], step.value, horizon)[0]
         ax2.plot(
-            target_times,
+            times,
             data.test.labels[row],
             color="black",
             lw=1.2,
@@ -126,7 +127,7 @@ def plot(
         )
         for i, (name, pred) in enumerate(report.predictions.items()):
             ax2.plot(
-                target_times,
+                times,
                 pred[row],
                 lw=1,
                 alpha=0.8,

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tsops.records import Event
+from tsops.records import Event, Prediction
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ class AccuracyTracker:
 
     # -- forecasts ------------------------------------------------------------------------
 
-    def add_forecasts(self, records: list[dict[str, Any]]) -> int | None:
+    def add_forecasts(self, records: list[Prediction]) -> int | None:
         """Remember prediction records until their actuals arrive (a replayed record is kept
         once); returns the model version of the last readable record."""
         codes, times, versions, values, kept = [], [], [], [], []
@@ -225,7 +225,12 @@ class AccuracyTracker:
         if not ok.all():
             for i in np.flatnonzero(~ok):
                 self._invalid(kept[i], ValueError("non-numeric or non-finite forecast values"))
-            codes, times, versions = [[x[i] for i in np.flatnonzero(ok)] for x in (codes, times, versions)]
+            keep = np.flatnonzero(ok)
+            codes, times, versions = (
+                [codes[i] for i in keep],
+                [times[i] for i in keep],
+                [versions[i] for i in keep],
+            )
             value_arr = value_arr[ok]
             if not codes:
                 return None

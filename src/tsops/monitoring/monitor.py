@@ -24,7 +24,7 @@ from tsops.monitoring.accuracy import AccuracyTracker
 from tsops.monitoring.drift import DriftReference, DriftWindow
 from tsops.monitoring.history import ALL_STEPS, AccuracyRow, DriftRow, MonitorHistory
 from tsops.monitoring.metrics import MonitorMetrics
-from tsops.records import Event
+from tsops.records import Event, Prediction
 from tsops.settings import Project
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ class StreamMonitor:
         self,
         events: list[Event],
         feature_rows: pd.DataFrame | list[dict[str, float]],
-        predictions: list[dict[str, Any]],
+        predictions: list[Prediction],
     ) -> None:
         """Account one micro-batch: its applied events (the actuals, and the target's values),
         their feature rows (a frame with the feature columns, as the stream has them, or a list
@@ -121,7 +121,7 @@ class StreamMonitor:
         self,
         events: list[Event],
         feature_rows: pd.DataFrame | list[dict[str, float]],
-        predictions: list[dict[str, Any]],
+        predictions: list[Prediction],
     ) -> None:
         acc, m = self.accuracy, self.metrics
         before = acc.counts.as_dict()

@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from pathlib import Path
 from typing import Any
 
 from tsops import registry
 from tsops.errors import ConfigError, ModelError
+from tsops.services import is_loopback
 from tsops.settings import Project
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a host name other than localhost may resolve anywhere
 
 
 def check_bind(host: str, admin_token: str | None) -> None:

@@ -91,7 +91,7 @@ def load(project: Project, version: int) -> ServedModel:
     schema = pyfunc.metadata.get_input_schema()
     if schema is None or not schema.has_input_names():
         raise ModelError("the model's signature does not name its input columns", str(version))
-    forecaster = pyfunc.unwrap_python_model().forecaster
+    forecaster = registry.forecaster_of(pyfunc)
     forecaster.net.eval()
     served = ServedModel(
         name=project.settings.model.name,

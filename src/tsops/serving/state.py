@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 
 from tsops import registry
 from tsops.errors import StoreError
+from tsops.features.online import OnlineFeatures
 from tsops.secrets import resolve_text
 from tsops.serving import model as served_model
-from tsops.serving.entities import OnlineFeatures
 from tsops.serving.errors import Forbidden, NotReady, Unauthorized
 from tsops.serving.metrics import ServingMetrics
 from tsops.serving.model import ServedModel
@@ -37,6 +37,14 @@ class ServingState:
     @property
     def model_name(self) -> str:
         return self.project.settings.model.name
+
+    def loaded_versions(self) -> dict[str, int | None]:
+        """The version loaded per role (the dashboard shows them)."""
+        router = self.router
+        return {
+            role: (model.version if model is not None else None)
+            for role, model in (("champion", router.champion), ("challenger", router.challenger))
+        }
 
     def prepare(self, model: ServedModel) -> None:
         s = self.project.settings.serving

@@ -1,13 +1,12 @@
-"""Hot reload: a background thread polls the registry for the `champion` (and, while canary
-or shadow traffic is on, the `challenger`) alias; when one moves it loads the new version
-off the request path and hands it to the event loop, which swaps it in with one assignment.
-The old model's batcher finishes the requests it already queued, then stops."""
+"""Hot reload, on the registry's one alias watcher (`registry.AliasWatcher`, which both stream
+engines use too): it follows the `champion` alias (and, while canary or shadow traffic is on,
+the `challenger`); when one moves, the new version is loaded off the request path and handed
+to the event loop, which swaps it in with one assignment. The old model's batcher finishes
+the requests it already queued, then stops."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import threading
 from collections.abc import Callable
 
 from tsops import registry
@@ -16,7 +15,7 @@ from tsops.serving.model import ServedModel
 from tsops.serving.router import Router
 from tsops.settings import Project
 
-log = logging.getLogger("tsops.serving")
+ROLES = (registry.CHAMPION, registry.CHALLENGER)
 
 
 class ModelWatcher:
@@ -35,43 +34,40 @@ class ModelWatcher:
         self.metrics = metrics
         self.prepare = prepare  # gives a loaded model its batcher (run on the event loop)
         self.loader = loader
-        self.interval = project.settings.serving.reload_interval_s
-        self._client = registry.connect(project)
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, name="model-watcher", daemon=True)
+        self.aliases = registry.AliasWatcher(
+            project,
+            interval_s=project.settings.serving.reload_interval_s,
+            installed=self._installed,
+            on_move=self._load,
+            aliases=self._followed,
+            who="serving",
+        )
 
     def start(self) -> None:
-        self._thread.start()
+        self.aliases.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=10)
+        self.aliases.stop()
 
     def check(self, challenger: bool = False) -> dict[str, int | None]:
         """Compare the aliases with what is loaded; load and swap what moved (blocking).
-        The challenger is followed when asked, while canary/shadow is on, or once loaded."""
-        with self._lock:
-            name = self.project.settings.model.name
-            wanted = {registry.CHAMPION: registry.version_for_alias(self._client, name, "champion")}
-            if challenger or self.router.wants_challenger or self.router.challenger is not None:
-                wanted[registry.CHALLENGER] = registry.version_for_alias(
-                    self._client, name, registry.CHALLENGER
-                )
-            for role, version in wanted.items():
-                current = getattr(self.router, role)
-                if version is None or (current is not None and current.version == version):
-                    continue
-                same = self.router.by_version(version)
-                model = same if same is not None else self.loader(self.project, version)
-                future = asyncio.run_coroutine_threadsafe(self._install(role, model), self.loop)
-                future.result(timeout=60)
-                log.info("serving %s v%s as %s", name, version, role)
-            return {
-                r: getattr(self.router, r).version if getattr(self.router, r) else None
-                for r in (registry.CHAMPION, registry.CHALLENGER)
-            }
+        Returns the versions loaded per role."""
+        self.aliases.check(ROLES if challenger else None)
+        return {r: getattr(self.router, r).version if getattr(self.router, r) else None for r in ROLES}
+
+    def _followed(self) -> tuple[str, ...]:
+        """The challenger is followed while canary/shadow is on, or once loaded."""
+        router = self.router
+        return ROLES if router.wants_challenger or router.challenger is not None else ROLES[:1]
+
+    def _installed(self, role: str) -> int | None:
+        model: ServedModel | None = getattr(self.router, role)
+        return None if model is None else model.version
+
+    def _load(self, role: str, version: int) -> None:
+        same = self.router.by_version(version)
+        model = same if same is not None else self.loader(self.project, version)
+        asyncio.run_coroutine_threadsafe(self._install(role, model), self.loop).result(timeout=60)
 
     async def _install(self, role: str, model: ServedModel) -> None:
         if model.batcher is None:
@@ -85,10 +81,3 @@ class ModelWatcher:
             if all(old is not m for m in self.router.loaded()) and old.batcher is not None:
                 old.batcher.close()
         self.metrics.model_info.labels(name, str(model.version), role).set(1)
-
-    def _poll(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.check()
-            except Exception:  # a registry hiccup must not stop serving; retry next time
-                log.exception("model watcher: check failed; will retry")

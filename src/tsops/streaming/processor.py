@@ -1,11 +1,9 @@
-"""The stream processor: poll → validate → (bars) → state and features → predict (one model
-call per poll) → prediction sinks and dead letters, then, every checkpoint interval, offline log
-→ online store → states → commit (`checkpoint.py`, in the background).
+"""The python engine's stream processor: poll → validate → (bars) → state and features →
+predict (one model call per poll) → the commit pipeline (`commit.py`: sinks, dead letters and
+the monitor at once; offline log, online store, states and offsets every checkpoint).
 
-Offsets are committed last, with the states that match them, so a crash at any point replays
-from the last checkpoint: predictions already written are written again identically (same
-idempotency key), and events whose state was already written are duplicates that change nothing.
-"""
+`build_processor` (in `runner.py`) wires it: the processor only turns polled records into a
+`MicroBatch`."""
 
 from __future__ import annotations
 
@@ -19,16 +17,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tsops.features.definitions import EntityState
-from tsops.features.store import FeatureStoreClient
+from tsops.features.definitions import EntityState, FeatureSet
 from tsops.models.lstm import Forecaster
-from tsops.monitoring.monitor import StreamMonitor
-from tsops.settings import Project
-from tsops.streaming.checkpoint import Checkpointer
-from tsops.streaming.events import Event, EventError, RawRecord, dead_letter, parse
+from tsops.records import Event, Prediction
+from tsops.settings import SeriesSettings, StreamSettings
+from tsops.streaming.commit import CommitPipeline, MicroBatch
+from tsops.streaming.events import EventError, RawRecord, dead_letter, parse
 from tsops.streaming.metrics import StreamMetrics
 from tsops.streaming.reload import ChampionWatcher
-from tsops.streaming.sinks import Sink
 from tsops.streaming.sources import Source
 from tsops.streaming.state import KeyedState
 from tsops.streaming.steps import NewRows, TumblingBars, features_of, prediction_records, push_event
@@ -70,57 +66,47 @@ class Summary:
 
 
 class Processor:
+    """Turns polled records into micro-batches for the commit pipeline. Built by
+    `runner.build_processor`, which wires the source, sinks, state, monitor and pipeline."""
+
     def __init__(
         self,
-        project: Project,
+        *,
+        series: SeriesSettings,
+        stream: StreamSettings,
+        features: FeatureSet,
         source: Source,
-        sinks: list[Sink],
-        dead_letter_sink: Sink,
-        client: FeatureStoreClient,
+        state: KeyedState,
+        pipeline: CommitPipeline,
+        watcher: ChampionWatcher,
         forecaster: Forecaster,
+        model_name: str,
         model_version: int,
-        metrics: StreamMetrics | None = None,
-        monitor: StreamMonitor | None = None,
+        metrics: StreamMetrics,
     ):
-        self.project = project
-        self.settings = project.settings.stream
-        self.series = project.settings.series
+        self.settings = stream
+        self.series = series
         self.source = source
-        self.sinks = sinks
-        self.dead_letter_sink = dead_letter_sink
-        self.client = client
-        self.features = client.features
+        self.state = state
+        self.pipeline = pipeline
+        self.watcher = watcher
+        self.features = features
         self.forecaster = forecaster
+        self.model_name = model_name
         self.model_version = model_version
-        self.model_name = project.settings.model.name
-        self.horizon = forecaster.cfg.horizon
-        self.state = KeyedState(client)
-        self.metrics = metrics or StreamMetrics()
-        self.monitor = monitor  # online accuracy and drift (`tsops.monitoring`)
+        self.metrics = metrics
         self.summary = Summary()
-        self.max_future = pd.Timedelta(self.settings.max_future)
-        aggregate = self.settings.aggregate
-        self.bars = None if aggregate is None else TumblingBars(aggregate, self.series)
+        self.max_future = pd.Timedelta(stream.max_future)
+        aggregate = stream.aggregate
+        self.bars = None if aggregate is None else TumblingBars(aggregate, series)
         self._received: list[float] = []  # when the predicted events were polled
-        self._names = tuple(self.features.names)
-        self.watcher = ChampionWatcher(project, model_version, self.settings.reload_interval_s)
-        self.checkpointer = Checkpointer(
-            lambda: FeatureStoreClient(project),
-            source,
-            self.series.entity_col,
-            self.settings.checkpoint_interval_ms,
-        )
-        self._columns = [
-            self.series.entity_col,
-            self.series.time,
-            self.series.target,
-            *self.features.names,
-        ]
+        self._names = tuple(features.names)
+        self._columns = [series.entity_col, series.time, series.target, *features.names]
 
     def on_revoke(self, partitions: list[int]) -> None:
         """Called by a Kafka source in a rebalance: checkpoint, then forget the entities of the
         revoked partitions (their new owner loads them from the store)."""
-        self.checkpointer.flush(wait=True)
+        self.pipeline.flush(wait=True)
         self.state.drop_partitions(partitions)
 
     def run(
@@ -140,16 +126,16 @@ class Processor:
             while not stop.is_set() and not self.source.exhausted:
                 if max_events is not None and self.summary.consumed >= max_events:
                     break
-                self.checkpointer.commit_finished()
+                self.pipeline.commit_finished()
                 records = self.source.poll(self.settings.batch_size, timeout)
                 if records:
                     self.handle(records)
                     last_record = time.monotonic()
                 else:
-                    if self.checkpointer.due():
-                        self.checkpointer.flush()
-                    if self.monitor is not None:
-                        self.monitor.refresh()
+                    if self.pipeline.due():
+                        self.pipeline.flush()
+                    if self.pipeline.monitor is not None:
+                        self.pipeline.monitor.refresh()
                     if until_idle is not None and time.monotonic() - last_record > until_idle:
                         break
                 lag = self.source.lag()
@@ -157,7 +143,7 @@ class Processor:
                     self.metrics.lag.set(lag)
         finally:
             self.watcher.stop()
-            self.checkpointer.close()  # the last checkpoint, on every way out but a crash
+            self.pipeline.close()  # the last checkpoint, on every way out but a crash
             self.summary.seconds = time.monotonic() - started
         return self.summary
 
@@ -213,15 +199,10 @@ class Processor:
         offline = self._frame(blocks, matrices)
         to_predict = [(r, ev, matrices[id(b)][i]) for r, ev, b, i in closing]
         predictions = self._predict(to_predict)
-        # Durable writes in crash-safe order; offsets last.
-        for sink in self.sinks:
-            sink.write(predictions)
-        self.dead_letter_sink.write(dead)
-        if self.monitor is not None:
-            self.monitor.on_batch(observed, offline, predictions)
-        self.checkpointer.add(offline, {e: self.state.states[e] for e in touched}, records)
-        if self.checkpointer.due():
-            self.checkpointer.flush()
+        states = {e: self.state.states[e] for e in touched}
+        self.pipeline.commit(MicroBatch(predictions, dead, observed, offline, states, records))
+        if self.pipeline.due():
+            self.pipeline.flush()
 
         s, m = self.summary, self.metrics
         s.consumed += len(records)
@@ -264,7 +245,7 @@ class Processor:
         frame.insert(0, series.entity_col, [e for e, b in blocks.items() for _ in b.values])
         return frame
 
-    def _predict(self, items: list[tuple[RawRecord, Event, np.ndarray]]) -> list[dict[str, Any]]:
+    def _predict(self, items: list[tuple[RawRecord, Event, np.ndarray]]) -> list[Prediction]:
         """One model call for the micro-batch; events whose features are still warming up (NaN
         lags or rolling windows of a new entity) are counted, not predicted."""
         if not items:

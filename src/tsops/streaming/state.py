@@ -1,6 +1,6 @@
 """Keyed state: each entity's incremental feature state, in memory in the worker that owns
-the entity's partition, loaded from the online store on first sight and written through to
-it after every micro-batch."""
+the entity's partition, loaded from the online store on first sight and written back to it
+by each checkpoint (`commit.py`)."""
 
 from __future__ import annotations
 
@@ -43,6 +43,3 @@ class KeyedState:
             self.states.pop(e, None)
             self.partition_of.pop(e, None)
         return len(gone)
-
-    def write_through(self, entities: set[str]) -> None:
-        self.client.write_states({e: self.states[e] for e in entities if e in self.states})

@@ -11,6 +11,7 @@ import pandas as pd
 
 from tsops.features.definitions import EntityState, FeatureSet
 from tsops.features.engines import features_after_many
+from tsops.records import Prediction, iso_seconds, target_times
 from tsops.settings import AggregateSettings, SeriesSettings, StreamSettings
 from tsops.streaming.events import Event, EventError
 
@@ -170,7 +171,7 @@ def prediction_records(
     version: int,
     latencies_ms: list[float],
     intervals: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
-) -> list[dict[str, Any]]:
+) -> list[Prediction]:
     """One record per event: the horizon's target times and values, the model version, and an
     idempotency key (entity, event time, model version) so a replayed batch rewrites the same
     record; with `intervals` (level -> lower, upper), `intervals: {"80": {"lower": [...],
@@ -182,15 +183,14 @@ def prediction_records(
     # distinct time (a micro-batch of 5,000 events over 50 entities has ~100).
     distinct = list(dict.fromkeys(ev.time for ev in events))
     origins = np.array([t.to_datetime64() for t in distinct], dtype="datetime64[ns]")
-    offsets = np.arange(1, horizon + 1) * series.step.to_timedelta64()
-    targets = np.datetime_as_string(origins[:, None] + offsets[None, :], unit="s").tolist()
+    targets = iso_seconds(target_times(origins, series.step.value, horizon))
     stamps = {t: (t.isoformat(), row) for t, row in zip(distinct, targets, strict=True)}
     values = np.asarray(forecasts, dtype=float).tolist()
     bounds = {level: (lo.tolist(), hi.tolist()) for level, (lo, hi) in (intervals or {}).items()}
-    out = []
+    out: list[Prediction] = []
     for i, (ev, row_values, latency) in enumerate(zip(events, values, latencies_ms, strict=True)):
         iso, row_targets = stamps[ev.time]
-        record: dict[str, Any] = {
+        record: Prediction = {
             "key": f"{ev.entity}|{iso}|{version}",
             "entity": ev.entity,
             "event_time": iso,

@@ -252,7 +252,7 @@ class DashboardFeed:
             if dead_reset:
                 self.dead_total, self.dead_by_reason = 0, Counter()
                 self.dead_recent.clear()
-            self.series.add_forecasts(records)
+            self.series.add_forecasts(records)  # type: ignore[arg-type]  # JSON read back
             if records:
                 self.last_prediction_at = now
             for d in dead:

@@ -13,7 +13,7 @@ from importlib import resources
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -36,15 +36,18 @@ def _json(body: Any) -> Response:
     return Response(orjson.dumps(body), 200, media_type="application/json")
 
 
-def mount(
-    app: FastAPI, project: Project, serving_metrics: Any, loaded: Callable[[], dict[str, int | None]]
+def feed_for(
+    project: Project, serving_metrics: Any, loaded: Callable[[], dict[str, int | None]]
 ) -> DashboardFeed | None:
-    """Add the dashboard to a serving app (unless `serving.dashboard.enabled` is false):
+    """The dashboard's data for a serving app (None when `serving.dashboard.enabled` is false):
     `serving_metrics` is the app's Prometheus registry, `loaded()` the versions it serves by role."""
     if not project.settings.serving.dashboard.enabled:
         return None
-    horizon = project.settings.model.horizon
-    feed = DashboardFeed(project, serving_metrics=serving_metrics, loaded=loaded)
+    return DashboardFeed(project, serving_metrics=serving_metrics, loaded=loaded)
+
+
+def router(feed: DashboardFeed, horizon: int) -> APIRouter:
+    """The dashboard's routes over its feed."""
     html = page()
     ui = APIRouter()
 
@@ -97,8 +100,7 @@ def mount(
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-    app.include_router(ui)
-    return feed
+    return ui
 
 
 async def _updates(

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from tsops.records import Prediction, target_times
+
 _NAIVE_ISO = re.compile(r"^\d{4}-\d\d-\d\d([T ]\d\d:\d\d(:\d\d(\.\d{1,9})?)?)?$")
 NS_PER_MS = 1_000_000
 
@@ -67,7 +69,7 @@ class EntitySeries:
         self.actuals_added += added
         return added
 
-    def add_forecasts(self, records: Iterable[dict[str, Any]]) -> tuple[int, int]:
+    def add_forecasts(self, records: Iterable[Prediction]) -> tuple[int, int]:
         """Add prediction records (`streaming.steps.prediction_records`); returns (new, unreadable)."""
         added = bad = 0
         touched: set[str] = set()
@@ -124,7 +126,7 @@ class EntitySeries:
         ]
         latest_fan: list[dict[str, Any]] = []
         for (origin, version), values in ordered[-fan:]:
-            times = origin + self.step_ns * np.arange(1, len(values) + 1)
+            times = target_times([origin], self.step_ns, len(values))[0].astype(np.int64)
             latest_fan.append(
                 {
                     "origin": origin // NS_PER_MS,

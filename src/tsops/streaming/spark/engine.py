@@ -5,8 +5,9 @@
       → per-entity state (`transformWithStateInPandas`, RocksDB state store; `EntityProcessor`
         runs `steps.push_event` (bars, gap filling) and `steps.NewRows`)
       → forecasts (`mapInPandas`, `Predictor`: the champion, once per Python worker)
-      → `foreachBatch` on the driver (`BatchWriter`): prediction sinks → dead letters → offline
-        append → online rows → state write-through, then Spark commits the batch.
+      → `foreachBatch` on the driver (`BatchWriter`): the batch as a `MicroBatch` to the commit
+        pipeline (`tsops.streaming.commit`, the python engine's own: prediction sinks → dead
+        letters → monitor → offline append → online rows → states), then Spark commits it.
 
 Progress (source offsets and Spark's state) lives in the checkpoint; a crash replays the
 uncommitted batch from the same offsets, and every write is idempotent (the same records
@@ -19,11 +20,11 @@ import hashlib
 import json
 import logging
 import shutil
-import signal
 import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +32,18 @@ import numpy as np
 import pandas as pd
 
 from tsops.errors import ConfigError, ModelError
-from tsops.features.definitions import EntityState
+from tsops.features.definitions import EntityState, FeatureSet
 from tsops.features.store import FeatureStoreClient
+from tsops.monitoring.monitor import StreamMonitor
+from tsops.records import Event, Prediction
 from tsops.settings import Project, SparkStreamSettings
+from tsops.stopping import stop_on_signals
 from tsops.streaming import sinks as sink_registry
+from tsops.streaming.commit import CommitPipeline, MicroBatch
 from tsops.streaming.metrics import StreamMetrics
 from tsops.streaming.processor import Summary
-from tsops.streaming.reload import ChampionCheck
+from tsops.streaming.reload import ChampionWatcher
 from tsops.streaming.runner import parse_source
-from tsops.streaming.sinks import Sink
 
 log = logging.getLogger("tsops.streaming")
 
@@ -78,25 +82,19 @@ def source_name(project: Project, kind: str, path: Path | None) -> str:
 
 
 class BatchWriter:
-    """`foreachBatch` on the driver: the python engine's writes, in its crash-safe order."""
+    """`foreachBatch` on the driver: each batch through the commit pipeline, written before it
+    returns (Spark commits the batch's offsets in its checkpoint afterwards)."""
 
-    def __init__(
-        self,
-        project: Project,
-        client: FeatureStoreClient,
-        sinks: list[Sink],
-        dead_letter_sink: Sink,
-        metrics: StreamMetrics,
-    ):
+    def __init__(self, project: Project, pipeline: CommitPipeline, metrics: StreamMetrics):
         self.series = project.settings.series
-        self.client = client
-        self.sinks = sinks
-        self.dead_letter_sink = dead_letter_sink
+        self.lookback = FeatureSet(project.settings.features).lookback
+        self.pipeline = pipeline
         self.metrics = metrics
         self.summary = Summary()
         self.entities: set[str] = set()
         self.last_data = time.monotonic()
-        self.columns = [self.series.entity_col, self.series.time, self.series.target, *client.features.names]
+        names = FeatureSet(project.settings.features).names
+        self.columns = [self.series.entity_col, self.series.time, self.series.target, *names]
 
     def __call__(self, batch: Any, batch_id: int) -> None:
         frame = batch.toPandas()
@@ -108,21 +106,18 @@ class BatchWriter:
             (json.loads(t) for t in frame.loc[kind == "dead", "text"]),
             key=lambda d: (d["partition"], d["offset"]),
         )
-        rows = self._feature_rows(frame[kind == "row"])
-        lookback = self.client.features.lookback
         states = {
-            e: EntityState.from_dict(lookback, json.loads(t))
+            e: EntityState.from_dict(self.lookback, json.loads(t))
             for e, t in frame.loc[kind == "state", ["entity", "text"]].itertuples(index=False)
         }
-        for sink in self.sinks:
-            sink.write(predictions)
-        self.dead_letter_sink.write(dead)
-        if len(rows):
-            self.client.append_offline(rows)
-            ent, when = self.series.entity_col, self.series.time
-            latest = rows.sort_values([ent, when], kind="stable").groupby(ent, sort=False).tail(1)
-            self.client.write_online(latest.reset_index(drop=True))
-        self.client.write_states(states)
+        observed = [
+            Event(e, pd.Timestamp(int(ns)), float(v[0]))
+            for e, ns, v in frame.loc[kind == "observed", ["entity", "time_ns", "values"]].itertuples(
+                index=False
+            )
+        ]
+        rows = self._feature_rows(frame[kind == "row"])
+        self.pipeline.commit(MicroBatch(predictions, dead, observed, rows, states))
         self._count(frame, predictions, dead, states)
 
     def _feature_rows(self, rows: pd.DataFrame) -> pd.DataFrame:
@@ -137,7 +132,7 @@ class BatchWriter:
     def _count(
         self,
         frame: pd.DataFrame,
-        predictions: list[dict[str, Any]],
+        predictions: list[Prediction],
         dead: list[dict[str, Any]],
         states: dict[str, EntityState],
     ) -> None:
@@ -279,6 +274,52 @@ def stop_gracefully(query: Any, stop_file: Path, timeout: float = 120.0) -> None
     query.stop()
 
 
+class KafkaLag:
+    """Records of the events topic the query has not read yet: the broker's high watermarks
+    minus the end offsets of the query's last batch (from Spark's progress), the python
+    engine's `tsops_stream_consumer_lag`."""
+
+    def __init__(self, project: Project):
+        self.kafka = project.settings.stream.kafka
+        self._consumer: Any = None
+
+    def __call__(self, progress: Any) -> int | None:
+        from confluent_kafka import Consumer, TopicPartition
+
+        from tsops.kafka import consumer_config
+
+        sources = _as_dict(progress).get("sources") or []
+        end = sources[0].get("endOffset") if sources else None
+        if isinstance(end, str):
+            end = json.loads(end)
+        if not end:
+            return None
+        if self._consumer is None:
+            config = {**consumer_config(self.kafka), "group.id": f"{self.kafka.group_id}-spark-lag"}
+            self._consumer = Consumer(config)
+        total = 0
+        for partition, offset in end.items():
+            part = TopicPartition(self.kafka.events_topic, int(partition))
+            low, high = self._consumer.get_watermark_offsets(part, timeout=2, cached=False)
+            total += max(0, high - max(int(offset), low))
+        return total
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+
+
+def _as_dict(progress: Any) -> dict[str, Any]:
+    if progress is None:
+        return {}
+    if isinstance(progress, dict):
+        return progress
+    return json.loads(progress.json)  # type: ignore[no-any-return]
+
+
+LAG_EVERY_S = 2.0
+
+
 def run_spark_stream(
     project: Project,
     *,
@@ -290,6 +331,7 @@ def run_spark_stream(
     metrics_port: int | None = None,
     stop: threading.Event | None = None,
     spark: Any = None,
+    monitoring: bool = True,
 ) -> Summary:
     """Run the Spark engine until a file replay ends, `max_events`, `until_idle`, SIGTERM/SIGINT
     or `stop`; the same options and summary as the python engine's `run_stream`. A session
@@ -313,77 +355,146 @@ def run_spark_stream(
     metrics = StreamMetrics()
     if metrics_port:
         metrics.serve(metrics_port)
-    writer = BatchWriter(project, client, sinks, dead, metrics)
+    monitor = StreamMonitor(project, registry=metrics.registry) if monitoring else None
+    pipeline = CommitPipeline(
+        sinks=sinks,
+        dead_letter_sink=dead,
+        monitor=monitor,
+        make_client=lambda: client,
+        entity_col=project.settings.series.entity_col,
+        time_col=project.settings.series.time,
+        interval_ms=0,  # each batch is written before foreachBatch returns; Spark commits it
+    )
+    writer = BatchWriter(project, pipeline, metrics)
+    lag = KafkaLag(project) if kind == "kafka" else None
     base = Path(cfg.spark.checkpoint_dir).expanduser()
     checkpoint = (base if base.is_absolute() else project.root / base) / source_name(project, kind, path)
     if from_beginning:
         shutil.rmtree(checkpoint, ignore_errors=True)
     checkpoint.mkdir(parents=True, exist_ok=True)
 
-    stop = stop or threading.Event()
-    main = threading.current_thread() is threading.main_thread()
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)} if main else {}
     own_session = spark is None
     session = spark_session(cfg.spark) if own_session else spark
-    # After the session: PySpark's SparkContext installs a SIGINT handler of its own that
-    # cancels every job (the running batch) and raises KeyboardInterrupt.
-    for sig in previous:
-        signal.signal(sig, lambda *_: stop.set())
     try:
-        query = start_query(
-            session, project, kind, path, follow=follow, checkpoint=checkpoint, version=version, writer=writer
-        )
-        started = writer.last_data = time.monotonic()
-        champion = ChampionCheck(project, version)
-        next_check = time.monotonic() + cfg.reload_interval_s
-        while query.isActive:
-            moved = None
-            if cfg.reload_interval_s > 0 and time.monotonic() >= next_check:
-                next_check = time.monotonic() + cfg.reload_interval_s
-                moved = champion.moved()
-            if moved is not None:  # a promotion: restart the query on the same checkpoint
-                champion.version = moved
-                stop_gracefully(query, checkpoint / STOP_FILE)
-                query = start_query(
-                    session,
-                    project,
-                    kind,
-                    path,
-                    follow=follow,
-                    checkpoint=checkpoint,
-                    version=moved,
-                    writer=writer,
-                )
-                writer.summary.reloads += 1
-                log.info("spark stream: champion moved to v%s; the query restarted with it", moved)
-            status = query.status
-            if status["isDataAvailable"] and status["isTriggerActive"]:
-                writer.last_data = time.monotonic()  # a batch with data is running, not idle
-            idle = until_idle is not None and time.monotonic() - writer.last_data > until_idle
-            enough = max_events is not None and writer.summary.consumed >= max_events
-            if stop.is_set() or idle or enough:
-                stop_gracefully(query, checkpoint / STOP_FILE)
-                break
-            try:
-                query.awaitTermination(0.1)
-            except Exception:  # the query failed: reported below
-                break
-        writer.summary.seconds = time.monotonic() - started
-        error = query.exception()
-        if error is not None and not stop.is_set():
-            raise RuntimeError(f"the Spark query failed: {error}")
-        if error is not None:  # e.g. Ctrl-C in a terminal also reached Spark's Python workers
-            print(
-                f"the batch running at the stop failed and is replayed on the next start: {error}",
-                file=sys.stderr,
+        # After the session: PySpark's SparkContext installs a SIGINT handler of its own that
+        # cancels every job (the running batch) and raises KeyboardInterrupt.
+        with stop_on_signals(stop) as stopping:
+            _drive(
+                session,
+                project,
+                kind,
+                path,
+                follow,
+                checkpoint,
+                version,
+                writer,
+                lag,
+                stopping,
+                max_events,
+                until_idle,
             )
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        pipeline.close()
         for s in [*sinks, dead]:
             s.close()
+        if monitor is not None:
+            monitor.close()
+        if lag is not None:
+            lag.close()
         if own_session:
             session.stop()
     if kind == "file" and not follow:
         client.compact_offline()
     return writer.summary
+
+
+def _drive(
+    session: Any,
+    project: Project,
+    kind: str,
+    path: Path | None,
+    follow: bool,
+    checkpoint: Path,
+    version: int,
+    writer: BatchWriter,
+    lag: KafkaLag | None,
+    stop: threading.Event,
+    max_events: int | None,
+    until_idle: float | None,
+) -> None:
+    """Run the query until it ends or a stop condition holds; restart it on a promotion."""
+    cfg = project.settings.stream
+
+    def start(version: int) -> Any:
+        return start_query(
+            session, project, kind, path, follow=follow, checkpoint=checkpoint, version=version, writer=writer
+        )
+
+    query = start(version)
+    started = writer.last_data = time.monotonic()
+    # Executors load the champion themselves: the driver only needs the new version's number.
+    champion = ChampionWatcher(
+        project, version, cfg.reload_interval_s, load=lambda v: None, who="spark stream"
+    )
+    champion.start()
+    try:
+        query = _run(query, start, champion, writer, lag, stop, max_events, until_idle, checkpoint)
+    finally:
+        champion.stop()
+    writer.summary.seconds = time.monotonic() - started
+    error = query.exception()
+    if error is not None and not stop.is_set():
+        raise RuntimeError(f"the Spark query failed: {error}")
+    if error is not None:  # e.g. Ctrl-C in a terminal also reached Spark's Python workers
+        print(
+            f"the batch running at the stop failed and is replayed on the next start: {error}",
+            file=sys.stderr,
+        )
+
+
+def _run(
+    query: Any,
+    start: Callable[[int], Any],
+    champion: ChampionWatcher,
+    writer: BatchWriter,
+    lag: KafkaLag | None,
+    stop: threading.Event,
+    max_events: int | None,
+    until_idle: float | None,
+    checkpoint: Path,
+) -> Any:
+    """The driver's loop; returns the query that ran last."""
+    next_lag = time.monotonic() + LAG_EVERY_S
+    monitor = writer.pipeline.monitor
+    while query.isActive:
+        moved = champion.take()
+        if moved is not None:  # a promotion: restart the query on the same checkpoint
+            version = moved[0]
+            stop_gracefully(query, checkpoint / STOP_FILE)
+            query = start(version)
+            writer.summary.reloads += 1
+            log.info("spark stream: champion moved to v%s; the query restarted with it", version)
+        status = query.status
+        if status["isDataAvailable"] and status["isTriggerActive"]:
+            writer.last_data = time.monotonic()  # a batch with data is running, not idle
+        elif monitor is not None:
+            monitor.refresh()
+        if lag is not None and time.monotonic() >= next_lag:
+            next_lag = time.monotonic() + LAG_EVERY_S
+            try:
+                behind = lag(query.lastProgress)
+            except Exception as e:  # a figure, never a reason to stop the stream
+                log.warning("spark stream: consumer lag not measured: %s", e)
+                behind = None
+            if behind is not None:
+                writer.metrics.lag.set(behind)
+        idle = until_idle is not None and time.monotonic() - writer.last_data > until_idle
+        enough = max_events is not None and writer.summary.consumed >= max_events
+        if stop.is_set() or idle or enough:
+            stop_gracefully(query, checkpoint / STOP_FILE)
+            break
+        try:
+            query.awaitTermination(0.1)
+        except Exception:  # the query failed: reported by the caller
+            break
+    return query

@@ -33,9 +33,10 @@ for a payload that fails validation, the key `DEAD_KEY` and the dead-letter reco
 
 OUTPUT_SCHEMA = "kind string, entity string, time_ns long, values array<double>, text string, received double"
 """`kind` is one of: `row` (an offline/online feature row: values = target, *features),
-`predict` (features of an applied event to forecast), `prediction` (text = the record),
-`state` (text = the entity's state JSON), `dead` (text = the dead-letter record) and `counts`
-(text = the per-key counters of the batch)."""
+`observed` (an observation applied, a bar when ticks are aggregated: values = [target]; the
+actuals the monitor joins), `predict` (features of an applied event to forecast), `prediction`
+(text = the record), `state` (text = the entity's state JSON), `dead` (text = the dead-letter
+record) and `counts` (text = the per-key counters of the batch)."""
 
 RAW_COLUMNS = ("payload", "partition", "offset", "received")
 DEAD_KEY = ""  # payloads that fail validation (no entity is empty): all dead letters
@@ -231,6 +232,10 @@ class EntityProcessor(StatefulProcessor):
                 continue
             counts["applied"] += 1
             touched = True
+            out.extend(
+                {"kind": "observed", "entity": entity, "time_ns": b.time.value, "values": [b.value]}
+                for b in bars
+            )
             if bars:  # else a tick went into a bar that is still open
                 counts["bars_closed"] += len(bars) if self.bars is not None else 0
                 assert block is not None
@@ -284,8 +289,9 @@ class Predictor:
                 continue
             items = frame[todo]
             model = forecaster(self.project, self.version)
-            names = FeatureSet(settings.features).names
-            yhat = model.predict(pd.DataFrame(np.vstack(items["values"].to_numpy()), columns=list(names)))
+            names = tuple(FeatureSet(settings.features).names)
+            matrix = np.vstack(items["values"].to_numpy())
+            yhat = model.predict_matrix(matrix, names)
             now = time.time()
             events = [
                 Event(e, pd.Timestamp(t), math.nan)
@@ -298,6 +304,7 @@ class Predictor:
                 model=settings.model.name,
                 version=self.version,
                 latencies_ms=[(now - r) * 1000 for r in items["received"]],
+                intervals=model.interval_bounds(matrix, names, yhat),
             )
             done = _output(
                 [{"kind": "prediction", "entity": r["entity"], "text": json.dumps(r)} for r in records]

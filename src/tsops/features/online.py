@@ -1,22 +1,21 @@
-"""Forecast by entity: the entity's current features from the online store, read in-process
-through the Feast SDK (definitions resolved once at start, no extra HTTP hop), and the
-forecast's target times: the feature row's event time + h × the series' frequency."""
+"""Entities' current features from the online store, read in-process through the Feast SDK
+(definitions resolved once at start, no extra HTTP hop), and the target times of a forecast
+made from them: what `/forecast` (serving) and the `entities` batch source read."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import numpy as np
 
 from tsops.errors import NotFound, StoreError
 from tsops.features.entities import close_matches
 from tsops.features.store import FEATURE_VIEW, FeatureStoreClient
-from tsops.serving.errors import BadRequest
+from tsops.records import iso_seconds, target_times
 from tsops.settings import Project
 
-MAX_ENTITIES = 1000
 KNOWN_TTL_S = 60.0  # how long the entity names behind 404 suggestions are reused
 
 
@@ -39,7 +38,7 @@ class OnlineFeatures:
 
         self.client = FeatureStoreClient(project)
         self.entity_col = project.settings.series.entity_col
-        self.step = project.settings.series.step.to_pytimedelta()
+        self.step_ns = int(project.settings.series.step.value)
         self.names = self.client.features.names
         store = self.client.store
         self._config = store.config
@@ -53,10 +52,6 @@ class OnlineFeatures:
     def read(self, entities: list[str], columns: list[str]) -> EntityRows:
         """Current feature rows of the `entities` the store has, and the names of those it lacks
         (`unknown`); NotFound, with close matches, only when it has none of them."""
-        if not entities:
-            raise BadRequest("give at least one entity", "entities")
-        if len(entities) > MAX_ENTITIES:
-            raise BadRequest(f"at most {MAX_ENTITIES} entities per request", "entities")
         matrix, origins = self.lookup(entities, columns)
         found = [i for i, origin in enumerate(origins) if origin is not None]
         unknown = [e for e, origin in zip(entities, origins, strict=True) if origin is None]
@@ -121,5 +116,6 @@ class OnlineFeatures:
         return matrix, origins
 
     def times(self, origin: datetime, horizon: int) -> list[str]:
-        step: timedelta = self.step
-        return [(origin + step * h).isoformat().replace("+00:00", "Z") for h in range(1, horizon + 1)]
+        """The target times of a forecast made at `origin`, as ISO strings in UTC ("…Z")."""
+        naive = origin.astimezone(UTC).replace(tzinfo=None) if origin.tzinfo else origin
+        return [t + "Z" for t in iso_seconds(target_times([naive], self.step_ns, horizon)[0])]
