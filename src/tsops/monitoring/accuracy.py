@@ -298,10 +298,10 @@ class AccuracyTracker:
             lower = np.full((len(records), self.horizon), np.nan)
             upper = np.full((len(records), self.horizon), np.nan)
             for i, rec in enumerate(records):
-                band = (rec.get("intervals") or {}).get(level) if isinstance(rec, dict) else None
+                band: Any = (rec.get("intervals") or {}).get(level) if isinstance(rec, dict) else None
                 try:
-                    lo = np.asarray(band["lower"], dtype=float)
-                    hi = np.asarray(band["upper"], dtype=float)
+                    lo = np.asarray(band["lower"], dtype=np.float64)
+                    hi = np.asarray(band["upper"], dtype=np.float64)
                 except (KeyError, TypeError, ValueError):
                     continue
                 if lo.shape == hi.shape == (self.horizon,):

@@ -63,16 +63,16 @@ def summary(project: Project) -> dict[str, Any]:
             entry.update(mae=row.mae, n=row.n, at=row.as_dict()["at"], event_time=row.as_dict()["event_time"])
         else:
             entry["by_step"].append({"step": row.step, "mae": row.mae, "n": row.n})
-    for row in coverage:  # per level: the latest rolling share inside, overall and by step
-        if row.model_version not in versions:
+    for cov in coverage:  # per level: the latest rolling share inside, overall and by step
+        if cov.model_version not in versions:
             continue
-        level = versions[row.model_version]["coverage"].setdefault(
-            row.level, {"coverage": None, "n": 0, "by_step": []}
+        level = versions[cov.model_version]["coverage"].setdefault(
+            cov.level, {"coverage": None, "n": 0, "by_step": []}
         )
-        if row.step == ALL_STEPS:
-            level.update(coverage=row.coverage, n=row.n)
+        if cov.step == ALL_STEPS:
+            level.update(coverage=cov.coverage, n=cov.n)
         else:
-            level["by_step"].append({"step": row.step, "coverage": row.coverage, "n": row.n})
+            level["by_step"].append({"step": cov.step, "coverage": cov.coverage, "n": cov.n})
     trigger = _drift_trigger(project)
     min_errors = next(
         (t.min_samples for t in project.settings.retrain.triggers if isinstance(t, AccuracyTriggerSettings)),
