@@ -15,6 +15,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from conftest import run_cli, synthetic_events, write_jsonl, write_synthetic_project
+from servers import free_port
 from tsops import registry
 from tsops.data.synthetic import DriftSpec, SyntheticSpec, generate_range
 from tsops.features.definitions import FeatureSet
@@ -178,6 +179,20 @@ def test_online_coverage_per_version_and_step_matches_the_known_noise(tmp_path) 
     assert stored[(1, "80", 3)].n == n
     assert not any(v == 3 for v, _, _ in stored)
     monitor.close()
+
+
+def test_status_goes_on_without_online_figures_when_the_monitoring_database_is_unreachable(
+    tmp_path, caplog
+) -> None:
+    from tsops.status import online
+
+    assert online(bare_project(tmp_path / "fresh")) == {}  # no stream yet: nothing read, nothing created
+    assert not (tmp_path / "fresh" / ".tsops" / "monitoring.db").exists()
+    port = free_port()  # nothing listens there
+    project = bare_project(tmp_path / "p", monitoring={"database": f"postgresql://nobody@127.0.0.1:{port}/x"})
+    caplog.set_level(logging.WARNING, logger="tsops.status")
+    assert online(project) == {}
+    assert "monitoring database cannot be read" in caplog.text
 
 
 def test_pending_forecasts_stay_bounded_and_unjoined_steps_expire(tmp_path) -> None:

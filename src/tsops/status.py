@@ -1,16 +1,21 @@
-"""`tsops status`: models, versions, aliases, metrics; feature views; online rows; the decision
-log (retrains, promotions, rollbacks)."""
+"""`tsops status`: models, versions, aliases, metrics and the online figures the stream's monitor
+stored; feature views; online rows; the decision log (retrains, promotions, rollbacks)."""
 
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from tsops import registry
 from tsops.errors import StoreError
 from tsops.features.store import FeatureStoreClient
 from tsops.lifecycle import decisions
 from tsops.settings import Project
+
+log = logging.getLogger(__name__)
 
 MAX_ENTITIES = 1000
 _SHOWN_SUFFIXES = ("_mae", "_rmse", "_mase", "_fit_seconds")
@@ -43,16 +48,21 @@ def backtest_figures(metrics: dict[str, float], tags: dict[str, str]) -> dict[st
 def online(project: Project) -> dict[int, dict[str, Any]]:
     """Per model version, the latest online figures the stream's monitor stored: rolling MAE
     and the share of actuals inside each interval level (`coverage["80"]`), with the fewest
-    observations any step rests on. Empty when no stream has stored any (nothing is created)."""
+    observations any step rests on. Empty when no stream has stored any (a missing SQLite
+    file is not created) or the monitoring database cannot be read (logged)."""
     from tsops.monitoring.history import ALL_STEPS, MonitorHistory, database_url
 
     if project.settings.monitoring.database is None and not (project.state_dir / "monitoring.db").exists():
         return {}
-    history = MonitorHistory(database_url(project))
     try:
-        accuracy, coverage = history.latest_accuracy(), history.latest_coverage()
-    finally:
-        history.close()
+        history = MonitorHistory(database_url(project))
+        try:
+            accuracy, coverage = history.latest_accuracy(), history.latest_coverage()
+        finally:
+            history.close()
+    except (StoreError, SQLAlchemyError) as e:  # status shows the rest; the reason is logged
+        log.warning("status: no online figures: the monitoring database cannot be read (%s)", e)
+        return {}
     out: dict[int, dict[str, Any]] = {}
     for row in accuracy:
         if row.step == ALL_STEPS:
