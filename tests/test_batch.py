@@ -514,8 +514,49 @@ def test_lstm_champion_scores_feature_rows_like_its_pyfunc(
     run(load(job), show_progress=False)
     out = pd.read_parquet(tmp_path / "forecasts.parquet")
     want = registry.load(weather_project).predict(features)
-    assert list(out.columns) == ["city", "date", *want.columns]
+    horizon = weather_project.settings.model.horizon
+    bounds = [
+        f"yhat_{side}_{level}_{h}"
+        for level in ("80", "95")
+        for side in ("lower", "upper")
+        for h in range(1, horizon + 1)
+    ]
+    assert list(out.columns) == ["city", "date", *want.columns, *bounds]
     np.testing.assert_allclose(out[want.columns].to_numpy(), want.to_numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_lstm_batch_output_carries_the_models_interval_bounds(
+    trained_weather, weather_project, tmp_path
+) -> None:
+    """The bounds per level and step are the ones /forecast and the stream give for those rows."""
+    from tsops import registry
+
+    features = _feature_rows(weather_project, 200)
+    features.to_parquet(tmp_path / "features.parquet", index=False)
+    job = write_job(
+        tmp_path,
+        {"type": "parquet", "params": {"path": "features.parquet"}},
+        {"type": "csv", "params": {"path": "forecasts.csv"}},
+        model={"uri": "models:/weather@champion"},
+        project=str(weather_project.root),
+        chunk_rows=64,
+        keep="none",
+    )
+    run(load(job), show_progress=False)
+    out = pd.read_csv(tmp_path / "forecasts.csv")
+    _, forecaster = registry.load_forecaster(weather_project)
+    yhat, bounds = forecaster.predict_intervals(features)
+    assert sorted(bounds) == ["80", "95"]
+    horizon = yhat.shape[1]
+    for level, (lower, upper) in bounds.items():
+        got_lower = out[[f"yhat_lower_{level}_{h}" for h in range(1, horizon + 1)]].to_numpy()
+        got_upper = out[[f"yhat_upper_{level}_{h}" for h in range(1, horizon + 1)]].to_numpy()
+        np.testing.assert_allclose(got_lower, lower, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(got_upper, upper, rtol=1e-6, atol=1e-6)
+    lower80, upper80 = bounds["80"]
+    lower95, upper95 = bounds["95"]
+    assert (lower80 < yhat).all() and (yhat < upper80).all()
+    assert (lower95 < lower80).all() and (upper80 < upper95).all()
 
 
 def test_entity_ids_get_forecasts_from_the_online_store(trained_weather, weather_project, tmp_path) -> None:

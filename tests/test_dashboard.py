@@ -135,6 +135,26 @@ def test_chart_follows_stream_events_without_a_reload(served, dashboard_project,
     assert second["last_actual"] - first["last_actual"] == 24 * 3600 * 1000  # 24 more hourly steps
     assert page.evaluate("window.__sameDocument") is True  # updated in place, never reloaded
 
+    # the fan's band is the latest forecast's 80 and 95 % intervals, as its prediction record has them
+    entity = page.eval_on_selector("#main-chart", "e => e.dataset.entity")
+    records = [
+        json.loads(x) for x in (project.root / ".tsops" / "predictions.jsonl").read_text().splitlines()
+    ]
+    latest = max((r for r in records if r["entity"] == entity), key=lambda r: r["event_time"])
+    with httpx.Client(base_url=served, timeout=10) as client:
+        shown = client.get(f"/ui/entity/{entity}").json()
+    assert set(shown["intervals"]) == {"80", "95"} and shown["band"] is None
+    for level, band in latest["intervals"].items():
+        assert [p[1] for p in shown["intervals"][level]] == pytest.approx(band["lower"], abs=1e-5)
+        assert [p[2] for p in shown["intervals"][level]] == pytest.approx(band["upper"], abs=1e-5)
+        assert [p[0] for p in shown["intervals"][level]] == [p[0] for p in shown["fan"][-1]["points"]]
+    assert page.eval_on_selector("#main-chart", "e => e.dataset.intervalLevels") == "80,95"
+    assert "80 % prediction interval" in page.inner_text("#main-legend")
+    # the backtest card: the champion's LSTM beside every baseline, with the ratio to the best
+    page.wait_for_selector("#backtest table")
+    table = page.inner_text("#backtest")
+    assert "lstm" in table and "seasonal_naive" in table and "mstl" in table and "best baseline" in table
+
     # the requests' latency is plotted (from the server's own metrics, over a 10 s window)
     page.wait_for_function("document.querySelectorAll('#latency-chart path').length > 0", timeout=15_000)
     page.wait_for_timeout(500)
@@ -263,6 +283,35 @@ def test_accuracy_drift_and_decisions_come_from_their_stores(stream_model, tmp_p
     decisions = overview["models"]["decisions"]
     assert decisions["available"] and decisions["items"][0]["kind"] == "promote"
     assert overview["models"]["moves"][0]["version"] == 1
+    feed.close()
+
+
+def test_backtest_table_shows_the_lstm_beside_every_baseline_with_the_ratio_to_the_best(stream_model) -> None:  # type: ignore[no-untyped-def]
+    from tsops import registry
+
+    feed = DashboardFeed(stream_model)
+    feed.refresh()
+    models = feed.overview()["models"]
+    [champion] = [v for v in models["versions"] if v["version"] == models["champion"]]
+    run = registry.connect(stream_model).get_run(
+        registry.connect(stream_model)
+        .get_model_version(stream_model.settings.model.name, str(models["champion"]))
+        .run_id
+    )
+    metrics = run.data.metrics
+    baselines = {k[: -len("_mae")] for k in metrics if k.endswith("_mae")} - {"lstm", "val"}
+    assert {"persistence", "seasonal_naive", "autoets", "autotheta", "mstl"} <= baselines
+    shown = {r["model"]: r for r in champion["backtest"]}
+    assert set(shown) == baselines | {"lstm"}
+    best = min(baselines, key=lambda b: metrics[f"{b}_mae"])
+    assert champion["best_baseline"] == best
+    assert [r["mae"] for r in champion["backtest"]] == sorted(r["mae"] for r in champion["backtest"])
+    for name, row in shown.items():
+        assert row["mae"] == metrics[f"{name}_mae"]
+        assert row["vs_best_baseline"] == pytest.approx(metrics[f"{name}_mae"] / metrics[f"{best}_mae"])
+    assert shown[best]["vs_best_baseline"] == 1.0
+    assert champion["lstm_vs_best_baseline"] == pytest.approx(shown["lstm"]["vs_best_baseline"])
+    assert champion["beats_best_baseline"] == (shown["lstm"]["vs_best_baseline"] < 1.0)
     feed.close()
 
 

@@ -15,6 +15,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from conftest import run_cli, synthetic_events, write_jsonl, write_synthetic_project
+from servers import free_port
 from tsops import registry
 from tsops.data.synthetic import DriftSpec, SyntheticSpec, generate_range
 from tsops.features.definitions import FeatureSet
@@ -121,6 +122,77 @@ def test_unknown_duplicate_and_out_of_order_actuals_are_counted_and_logged(tmp_p
     assert "out_of_order 1" in caplog.text and "duplicate 1" in caplog.text
     assert "unreadable prediction record" in caplog.text
     assert monitor.errors == 0
+
+
+def test_online_coverage_per_version_and_step_matches_the_known_noise(tmp_path) -> None:
+    """Actuals are a known mean plus Gaussian noise (σ 2). Version 1 forecasts the mean with
+    intervals of ± z·σ, so it covers 80 % and 95 %; version 2's intervals are half as wide,
+    so they cover 2Φ(z/2) − 1: 47.8 % and 67.1 %. Records without intervals add no coverage."""
+    sigma, n = 2.0, 1500
+    project = bare_project(tmp_path / "p", monitoring={"accuracy_window": n})
+    registry_ = CollectorRegistry()
+    history = MonitorHistory(f"sqlite:///{tmp_path / 'monitoring.db'}")
+    monitor = StreamMonitor(project, registry=registry_, history=history, reference_loader=lambda v: None)
+    rng = np.random.default_rng(7)
+    t0 = pd.Timestamp("2024-06-01")
+    mean = lambda k: 50.0 + 10.0 * np.sin(2 * np.pi * np.asarray(k) / 24)  # noqa: E731
+    events = [
+        Event("a", t0 + pd.Timedelta(hours=k), float(mean(k) + rng.normal(0, sigma))) for k in range(n + H)
+    ]
+    targets = np.arange(n)[:, None] + np.arange(1, H + 1)[None, :]
+    yhat = mean(targets)
+    z = {"80": 1.2815516, "95": 1.9599640}
+    for version, shrink in ((1, 1.0), (2, 0.5)):
+        intervals = {lv: (yhat - shrink * q * sigma, yhat + shrink * q * sigma) for lv, q in z.items()}
+        records = prediction_records(
+            events[:n],
+            yhat,
+            series=project.settings.series,
+            model="m",
+            version=version,
+            latencies_ms=[0.0] * n,
+            intervals=intervals,
+        )
+        monitor.on_batch([], [], records)
+    bare = prediction_records(
+        events[:n], yhat, series=project.settings.series, model="m", version=3, latencies_ms=[0.0] * n
+    )
+    monitor.on_batch(events, [], bare)
+    figures = {f["model_version"]: f for f in monitor.snapshot()["accuracy"]}
+    wanted = {1: {"80": 0.80, "95": 0.95}, 2: {"80": 0.478, "95": 0.671}}
+    for version, levels in wanted.items():
+        coverage = figures[version]["coverage"]
+        assert set(coverage) == {"80", "95"}
+        for level, share in levels.items():
+            assert coverage[level]["value"] == pytest.approx(share, abs=0.03), (version, level)
+            assert coverage[level]["n_by_step"] == [n] * H
+            assert all(abs(x - share) < 0.05 for x in coverage[level]["by_step"]), (version, level)
+    assert figures[3]["coverage"] == {} and figures[3]["n"] == n  # MAE, but no bounds to cover
+    text = generate_latest(registry_).decode()
+    got = figures[2]["coverage"]["95"]
+    assert f'tsops_online_coverage{{level="95",model_version="2",step="all"}} {got["value"]}' in text
+    assert f'tsops_online_coverage{{level="80",model_version="1",step="{H}"}}' in text
+    assert monitor.persist() > 0
+    stored = {(r.model_version, r.level, r.step): r for r in history.latest_coverage()}
+    assert stored[(2, "95", ALL_STEPS)].coverage == pytest.approx(got["value"])
+    assert stored[(1, "80", 3)].coverage == pytest.approx(figures[1]["coverage"]["80"]["by_step"][2])
+    assert stored[(1, "80", 3)].n == n
+    assert not any(v == 3 for v, _, _ in stored)
+    monitor.close()
+
+
+def test_status_goes_on_without_online_figures_when_the_monitoring_database_is_unreachable(
+    tmp_path, caplog
+) -> None:
+    from tsops.status import online
+
+    assert online(bare_project(tmp_path / "fresh")) == {}  # no stream yet: nothing read, nothing created
+    assert not (tmp_path / "fresh" / ".tsops" / "monitoring.db").exists()
+    port = free_port()  # nothing listens there
+    project = bare_project(tmp_path / "p", monitoring={"database": f"postgresql://nobody@127.0.0.1:{port}/x"})
+    caplog.set_level(logging.WARNING, logger="tsops.status")
+    assert online(project) == {}
+    assert "monitoring database cannot be read" in caplog.text
 
 
 def test_pending_forecasts_stay_bounded_and_unjoined_steps_expire(tmp_path) -> None:
@@ -234,8 +306,20 @@ def test_snapshots_are_stored_and_tsops_monitor_shows_them(stream_project, tmp_p
     assert [s["mae"] for s in version["by_step"]] == pytest.approx(figure["mae_by_step"])
     assert version["backtest_mae"] > 0
     assert {d["feature"] for d in shown["drift"]} == set(snapshot["drift"]["scores"])
+    # The stream's records carry the champion's intervals: their online coverage is stored too.
+    assert set(version["coverage"]) == {"80", "95"} == set(figure["coverage"])
+    assert version["coverage"]["80"]["coverage"] == pytest.approx(figure["coverage"]["80"]["value"])
+    assert len(version["coverage"]["95"]["by_step"]) == len(figure["mae_by_step"])
     text = run_cli("monitor", "--project", str(project.root), env={"COLUMNS": "200"})
     assert text.returncode == 0 and "online accuracy" in text.stdout and "roll_std_24" in text.stdout
+    assert "80%: " in text.stdout
+    status = run_cli("status", "--project", str(project.root), "--json")
+    assert status.returncode == 0, status.stderr
+    [live] = [
+        m["online"] for m in json.loads(status.stdout)["models"] if m["version"] == figure["model_version"]
+    ]
+    assert live["mae"] == pytest.approx(figure["mae"])
+    assert live["coverage"]["95"]["coverage"] == pytest.approx(figure["coverage"]["95"]["value"])
 
 
 def test_report_writes_evidently_html_and_logs_it_to_the_champions_run(stream_project, tmp_path) -> None:

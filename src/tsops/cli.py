@@ -350,16 +350,23 @@ def monitor(
         return
     few = "[yellow]few[/]"
     table = Table(title="online accuracy: rolling MAE (latest snapshot)")
-    for col in ("version", "aliases", "backtest MAE", "online MAE", "errors", "MAE by step", "data up to"):
+    columns = ("version", "aliases", "backtest MAE", "online MAE", "coverage", "errors", "MAE by step")
+    for col in (*columns, "data up to"):
         table.add_column(col)
     for v in info["accuracy"]:
         steps = " ".join(f"{s['mae']:.2f}" for s in v["by_step"])
         mae = "-" if v["mae"] is None else f"{v['mae']:.4f}" + ("" if v["enough"] else f" ({few})")
+        coverage = ", ".join(
+            f"{level}%: {c['coverage']:.1%}"
+            for level, c in sorted(v["coverage"].items(), key=lambda kv: float(kv[0]))
+            if c["coverage"] is not None
+        )
         table.add_row(
             str(v["model_version"]),
             ", ".join(v["aliases"]),
             "-" if v["backtest_mae"] is None else f"{v['backtest_mae']:.4f}",
             mae,
+            coverage or "-",
             f"{v['errors']} over {v['steps_with_errors']}/{v['horizon']} steps",
             steps if len(steps) < 80 else steps[:77] + "...",
             _event_time(v["event_time"]),
@@ -458,6 +465,9 @@ def status(
     if champion and "verdict" in champion:
         colour = "green" if champion["beats_best_baseline"] else "red"
         console.print(f"champion v{champion['version']}: [{colour}]{champion['verdict']}[/]")
+    for m in info["models"]:
+        if m.get("online"):
+            console.print(f"v{m['version']} online: {_online_line(m)}", highlight=False, markup=False)
     s = info["schema"]
     console.print(f"schema: entity={s['entity']} time={s['time']} target={s['target']} freq={s['freq']}")
     for m in info["models"]:
@@ -489,6 +499,17 @@ def status(
                 d["reason"],
             )
         console.print(table)
+
+
+def _online_line(model: dict[str, Any]) -> str:
+    """`MAE 1.234 (n 400); 80% interval covers 79.0% (n 400; backtest 81.8%), ...`"""
+    live = model["online"]
+    parts = [f"MAE {live['mae']:.4f} (n {live['n']})" if live.get("mae") is not None else "MAE -"]
+    for level, c in sorted(live["coverage"].items(), key=lambda kv: float(kv[0])):
+        backtest = model["backtest_coverage"].get(level)
+        held = f"; backtest {backtest:.1%}" if backtest is not None else ""
+        parts.append(f"{level}% interval covers {c['coverage']:.1%} (n {c['n']}{held})")
+    return "; ".join(parts)
 
 
 entities_app = typer.Typer(no_args_is_help=True, help="Entities in the feature stores.")

@@ -1,10 +1,13 @@
-"""`tsops status`: models, versions, aliases, metrics; feature views; online rows; the decision
-log (retrains, promotions, rollbacks)."""
+"""`tsops status`: models, versions, aliases, metrics and the online figures the stream's monitor
+stored; feature views; online rows; the decision log (retrains, promotions, rollbacks)."""
 
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from tsops import registry
 from tsops.errors import StoreError
@@ -12,13 +15,16 @@ from tsops.features.store import FeatureStoreClient
 from tsops.lifecycle import decisions
 from tsops.settings import Project
 
+log = logging.getLogger(__name__)
+
 MAX_ENTITIES = 1000
 _SHOWN_SUFFIXES = ("_mae", "_rmse", "_mase", "_fit_seconds")
 _HIDDEN = ("val_mae", "lstm_mae_by_step")
 
 
-def _backtest(metrics: dict[str, float], tags: dict[str, str]) -> dict[str, Any]:
-    """The LSTM beside every baseline, and plainly whether it beats the best of them."""
+def backtest_figures(metrics: dict[str, float], tags: dict[str, str]) -> dict[str, Any]:
+    """The LSTM beside every baseline (a version's run metrics and tags), and plainly whether
+    it beats the best of them (`tsops status` and the dashboard)."""
     shown = {k: v for k, v in metrics.items() if k.endswith(_SHOWN_SUFFIXES) and k not in _HIDDEN}
     baselines = sorted({k.rsplit("_", 1)[0] for k in shown if k.endswith("_mae")} - {"lstm"})
     if "lstm_mae" not in metrics or not baselines:
@@ -39,17 +45,51 @@ def _backtest(metrics: dict[str, float], tags: dict[str, str]) -> dict[str, Any]
     }
 
 
+def online(project: Project) -> dict[int, dict[str, Any]]:
+    """Per model version, the latest online figures the stream's monitor stored: rolling MAE
+    and the share of actuals inside each interval level (`coverage["80"]`), with the fewest
+    observations any step rests on. Empty when no stream has stored any (a missing SQLite
+    file is not created) or the monitoring database cannot be read (logged)."""
+    from tsops.monitoring.history import ALL_STEPS, MonitorHistory, database_url
+
+    if project.settings.monitoring.database is None and not (project.state_dir / "monitoring.db").exists():
+        return {}
+    try:
+        history = MonitorHistory(database_url(project))
+        try:
+            accuracy, coverage = history.latest_accuracy(), history.latest_coverage()
+        finally:
+            history.close()
+    except (StoreError, SQLAlchemyError) as e:  # status shows the rest; the reason is logged
+        log.warning("status: no online figures: the monitoring database cannot be read (%s)", e)
+        return {}
+    out: dict[int, dict[str, Any]] = {}
+    for row in accuracy:
+        if row.step == ALL_STEPS:
+            out.setdefault(row.model_version, {"coverage": {}}).update(mae=row.mae, n=row.n)
+    for c in coverage:
+        if c.step == ALL_STEPS:
+            entry = out.setdefault(c.model_version, {"mae": None, "n": 0, "coverage": {}})
+            entry["coverage"][c.level] = {"coverage": c.coverage, "n": c.n}
+    return out
+
+
 def collect(project: Project) -> dict[str, Any]:
     series = project.settings.series
+    figures = online(project)
     models = [
         {
             "name": v.name,
             "version": v.version,
             "aliases": v.aliases,
-            **_backtest(v.metrics, v.tags),
+            **backtest_figures(v.metrics, v.tags),
             "created": v.created.isoformat(timespec="seconds"),
             "promotion_reason": v.tags.get("tsops.promotion_reason"),
             "left_out": json.loads(v.tags.get(registry.LEFT_OUT_TAG, "{}")),
+            "backtest_coverage": {
+                k.rsplit("_", 1)[1]: x for k, x in v.metrics.items() if k.startswith("lstm_coverage_")
+            },
+            "online": figures.get(v.version),
         }
         for v in registry.versions(project)
     ]

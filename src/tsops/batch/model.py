@@ -5,6 +5,10 @@ fails, the chunk is bisected until the failing rows stand alone; each is rejecte
 reason: MLflow's signature enforcement on that row (`signature: ...`) or, if the row passes
 it, the model's own error (`model: ...`). Cost: one call per clean chunk; about
 2·k·log2(chunk) calls for a chunk with k bad rows.
+
+A tsops forecaster calibrated with prediction intervals also gives its bounds, as columns
+`yhat_lower_<level>_<step>` and `yhat_upper_<level>_<step>` after `yhat_1` .. `yhat_H`, for the
+levels it was trained with (`model.interval_levels`).
 """
 
 from __future__ import annotations
@@ -96,6 +100,7 @@ class BatchModel:
         self.required: list[str] = list(self.schema.required_input_names()) if named else []
         columns = self.schema.inputs if named else []
         self.types: dict[str, str] = {c.name: getattr(c.type, "name", str(c.type)) for c in columns if c.name}
+        self.with_intervals = _interval_hook(self.pyfunc)
 
     @classmethod
     def load(cls, uri: str, tracking_uri: str | None) -> BatchModel:
@@ -165,7 +170,9 @@ class BatchModel:
 
     def predict_columns(self, frame: pd.DataFrame) -> dict[str, pa.Array]:
         """One pyfunc call; its output (DataFrame, Series, array, list, dict) as named columns."""
-        result = self.pyfunc.predict(frame)
+        result = self.pyfunc.predict(frame)  # the signature is enforced here
+        if self.with_intervals is not None and isinstance(result, pd.DataFrame):
+            result = self.with_intervals(frame, result)
         columns = _as_columns(result)
         for name, values in columns.items():
             if len(values) != len(frame):
@@ -233,6 +240,16 @@ class BatchModel:
             except Exception as e:
                 return f"signature: {_message(e)}"
         return f"model: {_message(error)}"
+
+
+def _interval_hook(pyfunc: Any) -> Any:
+    """The tsops forecaster's `with_intervals(frame, forecast)`, or None for any other model."""
+    try:
+        python_model = pyfunc.unwrap_python_model()
+    except Exception:  # not a python_function model (scikit-learn, ...): MLflow raises
+        return None
+    hook = getattr(python_model, "with_intervals", None)
+    return hook if callable(hook) else None
 
 
 def _as_columns(result: Any) -> dict[str, pa.Array]:

@@ -224,6 +224,14 @@ class Forecaster:
             self.cfg.interval_floor,
         )
 
+    def interval_bounds_frame(
+        self, features: pd.DataFrame, yhat: np.ndarray
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """`interval_bounds` for a DataFrame of feature rows (empty without intervals)."""
+        if not self.cfg.interval_levels:
+            return {}
+        return self._bounds(features[self.cfg.window_names].to_numpy(np.float64), yhat)
+
     def predict_intervals(
         self, features: pd.DataFrame
     ) -> tuple[np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]]]:

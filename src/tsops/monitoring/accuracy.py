@@ -12,12 +12,18 @@ entity's latest actual minus the horizon (its unjoined steps are counted as expi
 (forecast, step) joins at most one actual, so duplicates and replays change nothing. An actual
 that joins nothing is counted and logged with its reason: `no_forecast`, `duplicate` (the same
 time as the entity's latest actual) or `out_of_order` (older than it).
+
+Online coverage: a record's `intervals` (`{"80": {"lower": [...], "upper": [...]}, ...}`) are
+kept with its values; each joined pair also says, per level, whether the actual fell inside
+[lower, upper]. The rolling coverage per version, level and step is the share inside among the
+last `accuracy_window` joined pairs that had bounds at that level.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +79,17 @@ class RollingErrors:
         by_step = self.mae_by_step()
         known = by_step[np.isfinite(by_step)]
         return (float(known.mean()) if len(known) else None), int(self.count.min())
+
+    def figure(self) -> dict[str, Any]:
+        """Overall and per step, as the JSON figures give them (`value` is the rolling mean:
+        the MAE of errors, the coverage of 0/1 inside indicators)."""
+        value, n = self.overall()
+        return {
+            "value": value,
+            "n": n,
+            "by_step": [float(x) if np.isfinite(x) else None for x in self.mae_by_step()],
+            "n_by_step": [int(c) for c in self.count],
+        }
 
 
 @dataclass
@@ -130,11 +147,17 @@ class _Pending:
     origins: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # in steps
     values: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     joined: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), bool))  # step h-1 has its actual
+    levels: Sequence[str] = ()
+    lower: dict[str, np.ndarray] = field(default_factory=dict)  # per level, (rows, H); NaN: no bound
+    upper: dict[str, np.ndarray] = field(default_factory=dict)
     _index: pd.Index | None = None
 
     def __post_init__(self) -> None:
         self.values = np.zeros((0, self.horizon))
         self.joined = np.zeros((0, self.horizon), bool)
+        for level in self.levels:
+            self.lower[level] = np.zeros((0, self.horizon))
+            self.upper[level] = np.zeros((0, self.horizon))
 
     @property
     def index(self) -> pd.Index:
@@ -142,17 +165,29 @@ class _Pending:
             self._index = pd.Index(self.keys)
         return self._index
 
-    def append(self, keys: np.ndarray, codes: np.ndarray, origins: np.ndarray, values: np.ndarray) -> None:
+    def append(
+        self,
+        keys: np.ndarray,
+        codes: np.ndarray,
+        origins: np.ndarray,
+        values: np.ndarray,
+        bounds: dict[str, tuple[np.ndarray, np.ndarray]],
+    ) -> None:
         self.keys = np.concatenate([self.keys, keys])
         self.codes = np.concatenate([self.codes, codes])
         self.origins = np.concatenate([self.origins, origins])
         self.values = np.concatenate([self.values, values])
         self.joined = np.concatenate([self.joined, np.zeros(values.shape, bool)])
+        for level in self.levels:
+            self.lower[level] = np.concatenate([self.lower[level], bounds[level][0]])
+            self.upper[level] = np.concatenate([self.upper[level], bounds[level][1]])
         self._index = None
 
     def keep(self, mask: np.ndarray) -> None:
         self.keys, self.codes, self.origins = self.keys[mask], self.codes[mask], self.origins[mask]
         self.values, self.joined = self.values[mask], self.joined[mask]
+        for level in self.levels:
+            self.lower[level], self.upper[level] = self.lower[level][mask], self.upper[level][mask]
         self._index = None
 
 
@@ -161,15 +196,17 @@ class AccuracyTracker:
     array operations (a hash lookup of every (actual, step) pair). Not thread-safe: the
     `StreamMonitor` serialises calls."""
 
-    def __init__(self, horizon: int, step: pd.Timedelta, window: int):
+    def __init__(self, horizon: int, step: pd.Timedelta, window: int, levels: Sequence[float] = ()):
         self.horizon = horizon
         self.step_ns = int(step.value)
         self.window = window
+        self.levels = [f"{level:g}" for level in levels]  # the records' keys: "80", "95"
         self.codes: dict[str, int] = {}  # entity → code
         self.latest = np.zeros(0, np.int64)  # per code: latest actual's step (_NO_TIME: none yet)
         self.base: int | None = None  # the first step seen, to keep keys small
         self.pending: dict[int, _Pending] = {}
         self.versions: dict[int, RollingErrors] = {}
+        self.coverage: dict[int, dict[str, RollingErrors]] = {}  # 1.0 inside, 0.0 outside
         self.counts = AccuracyCounts()
         self.latest_event_time: int | None = None  # ns
 
@@ -234,19 +271,48 @@ class AccuracyTracker:
             value_arr = value_arr[ok]
             if not codes:
                 return None
+        readable = np.flatnonzero(ok)
+        bounds = {
+            level: (lower[readable], upper[readable]) for level, (lower, upper) in self._bounds(kept).items()
+        }
         steps = _ns_array(times) // self.step_ns
         code_arr, version_arr = np.asarray(codes, np.int64), np.asarray(versions)
         keys = self._keys(code_arr, steps)
         for version in np.unique(version_arr):
             pending = self.pending.get(int(version))
             if pending is None:
-                pending = self.pending[int(version)] = _Pending(self.horizon)
+                pending = self.pending[int(version)] = _Pending(self.horizon, levels=self.levels)
             rows = np.flatnonzero(version_arr == version)
             _, first = np.unique(keys[rows], return_index=True)  # a record replayed in one batch
             rows = rows[np.sort(first)]
             rows = rows[pending.index.get_indexer(keys[rows]) < 0]  # ... or in an earlier one
-            pending.append(keys[rows], code_arr[rows], steps[rows], value_arr[rows])
+            pending.append(
+                keys[rows],
+                code_arr[rows],
+                steps[rows],
+                value_arr[rows],
+                {level: (lower[rows], upper[rows]) for level, (lower, upper) in bounds.items()},
+            )
         return versions[-1]
+
+    def _bounds(self, records: list[dict[str, Any]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Lower and upper bounds per tracked level, (records, H); NaN where a record has none
+        (a model without intervals, another level, unreadable bounds)."""
+        out = {}
+        for level in self.levels:
+            lower = np.full((len(records), self.horizon), np.nan)
+            upper = np.full((len(records), self.horizon), np.nan)
+            for i, rec in enumerate(records):
+                band: Any = (rec.get("intervals") or {}).get(level) if isinstance(rec, dict) else None
+                try:
+                    lo = np.asarray(band["lower"], dtype=np.float64)
+                    hi = np.asarray(band["upper"], dtype=np.float64)
+                except (KeyError, TypeError, ValueError):
+                    continue
+                if lo.shape == hi.shape == (self.horizon,):
+                    lower[i], upper[i] = lo, hi
+            out[level] = (lower, upper)
+        return out
 
     def _invalid(self, record: Any, error: Exception) -> None:
         self.counts.invalid_forecasts += 1
@@ -294,6 +360,7 @@ class AccuracyTracker:
             if rolling is None:
                 rolling = self.versions[version] = RollingErrors(horizon, self.window)
             rolling.add(col + 1, np.abs(pending.values[hit, col] - actual[row]))
+            self._add_coverage(version, pending, hit, col, actual[row])
             joined += np.bincount(row, minlength=n)
             updated.add(version)
         self.counts.joined += int(joined.sum())
@@ -304,6 +371,21 @@ class AccuracyTracker:
             self.latest_event_time = newest
         self._expire()
         return updated
+
+    def _add_coverage(
+        self, version: int, pending: _Pending, hit: np.ndarray, col: np.ndarray, actual: np.ndarray
+    ) -> None:
+        for level in self.levels:
+            lower, upper = pending.lower[level][hit, col], pending.upper[level][hit, col]
+            bounded = np.isfinite(lower) & np.isfinite(upper)
+            if not bounded.any():
+                continue
+            inside = (actual >= lower) & (actual <= upper)
+            by_level = self.coverage.setdefault(version, {})
+            rolling = by_level.get(level)
+            if rolling is None:
+                rolling = by_level[level] = RollingErrors(self.horizon, self.window)
+            rolling.add(col[bounded] + 1, inside[bounded].astype(float))
 
     def _account_unmatched(
         self, events: list[Event], none: np.ndarray, steps: np.ndarray, previous: np.ndarray, seen: np.ndarray
@@ -346,20 +428,24 @@ class AccuracyTracker:
     # -- figures --------------------------------------------------------------------------
 
     def figures(self) -> list[dict[str, Any]]:
-        """Per model version: rolling MAE overall and by step, with the error counts."""
+        """Per model version: rolling MAE overall and by step, with the error counts, and the
+        rolling interval coverage per level (`coverage["80"]`: `value` overall, the mean of
+        the per-step shares; `by_step`; `n`, `n_by_step` as for the MAE)."""
         out = []
         for version in sorted(self.versions):
             rolling = self.versions[version]
-            mae, n = rolling.overall()
-            by_step = rolling.mae_by_step()
+            mae = rolling.figure()
             out.append(
                 {
                     "model_version": version,
-                    "mae": mae,
-                    "n": n,
-                    "mae_by_step": [float(x) if np.isfinite(x) else None for x in by_step],
-                    "n_by_step": [int(c) for c in rolling.count],
+                    "mae": mae["value"],
+                    "n": mae["n"],
+                    "mae_by_step": mae["by_step"],
+                    "n_by_step": mae["n_by_step"],
                     "errors_total": rolling.total,
+                    "coverage": {
+                        level: cov.figure() for level, cov in sorted(self.coverage.get(version, {}).items())
+                    },
                 }
             )
         return out

@@ -5,6 +5,9 @@ tables (SQLAlchemy; SQLite under `.tsops/` by default, `monitoring.database` for
 and how many errors it averages; `step` 0 is the mean over all steps.
 `tsops_drift`: one row per (snapshot time, feature) with the drift score (PSI) against the
 reference of `model_version`.
+`tsops_coverage`: one row per (snapshot time, model version, interval level, horizon step) with
+the rolling share of actuals inside the forecasts' interval and how many it rests on; `step` 0
+is the mean over all steps. (A table of its own, so a database from before it needs no migration.)
 """
 
 from __future__ import annotations
@@ -45,6 +48,18 @@ DRIFT = sa.Table(
     sa.Column("score", sa.Float, nullable=False),
     sa.Column("n", sa.Integer, nullable=False),
 )
+COVERAGE = sa.Table(
+    "tsops_coverage",
+    _meta,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.DateTime, nullable=False, index=True),
+    sa.Column("event_time", sa.DateTime, nullable=True),
+    sa.Column("model_version", sa.Integer, nullable=False),
+    sa.Column("level", sa.String(20), nullable=False),  # "80", "95"
+    sa.Column("step", sa.Integer, nullable=False),
+    sa.Column("coverage", sa.Float, nullable=False),  # share of actuals inside, 0..1
+    sa.Column("n", sa.Integer, nullable=False),
+)
 
 
 @dataclass(frozen=True)
@@ -55,6 +70,20 @@ class AccuracyRow:
     step: int  # 1..H, or ALL_STEPS
     mae: float
     n: int  # errors in the window (per step; for step 0 the smallest per-step count)
+
+    def as_dict(self) -> dict[str, Any]:
+        return _jsonable(asdict(self))
+
+
+@dataclass(frozen=True)
+class CoverageRow:
+    at: datetime
+    event_time: datetime | None
+    model_version: int
+    level: str  # the interval level in percent, as the records key it ("80")
+    step: int  # 1..H, or ALL_STEPS
+    coverage: float  # share of actuals inside the interval
+    n: int  # actuals with a bound in the window (per step; for step 0 the smallest per-step count)
 
     def as_dict(self) -> dict[str, Any]:
         return _jsonable(asdict(self))
@@ -82,7 +111,7 @@ def database_url(project: Project) -> str:
 
 
 class MonitorHistory:
-    """Read and write the two history tables (created on first use)."""
+    """Read and write the history tables (created on first use)."""
 
     def __init__(self, url: str):
         self.url = url
@@ -100,15 +129,23 @@ class MonitorHistory:
         project.state_dir.mkdir(parents=True, exist_ok=True)
         return cls(database_url(project))
 
-    def write(self, accuracy: Iterable[AccuracyRow], drift: Iterable[DriftRow]) -> None:
+    def write(
+        self,
+        accuracy: Iterable[AccuracyRow],
+        drift: Iterable[DriftRow],
+        coverage: Iterable[CoverageRow] = (),
+    ) -> None:
         """Append rows in one transaction."""
         acc = [asdict(r) for r in accuracy]
         dft = [asdict(r) for r in drift]
+        cov = [asdict(r) for r in coverage]
         with self.engine.begin() as conn:
             if acc:
                 conn.execute(ACCURACY.insert(), acc)
             if dft:
                 conn.execute(DRIFT.insert(), dft)
+            if cov:
+                conn.execute(COVERAGE.insert(), cov)
 
     def accuracy(
         self,
@@ -142,6 +179,10 @@ class MonitorHistory:
         """The most recent row of every (model version, step)."""
         return self._latest(ACCURACY, ("model_version", "step"), AccuracyRow)  # type: ignore[return-value]
 
+    def latest_coverage(self) -> list[CoverageRow]:
+        """The most recent row of every (model version, level, step)."""
+        return self._latest(COVERAGE, ("model_version", "level", "step"), CoverageRow)  # type: ignore[return-value]
+
     def latest_drift(self) -> list[DriftRow]:
         """The most recent row of every feature."""
         return self._latest(DRIFT, ("feature",), DriftRow)  # type: ignore[return-value]
@@ -164,7 +205,8 @@ class MonitorHistory:
         with self.engine.begin() as conn:
             a = conn.execute(ACCURACY.delete().where(ACCURACY.c.at < cutoff)).rowcount
             d = conn.execute(DRIFT.delete().where(DRIFT.c.at < cutoff)).rowcount
-        return int(a or 0) + int(d or 0)
+            c = conn.execute(COVERAGE.delete().where(COVERAGE.c.at < cutoff)).rowcount
+        return int(a or 0) + int(d or 0) + int(c or 0)
 
     def close(self) -> None:
         self.engine.dispose()

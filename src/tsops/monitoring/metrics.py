@@ -20,6 +20,19 @@ class MonitorMetrics:
             ["model_version", "step"],
             registry=r,
         )
+        self.coverage = Gauge(
+            "tsops_online_coverage",
+            "rolling share of actuals inside the forecasts' interval, by model version, interval "
+            "level (percent) and horizon step ('all': mean over steps)",
+            ["model_version", "level", "step"],
+            registry=r,
+        )
+        self.coverage_samples = Gauge(
+            "tsops_online_coverage_samples",
+            "actuals with a bound in the rolling coverage window ('all': fewest of any step)",
+            ["model_version", "level", "step"],
+            registry=r,
+        )
         self.actuals = Counter("tsops_accuracy_actuals", "observations seen as actuals", registry=r)
         self.joined = Counter(
             "tsops_accuracy_joined", "forecast steps joined with their actual", ["model_version"], registry=r

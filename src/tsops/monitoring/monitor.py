@@ -1,6 +1,7 @@
 """`StreamMonitor`: the one object a stream worker calls per micro-batch. It joins forecasts
-with actuals (online accuracy), scores drift against the serving model's training reference,
-exports both as Prometheus metrics, and stores periodic snapshots in the history tables.
+with actuals (online accuracy and interval coverage), scores drift against the serving
+model's training reference, exports both as Prometheus metrics, and stores periodic snapshots
+in the history tables.
 
 Thread-safe: the stream thread calls `on_batch`, a dashboard or retrainer thread `snapshot`.
 A failure inside the monitor is logged and never stops the stream.
@@ -22,7 +23,7 @@ from prometheus_client import CollectorRegistry
 from tsops.monitoring import drift
 from tsops.monitoring.accuracy import AccuracyTracker
 from tsops.monitoring.drift import DriftReference, DriftWindow
-from tsops.monitoring.history import ALL_STEPS, AccuracyRow, DriftRow, MonitorHistory
+from tsops.monitoring.history import ALL_STEPS, AccuracyRow, CoverageRow, DriftRow, MonitorHistory
 from tsops.monitoring.metrics import MonitorMetrics
 from tsops.records import Event, Prediction
 from tsops.settings import Project
@@ -67,7 +68,10 @@ class StreamMonitor:
         self.settings = settings.monitoring
         self.target = settings.series.target
         self.accuracy = AccuracyTracker(
-            settings.model.horizon, settings.series.step, self.settings.accuracy_window
+            settings.model.horizon,
+            settings.series.step,
+            self.settings.accuracy_window,
+            settings.model.interval_levels,
         )
         self.columns = drift.monitored_columns(project)
         self.features = self.columns[1:]
@@ -179,6 +183,12 @@ class StreamMonitor:
             for h, (mae, n) in enumerate(zip(figure["mae_by_step"], figure["n_by_step"], strict=True), 1):
                 m.mae.labels(label, str(h)).set(_or_nan(mae))
                 m.mae_samples.labels(label, str(h)).set(n)
+            for level, cov in figure["coverage"].items():
+                m.coverage.labels(label, level, "all").set(_or_nan(cov["value"]))
+                m.coverage_samples.labels(label, level, "all").set(cov["n"])
+                for h, (share, n) in enumerate(zip(cov["by_step"], cov["n_by_step"], strict=True), 1):
+                    m.coverage.labels(label, level, str(h)).set(_or_nan(share))
+                    m.coverage_samples.labels(label, level, str(h)).set(n)
         self._stale_versions.clear()
         if self.reference is not None and self._window_stale:
             self.drift_scores = self.window.scores(self.reference)
@@ -241,13 +251,24 @@ class StreamMonitor:
             latest = self.accuracy.latest_event_time
             event_time = None if latest is None else pd.Timestamp(latest).to_pydatetime()
             accuracy: list[AccuracyRow] = []
+            coverage: list[CoverageRow] = []
             for f in self.accuracy.figures():
                 if f["model_version"] not in self._changed_versions or f["mae"] is None:
                     continue
-                accuracy.append(AccuracyRow(now, event_time, f["model_version"], ALL_STEPS, f["mae"], f["n"]))
+                version = f["model_version"]
+                accuracy.append(AccuracyRow(now, event_time, version, ALL_STEPS, f["mae"], f["n"]))
                 for h, (mae, n) in enumerate(zip(f["mae_by_step"], f["n_by_step"], strict=True), 1):
                     if mae is not None:
-                        accuracy.append(AccuracyRow(now, event_time, f["model_version"], h, mae, n))
+                        accuracy.append(AccuracyRow(now, event_time, version, h, mae, n))
+                for level, cov in f["coverage"].items():
+                    if cov["value"] is None:
+                        continue
+                    coverage.append(
+                        CoverageRow(now, event_time, version, level, ALL_STEPS, cov["value"], cov["n"])
+                    )
+                    for h, (share, n) in enumerate(zip(cov["by_step"], cov["n_by_step"], strict=True), 1):
+                        if share is not None:
+                            coverage.append(CoverageRow(now, event_time, version, level, h, share, n))
             drift_rows: list[DriftRow] = []
             if self._drift_changed and self.reference is not None and self.reference.version is not None:
                 drift_rows = [
@@ -258,7 +279,7 @@ class StreamMonitor:
             self._drift_changed = False
             self._last_persist = time.monotonic()
         try:
-            self.history.write(accuracy, drift_rows)
+            self.history.write(accuracy, drift_rows, coverage)
             if time.monotonic() - self._last_prune >= PRUNE_EVERY_S:
                 self._last_prune = time.monotonic()
                 self.history.prune(timedelta(days=self.settings.retention_days), now)
@@ -266,7 +287,7 @@ class StreamMonitor:
             self.persist_errors += 1
             log.warning("monitor: could not store a snapshot (%s); will retry at the next one", e)
             return 0
-        return len(accuracy) + len(drift_rows)
+        return len(accuracy) + len(drift_rows) + len(coverage)
 
     def close(self) -> None:
         """Store the last figures and release the database."""

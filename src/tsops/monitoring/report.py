@@ -30,12 +30,14 @@ MIN_DRIFT_ROWS = 200
 
 def summary(project: Project) -> dict[str, Any]:
     """The latest stored rolling MAE per version (overall and by step, next to the training
-    backtest MAE) and drift score per column, each with how many observations it rests on
-    and whether that is enough (`enough`); times are event times (`event_time`, how far the
-    data reaches) and wall-clock snapshot times (`at`), apart."""
+    backtest MAE), its interval coverage per level (`coverage["80"]`), and drift score per
+    column, each with how many observations it rests on and whether that is enough
+    (`enough`); times are event times (`event_time`, how far the data reaches) and wall-clock
+    snapshot times (`at`), apart."""
     history = MonitorHistory.for_project(project)
     try:
         accuracy = history.latest_accuracy()
+        coverage = history.latest_coverage()
         drift_rows = history.latest_drift()
     finally:
         history.close()
@@ -54,12 +56,23 @@ def summary(project: Project) -> dict[str, Any]:
                 "at": None,
                 "event_time": None,
                 "by_step": [],
+                "coverage": {},
             },
         )
         if row.step == ALL_STEPS:
             entry.update(mae=row.mae, n=row.n, at=row.as_dict()["at"], event_time=row.as_dict()["event_time"])
         else:
             entry["by_step"].append({"step": row.step, "mae": row.mae, "n": row.n})
+    for cov in coverage:  # per level: the latest rolling share inside, overall and by step
+        if cov.model_version not in versions:
+            continue
+        level = versions[cov.model_version]["coverage"].setdefault(
+            cov.level, {"coverage": None, "n": 0, "by_step": []}
+        )
+        if cov.step == ALL_STEPS:
+            level.update(coverage=cov.coverage, n=cov.n)
+        else:
+            level["by_step"].append({"step": cov.step, "coverage": cov.coverage, "n": cov.n})
     trigger = _drift_trigger(project)
     min_errors = next(
         (t.min_samples for t in project.settings.retrain.triggers if isinstance(t, AccuracyTriggerSettings)),

@@ -2,7 +2,9 @@
 
 Actuals are keyed by time and forecasts by (origin, model version), so reading the same rows
 twice (a compaction merging stream parts we already read, a replayed prediction record)
-changes nothing. Only the latest `points` steps per entity are kept. Times are int64
+changes nothing; a record's prediction intervals (`intervals`: level → lower/upper per step)
+are kept with its forecast for the band around the latest one. Only the latest `points` steps
+per entity are kept. Times are int64
 nanoseconds since the epoch (UTC) inside, milliseconds in the payload (what JavaScript's
 `Date` takes).
 """
@@ -43,6 +45,8 @@ class EntitySeries:
         self.step_ns = step_ns
         self.actuals: dict[str, dict[int, float]] = {}
         self.forecasts: dict[str, dict[tuple[int, int], np.ndarray]] = {}
+        # per entity and (origin, version): level ("80") → (lower, upper), when the record has them
+        self.intervals: dict[str, dict[tuple[int, int], dict[str, tuple[np.ndarray, np.ndarray]]]] = {}
         self.latest_actual: dict[str, int] = {}
         self.latest_origin: dict[str, int] = {}
         self.actuals_added = 0
@@ -86,6 +90,9 @@ class EntitySeries:
             if (origin, version) not in held:
                 added += 1
             held[(origin, version)] = values
+            bounds = _bounds(rec.get("intervals"), len(values))
+            if bounds:
+                self.intervals.setdefault(entity, {})[(origin, version)] = bounds
             touched.add(entity)
             if origin > self.latest_origin.get(entity, -(2**62)):
                 self.latest_origin[entity] = origin
@@ -96,6 +103,7 @@ class EntitySeries:
 
     def clear_forecasts(self) -> None:
         self.forecasts.clear()
+        self.intervals.clear()
         self.latest_origin.clear()
 
     def _trim_actuals(self, entity: str) -> None:
@@ -109,13 +117,16 @@ class EntitySeries:
         if len(held) > self.points + self.points // 4:
             cutoff = sorted(o for o, _ in held)[-self.points]
             self.forecasts[entity] = {k: v for k, v in held.items() if k[0] >= cutoff}
+            if entity in self.intervals:
+                self.intervals[entity] = {k: v for k, v in self.intervals[entity].items() if k[0] >= cutoff}
 
     def payload(
         self, entity: str, step: int, fan: int, band: dict[int, list[float | None]] | None = None
     ) -> dict[str, Any]:
         """The chart's data for one entity: actuals, the forecasts made `step` steps before each
-        target time, the latest `fan` forecasts' whole horizons, and a band around the latest
-        forecast (± the absolute error per step in `band[version]`, when given)."""
+        target time, the latest `fan` forecasts' whole horizons, the latest forecast's prediction
+        intervals (`intervals`: level → [[time, lower, upper], ...], from its record) and,
+        when it has none, a band of ± the absolute error per step in `band[version]`."""
         actual = sorted(self.actuals.get(entity, {}).items())
         held = self.forecasts.get(entity, {})
         ordered = sorted(held.items())  # by origin, then version
@@ -136,8 +147,19 @@ class EntitySeries:
                     ],
                 }
             )
+        intervals = None
+        if latest_fan:
+            last = latest_fan[-1]
+            held_bounds = self.intervals.get(entity, {}).get(ordered[-1][0], {})
+            intervals = {
+                level: [
+                    [t, round(float(lo), 6), round(float(hi), 6)]
+                    for (t, _), lo, hi in zip(last["points"], lower, upper, strict=True)
+                ]
+                for level, (lower, upper) in held_bounds.items()
+            } or None
         band_points = None
-        if latest_fan and band:
+        if latest_fan and band and not intervals:
             last = latest_fan[-1]
             errors = band.get(last["version"])
             if errors:
@@ -153,7 +175,23 @@ class EntitySeries:
             "forecast": ahead,
             "fan": latest_fan,
             "band": band_points,
+            "intervals": intervals,
             "last_actual": actual[-1][0] // NS_PER_MS if actual else None,
             "last_origin": ordered[-1][0][0] // NS_PER_MS if ordered else None,
             "versions": sorted({v for _, v in held}),
         }
+
+
+def _bounds(intervals: Any, horizon: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """A record's `intervals` as arrays per level; a level whose bounds are unreadable, of the
+    wrong length or not finite is left out (the forecast itself is still shown)."""
+    out = {}
+    for level, band in (intervals or {}).items() if isinstance(intervals, dict) else ():
+        try:
+            lower = np.asarray(band["lower"], dtype=float)
+            upper = np.asarray(band["upper"], dtype=float)
+        except (KeyError, TypeError, ValueError):
+            continue
+        if lower.shape == upper.shape == (horizon,) and np.isfinite(lower).all() and np.isfinite(upper).all():
+            out[str(level)] = (lower, upper)
+    return out

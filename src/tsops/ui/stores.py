@@ -21,6 +21,7 @@ from tsops import registry
 from tsops.lifecycle import decisions
 from tsops.monitoring.history import ALL_STEPS, MonitorHistory, database_url
 from tsops.settings import Project
+from tsops.status import backtest_figures
 
 log = logging.getLogger("tsops.ui")
 
@@ -76,6 +77,7 @@ class RegistryReader:
                     "trigger": tags.get("tsops.retrain.trigger"),
                     "mode": tags.get("tsops.retrain.mode"),
                     "rolled_back": tags.get("tsops.rolled_back") == "true",
+                    **baselines(metrics, tags),
                 }
             )
         decisions = self._decisions()
@@ -110,6 +112,31 @@ class RegistryReader:
                 "items": [],
             }
         return {"available": True, "items": items}
+
+
+def baselines(metrics: dict[str, float], tags: dict[str, str]) -> dict[str, Any]:
+    """A version's backtest table: the LSTM and every baseline (MAE, MASE, the ratio of the MAE
+    to the best baseline's), best first, and whether the LSTM beats the best baseline."""
+    figures = backtest_figures(metrics, tags)
+    best = figures.get("best_baseline")
+    names = sorted({k[: -len("_mae")] for k in figures["metrics"] if k.endswith("_mae")})
+    best_mae = metrics.get(f"{best}_mae") if best else None
+    rows = [
+        {
+            "model": name,
+            "mae": metrics[f"{name}_mae"],
+            "mase": metrics.get(f"{name}_mase"),
+            "vs_best_baseline": metrics[f"{name}_mae"] / best_mae if best_mae else None,
+            "fit_seconds": metrics.get(f"{name}_fit_seconds"),
+        }
+        for name in names
+    ]
+    return {
+        "backtest": sorted(rows, key=lambda r: r["mae"]),
+        "best_baseline": best,
+        "lstm_vs_best_baseline": figures.get("lstm_vs_best_baseline"),
+        "beats_best_baseline": figures.get("beats_best_baseline"),
+    }
 
 
 def champion_moves(versions: list[dict[str, Any]], logged: list[dict[str, Any]]) -> list[dict[str, Any]]:
