@@ -141,7 +141,12 @@ class Processor:
                 if max_events is not None and self.summary.consumed >= max_events:
                     break
                 self.checkpointer.commit_finished()
-                records = self.source.poll(self.settings.batch_size, timeout)
+                records = self.source.poll(  # never more than --max-events leaves
+                    self.settings.batch_size
+                    if max_events is None
+                    else min(self.settings.batch_size, max_events - self.summary.consumed),
+                    timeout,
+                )
                 if records:
                     self.handle(records)
                     last_record = time.monotonic()

