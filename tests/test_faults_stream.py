@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -122,3 +123,67 @@ def test_a_corrupt_checkpoint_names_the_file_and_what_to_do(stream_project, tmp_
     assert result.returncode == 2, result.stderr
     assert str(checkpoint) in result.stderr and "Traceback" not in result.stderr
     FileSource(project, path, from_beginning=True).close()  # the way out it names works
+
+
+@pytest.fixture()
+def small_disk(tmp_path):  # type: ignore[no-untyped-def]
+    """A 40 MB tmpfs (the tests run as root), unmounted afterwards."""
+    import subprocess
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def fill(disk: Path, leave: int) -> Path:
+    """Take all but about `leave` bytes of the file system."""
+    import os
+
+    free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+    filler = disk / "filler"
+    with filler.open("wb") as f:
+        f.truncate(0)
+        f.write(b"\0" * max(free - leave, 0))
+    return filler
+
+
+def test_a_full_disk_is_a_clear_error_and_loses_nothing(stream_model, small_disk, tmp_path):
+    """The final offline merge and the stream itself, on a 40 MB tmpfs filled up."""
+    from conftest import write_synthetic_project
+    from test_streaming import assert_stream_equals_batch
+    from tsops.errors import DiskFull
+    from tsops.features.ingest import ingest
+    from tsops.features.store import FeatureStoreClient
+
+    project = write_synthetic_project(small_disk / "proj", tracking_uri=stream_model.tracking_uri)
+    ingest(project, quiet=True)
+    events = synthetic_events(project, 400)  # 2,000 events
+    first = write_jsonl(tmp_path / "first.jsonl", events[:400])
+    run_stream(project, source=f"file:{first}", follow=True, until_idle=0.3)  # no merge at the end
+    client = FeatureStoreClient(project)
+    store = client.offline.path
+    parts, before = sorted(store.parent.glob("stream/part-*")), store.read_bytes()
+    assert parts
+
+    filler = fill(small_disk, 100_000)  # less than the merged file needs
+    with pytest.raises(DiskFull) as caught:
+        client.compact_offline()
+    assert f"disk full at {store}" in str(caught.value) and "nothing is lost" in str(caught.value)
+    assert sorted(store.parent.glob("stream/part-*")) == parts and store.read_bytes() == before
+    assert not list(store.parent.glob("*.tmp"))  # the partial merge gave its space back
+
+    filler.unlink()
+    fill(small_disk, 400_000)  # room for the start, not for 1,600 events' predictions
+    rest = write_jsonl(tmp_path / "rest.jsonl", events[400:])
+    result = run_cli("stream", "--project", str(project.root), "--source", f"file:{rest}")
+    assert result.returncode == 2, result.stderr
+    assert "disk full at " + str(project.root) in result.stderr.replace("\n", "")
+    assert "Traceback" not in result.stderr
+
+    (small_disk / "filler").unlink()
+    run_stream(project, source=f"file:{rest}")  # resumes from its last checkpoint, then merges
+    assert_stream_equals_batch(project, events)

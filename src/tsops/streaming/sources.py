@@ -15,7 +15,7 @@ from typing import Any, BinaryIO, Protocol
 
 import pandas as pd
 
-from tsops.errors import ConfigError, DataError
+from tsops.errors import ConfigError, DataError, raise_if_disk_full
 from tsops.records import INVALID_UTF8, payload_text
 from tsops.settings import Project
 from tsops.streaming.events import RawRecord
@@ -205,10 +205,15 @@ class FileSource:
         saved = {"path": str(self.path), "next_line": self.committed, "next_byte": next_byte}
         self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.checkpoint.with_suffix(".tmp")
-        with tmp.open("wb") as f:
-            f.write(json.dumps({**saved, **self._identity.as_dict(self._handle)}).encode())
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with tmp.open("wb") as f:
+                f.write(json.dumps({**saved, **self._identity.as_dict(self._handle)}).encode())
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            tmp.unlink(missing_ok=True)  # the previous checkpoint stays: this batch is replayed
+            raise_if_disk_full(e, self.checkpoint, "free space and run the stream again: nothing is lost")
+            raise
         os.replace(tmp, self.checkpoint)
 
     def lag(self) -> int | None:
