@@ -187,3 +187,73 @@ def test_a_full_disk_is_a_clear_error_and_loses_nothing(stream_model, small_disk
     (small_disk / "filler").unlink()
     run_stream(project, source=f"file:{rest}")  # resumes from its last checkpoint, then merges
     assert_stream_equals_batch(project, events)
+
+
+def test_a_worker_whose_broker_is_gone_reports_itself_not_live(stream_project, tmp_path, caplog, monkeypatch):
+    """Logged once (not per reconnection), /healthz 503 and the gauges after the limit, live
+    again when the broker is back."""
+    import threading
+    import time
+
+    import httpx
+
+    from conftest import free_port
+    from tsops.streaming import broker as embedded
+
+    broker = embedded.EmbeddedBroker().start()  # this test's own: it is stopped for good
+    try:
+        project = stream_project(
+            stream={
+                "source": "kafka",
+                "kafka": {"bootstrap_servers": broker.bootstrap, "unreachable_after_s": 2},
+            }
+        )
+        port, stop = free_port(), threading.Event()
+        caplog.set_level(logging.INFO, logger="tsops")
+        worker = threading.Thread(
+            target=run_stream, args=(project,), kwargs={"metrics_port": port, "stop": stop}
+        )
+        worker.start()
+
+        def healthz(expected: int, timeout: float) -> dict:
+            deadline = time.time() + timeout
+            while time.time() < deadline:
+                assert worker.is_alive()
+                try:
+                    answer = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+                    if answer.status_code == expected:
+                        return answer.json()
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.2)
+            raise AssertionError(f"/healthz did not answer {expected} within {timeout} s")
+
+        assert healthz(200, 60)["status"] == "ok"
+        time.sleep(2)  # the group joined
+        gone = time.time()
+        where = broker.bootstrap
+        broker.stop()
+        body = healthz(503, 20)
+        assert time.time() - gone >= 2
+        (source,) = body["sources"]
+        assert not source["live"] and source["unreachable_s"] > 2 and where in source["last_error"]
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+        assert "tsops_stream_live 0.0" in metrics
+        assert f'tsops_stream_source_unreachable_seconds{{source="{source["source"]}"}}' in metrics
+        time.sleep(2)
+        lines = [r.getMessage() for r in caplog.records if r.created > gone]
+        assert sum("unreachable" in line for line in lines) == 1, lines
+        assert not any("Connection refused" in line and "unreachable" not in line for line in lines), lines
+
+        host, port_text = where.split(":")
+        monkeypatch.setattr(embedded, "_free_port", lambda: int(port_text))
+        back = embedded.EmbeddedBroker().start()  # a new broker at the same address
+        try:
+            assert healthz(200, 30)["status"] == "ok"
+            assert any("reachable again" in r.getMessage() for r in caplog.records)
+        finally:
+            stop.set()
+            worker.join(60)
+            back.stop()
+    finally:
+        broker.stop()

@@ -464,6 +464,12 @@ class KafkaSettings(Strict):
         "fetch.wait.max.ms, default 500): brokers that do not wake a waiting fetch when records "
         "arrive (tansu) add up to this much latency per hop",
     )
+    unreachable_after_s: float = Field(
+        60.0,
+        gt=0,
+        description="a stream worker whose broker has not answered for this long reports itself "
+        "not live (/healthz 503, tsops_stream_live 0), for its orchestrator to restart it",
+    )
     extra: dict[str, str | int | float | bool] = Field(
         default_factory=dict, description="more librdkafka settings, e.g. security"
     )

@@ -18,7 +18,9 @@ import pandas as pd
 from tsops.errors import ConfigError, DataError, raise_if_disk_full
 from tsops.records import INVALID_UTF8, payload_text
 from tsops.settings import Project
+from tsops.streaming import liveness
 from tsops.streaming.events import RawRecord
+from tsops.streaming.liveness import SourceHealth
 
 log = logging.getLogger("tsops.streaming")
 
@@ -286,9 +288,40 @@ class KafkaSource:
         self._high: dict[int, int] = {}
         self._committed: dict[int, int] = {}
         self.last_error: str | None = None  # the latest client error, for diagnostics
-        self.consumer = Consumer(consumer_config(kafka))
+        self.health = SourceHealth(
+            self.name, f"Kafka at {kafka.bootstrap_servers}", kafka.unreachable_after_s
+        )
+        self._rx: dict[str, int] = {}  # responses received per broker connection, at the last stats
+        # The client's own log goes through ours, without a line per failed reconnection: the
+        # outage is reported by `health`, once and then once a minute.
+        watch = {"error_cb": self._on_error, "stats_cb": self._on_stats, "statistics.interval.ms": 1000}
+        self.consumer = Consumer({**watch, "logger": _client_log, **consumer_config(kafka)})
+        liveness.register(self.health)
         self.consumer.subscribe([self.topic], on_revoke=self._revoked, on_assign=self._assigned)
         self.assigned: set[int] = set()
+
+    def _on_error(self, error: Any) -> None:
+        from confluent_kafka import KafkaError
+
+        if error.code() == KafkaError._ALL_BROKERS_DOWN:
+            self.health.unreachable(error.str())
+        else:  # e.g. one connection refused: an outage only if nothing answers (`_on_stats`)
+            self.health.error(error.str())
+
+    def _on_stats(self, text: str) -> None:
+        """librdkafka's statistics (every second, served by `poll`): a live broker answers
+        fetches and heartbeats all the time, so a period without a response on a connection
+        that is up is an outage too, also of a broker that hangs without refusing."""
+        brokers = json.loads(text).get("brokers", {})
+        rx = {name: int(b.get("rx", 0)) for name, b in brokers.items()}
+        answered = any(
+            n > self._rx.get(name, 0) and brokers[name].get("state") == "UP" for name, n in rx.items()
+        )
+        self._rx = rx
+        if answered:
+            self.health.contact()
+        else:
+            self.health.quiet()
 
     def _assigned(self, consumer: object, partitions: list) -> None:  # type: ignore[type-arg]
         self.assigned |= {p.partition for p in partitions}
@@ -350,7 +383,20 @@ class KafkaSource:
         )
 
     def close(self) -> None:
+        liveness.unregister(self.health)
         self.consumer.close()
 
+
+class _WithoutReconnectionFailures(logging.Filter):
+    """librdkafka logs each failed (re)connection, ~17 lines a second while a broker is gone;
+    `SourceHealth` reports the outage instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        facility = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        return facility not in ("FAIL", "REQTMOUT")
+
+
+_client_log = logging.getLogger("tsops.streaming.kafka_client")
+_client_log.addFilter(_WithoutReconnectionFailures())
 
 SOURCES: dict[str, Callable[..., Source]] = {"file": FileSource, "kafka": KafkaSource}
