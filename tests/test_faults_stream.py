@@ -55,6 +55,60 @@ def test_a_poison_pill_is_a_dead_letter_and_the_next_run_goes_past_it(stream_pro
     assert again.consumed == 0
 
 
+def test_a_poison_pill_from_kafka_is_a_dead_letter_and_its_offset_committed(stream_project, kafka_broker):
+    import threading
+    import uuid
+
+    from confluent_kafka import Producer
+
+    topic = f"poison-{uuid.uuid4().hex[:8]}"
+    kafka_broker.create_topic(topic, 1)
+    kafka = {"bootstrap_servers": kafka_broker.bootstrap, "events_topic": topic, "group_id": f"g-{topic}"}
+    project = stream_project(stream={"source": "kafka", "kafka": kafka})
+    events = synthetic_events(project, 3)  # 15 events
+    producer = Producer({"bootstrap.servers": kafka_broker.bootstrap})
+
+    def publish(payloads: list[bytes]) -> None:
+        for payload in payloads:
+            producer.produce(topic, payload)
+        producer.flush(10)
+
+    def run(max_events: int):  # type: ignore[no-untyped-def]
+        stop = threading.Event()
+        timer = threading.Timer(90, stop.set)  # a hang fails the test instead of the suite
+        timer.start()
+        try:
+            return run_stream(project, max_events=max_events, stop=stop)
+        finally:
+            timer.cancel()
+
+    publish(with_poison(events[:-1]).splitlines())
+    first = run(len(events) - 1 + len(poison_pills()))
+    assert first.processed == len(events) - 1
+    assert dict(first.dead_letters) == dict.fromkeys(poison_pills(), 1)
+    publish([json.dumps(events[-1]).encode()])
+    second = run(1)  # starts after the poison: committed with the batch that dead-lettered it
+    assert second.processed == 1 and second.dead_letters == {}
+
+
+def test_the_spark_engine_dead_letters_the_same_poison_pills(stream_project, tmp_path):
+    from tsops.settings import SparkStreamSettings
+    from tsops.streaming.spark.engine import run_spark_stream, spark_session
+
+    project = stream_project(stream={"spark": {"shuffle_partitions": 1}})
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(with_poison(synthetic_events(project, 2)))
+    spark = spark_session(SparkStreamSettings())
+    try:
+        summary = run_spark_stream(project, source=f"file:{path}", spark=spark)
+    finally:
+        spark.stop()
+    assert summary.processed == 10
+    assert dict(summary.dead_letters) == dict.fromkeys(poison_pills(), 1)
+    dead = {d["error"]: d["payload"] for d in dead_letters(project)}
+    assert dead["invalid_utf8"] == poison_pills()["invalid_utf8"].decode(errors="backslashreplace")
+
+
 def test_event_limits_are_settings(stream_project):  # type: ignore[no-untyped-def]
     import pandas as pd
 
