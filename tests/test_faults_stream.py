@@ -109,7 +109,7 @@ def test_the_spark_engine_dead_letters_the_same_poison_pills(stream_project, tmp
     assert dead["invalid_utf8"] == poison_pills()["invalid_utf8"].decode(errors="backslashreplace")
 
 
-def test_event_limits_are_settings(stream_project):  # type: ignore[no-untyped-def]
+def test_parse_applies_the_event_limits_of_the_settings(stream_project):  # type: ignore[no-untyped-def]
     import pandas as pd
 
     from tsops.streaming.events import EventError, parse
