@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from tsops.errors import TsopsError
+from tsops.errors import TsopsError, disk_full
 
 app = typer.Typer(
     add_completion=False,
@@ -771,6 +771,12 @@ def main() -> None:
     except aborts:
         err_console.print("aborted")
         code = 130
+    except Exception as e:
+        full = disk_full(e)  # wherever a write found no space: a message, not a traceback
+        if full is None:
+            raise
+        err_console.print(f"[bold red]error:[/] {escape(str(full))}", highlight=False)
+        code = full.exit_code
     sys.stdout.flush()
     sys.stderr.flush()
     # Skip interpreter teardown: duckdb's bindings print spurious "leaked" warnings there.

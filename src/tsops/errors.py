@@ -56,3 +56,40 @@ class NotFound(TsopsError):
 
     kind = "not_found"
     status = 404
+
+
+class DiskFull(TsopsError):
+    """A write found no space left (ENOSPC, SQLite's "disk is full"): names where. Nothing
+    half-written is kept: durable writes go through a temporary file or a transaction."""
+
+    kind = "disk_full"
+
+
+def disk_full(error: BaseException, path: object = None, what: str = "") -> DiskFull | None:
+    """`error`, or an error it was raised from, as a `DiskFull` at `path` (else at the file the
+    error names); None if no space was not the cause."""
+    import errno
+    import sqlite3
+
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        full = (isinstance(cause, OSError) and cause.errno == errno.ENOSPC) or (
+            isinstance(cause, sqlite3.Error) and "disk is full" in str(cause)
+        )
+        if full:
+            where = path or (cause.filename if isinstance(cause, OSError) else None) or "an unnamed file"
+            tail = f": {what}" if what else ": free space there and run the command again"
+            return DiskFull(f"disk full at {where}{tail}", str(where))
+        orig = getattr(cause, "orig", None)  # SQLAlchemy wraps the driver's error
+        cause = orig if isinstance(orig, BaseException) else (cause.__cause__ or cause.__context__)
+    return None
+
+
+def raise_if_disk_full(error: BaseException, path: object = None, what: str = "") -> None:
+    """Raise `disk_full(...)` from `error` if no space was the cause (the caller re-raises
+    `error` otherwise)."""
+    full = disk_full(error, path, what)
+    if full is not None:
+        raise full from error

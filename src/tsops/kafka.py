@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tsops.records import payload_text
 from tsops.settings import KafkaSettings
 
 
@@ -51,7 +52,7 @@ def ensure_topic(kafka: KafkaSettings, topic: str, partitions: int = 4) -> None:
 
 def decode(messages: list[Any]) -> tuple[list[tuple[str, int, int]], str | None]:
     """(payload, partition, offset) of each record among polled messages, payloads as text
-    (undecodable bytes replaced: the event parser dead-letters them); partition-EOF events are
+    (bytes that are not UTF-8 marked: the event parser dead-letters them); partition-EOF events are
     skipped; also the text of the last other error, if any."""
     from confluent_kafka import KafkaError
 
@@ -64,6 +65,6 @@ def decode(messages: list[Any]) -> tuple[list[tuple[str, int, int]], str | None]
                 error = str(err)
             continue
         value = m.value()
-        payload = value.decode("utf-8", errors="replace") if value is not None else ""
+        payload = payload_text(value) if value is not None else ""
         out.append((payload, int(m.partition() or 0), int(m.offset() or 0)))
     return out, error

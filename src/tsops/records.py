@@ -52,3 +52,17 @@ class Prediction(TypedDict):
     model_version: int
     latency_ms: float  # poll → prediction in the worker
     intervals: NotRequired[dict[str, Interval]]  # by level ("80", "95"), when calibrated
+
+
+# A payload whose bytes are not UTF-8 travels as text (through Spark's Arrow batches too) behind
+# this mark, its bad bytes written \xNN: no valid JSON starts with NUL, so the event parser
+# dead-letters it as `invalid_utf8` instead of accepting U+FFFD-mangled names.
+INVALID_UTF8 = "\x00invalid-utf8\x00"
+
+
+def payload_text(raw: bytes) -> str:
+    """A record's bytes as text: UTF-8, or the bytes marked `INVALID_UTF8` if they are not."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return INVALID_UTF8 + raw.decode("utf-8", errors="backslashreplace")

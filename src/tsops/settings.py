@@ -32,6 +32,8 @@ CONFIG_FILE = "tsops.yaml"
 ENV_PREFIX = "TSOPS_"
 SINGLE_SERIES_ENTITY = "series_id"  # entity column added when the data has none
 SINGLE_SERIES_VALUE = "series"
+MAX_EVENT_BYTES = 65_536  # stream.max_event_bytes: an observation event is ~100 bytes
+MAX_EVENT_DEPTH = 32  # stream.max_event_depth: an event is a flat JSON object
 
 
 def _duration(least: str | None) -> AfterValidator:
@@ -462,6 +464,12 @@ class KafkaSettings(Strict):
         "fetch.wait.max.ms, default 500): brokers that do not wake a waiting fetch when records "
         "arrive (tansu) add up to this much latency per hop",
     )
+    unreachable_after_s: float = Field(
+        60.0,
+        gt=0,
+        description="a stream worker whose broker has not answered for this long reports itself "
+        "not live (/healthz 503, tsops_stream_live 0), for its orchestrator to restart it",
+    )
     extra: dict[str, str | int | float | bool] = Field(
         default_factory=dict, description="more librdkafka settings, e.g. security"
     )
@@ -548,6 +556,12 @@ class StreamSettings(Strict):
     unknown_entities: Literal["accept", "dead_letter"] = "accept"
     max_future: Duration = Field("1d", description="events later than now + this are dead letters")
     max_gap_steps: int = Field(168, ge=1, description="a jump of more steps than this is refused, not filled")
+    max_event_bytes: int = Field(
+        MAX_EVENT_BYTES, ge=64, description="a larger event payload is a dead letter (`too_large`)"
+    )
+    max_event_depth: int = Field(
+        MAX_EVENT_DEPTH, ge=1, le=1024, description="JSON nested deeper is a dead letter (`too_deep`)"
+    )
     aggregate: AggregateSettings | None = Field(
         None, description="aggregate raw events into schema.freq bars (unset: events are already bars)"
     )

@@ -106,8 +106,8 @@ def stream(m: Manifests) -> list[Obj]:
         ["stream", "--source", "kafka", "--metrics-port", "9108"],
         m.resources("500m", "1Gi", "2", "2Gi"),
         ports=[{"name": "metrics", "containerPort": 9108, "protocol": "TCP"}],
-        livenessProbe={
-            "tcpSocket": {"port": "metrics"},
+        livenessProbe={  # 503 once the broker has been unreachable stream.kafka.unreachable_after_s
+            "httpGet": {"path": "/healthz", "port": "metrics"},
             "periodSeconds": 10,
             "failureThreshold": 6,
             "initialDelaySeconds": 60,

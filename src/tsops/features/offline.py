@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import pandas as pd
 
-from tsops.errors import StoreError
+from tsops.errors import DiskFull, StoreError, raise_if_disk_full
 from tsops.secrets import redacted, resolve_url
 from tsops.settings import OfflineStoreSettings, Project
 
@@ -82,7 +82,12 @@ class ParquetOfflineStore:
         time = self.columns.time
         # Microsecond UTC: DuckDB cannot cast nanosecond TIMESTAMPTZ in Feast's queries.
         frame[time] = pd.to_datetime(frame[time]).dt.tz_localize("UTC").astype("datetime64[us, UTC]")
-        frame.to_parquet(tmp, index=False)
+        try:
+            frame.to_parquet(tmp, index=False)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)  # a partial file would hold on to the space that is short
+            raise_if_disk_full(e, self.path, "the offline store is unchanged; free space and run again")
+            raise
         os.replace(tmp, self.path)
 
     def append(self, rows: pd.DataFrame) -> None:
@@ -90,7 +95,12 @@ class ParquetOfflineStore:
         self.parts.mkdir(parents=True, exist_ok=True)
         part = self.parts / f"part-{time_ns()}.parquet"
         tmp = part.with_suffix(".tmp")
-        rows.to_parquet(tmp, index=False)
+        try:
+            rows.to_parquet(tmp, index=False)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise_if_disk_full(e, self.parts, "free space and run again: what was not appended is replayed")
+            raise
         os.replace(tmp, part)
 
     @contextmanager
@@ -118,7 +128,14 @@ class ParquetOfflineStore:
             added[self.columns.time] = pd.to_datetime(added[self.columns.time])
             merged = pd.concat([base, added[base.columns]], ignore_index=True)
             merged = merged.drop_duplicates(key, keep="last").sort_values(key, kind="stable")
-            self.write(merged.reset_index(drop=True))
+            try:
+                self.write(merged.reset_index(drop=True))
+            except DiskFull as e:  # the parts stay: the next compaction (stream end, train) merges them
+                e.message = (
+                    f"disk full at {self.path}: {len(parts)} stream part(s) in {self.parts} not merged "
+                    "yet (nothing is lost); free space and run `tsops train` or the stream again"
+                )
+                raise
             for p in parts:
                 p.unlink()
             return len(merged) - len(base)

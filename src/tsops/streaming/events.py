@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,8 +15,8 @@ import orjson
 import pandas as pd
 
 from tsops.errors import TsopsError
-from tsops.records import Event
-from tsops.settings import SINGLE_SERIES_VALUE, SeriesSettings
+from tsops.records import INVALID_UTF8, Event
+from tsops.settings import MAX_EVENT_BYTES, MAX_EVENT_DEPTH, SINGLE_SERIES_VALUE, SeriesSettings
 
 
 class EventError(TsopsError):
@@ -36,19 +37,55 @@ class RawRecord:
     received: float  # time.perf_counter() when polled
 
 
-def parse(payload: str, series: SeriesSettings, latest_allowed: pd.Timestamp, *, floor: bool = True) -> Event:
+def parse(
+    payload: str,
+    series: SeriesSettings,
+    latest_allowed: pd.Timestamp,
+    *,
+    floor: bool = True,
+    max_bytes: int = MAX_EVENT_BYTES,
+    max_depth: int = MAX_EVENT_DEPTH,
+) -> Event:
     """Validate one JSON payload against the project's schema (the history's column names).
     The time is floored to the series' interval unless `floor` is false (raw ticks that the
-    stream aggregates into bars)."""
+    stream aggregates into bars). Whatever the payload, the outcome is an event or an
+    `EventError`: a poison pill is a dead letter, never a crashed worker."""
+    try:
+        return _parse(payload, series, latest_allowed, floor, max_bytes, max_depth)
+    except EventError:
+        raise
+    except RecursionError:
+        raise EventError("too_deep", f"nested deeper than {max_depth} levels") from None
+    except Exception as e:  # anything unforeseen in a payload is the payload's fault
+        raise EventError("invalid_event", f"unreadable event ({type(e).__name__})") from None
+
+
+def _parse(
+    payload: str,
+    series: SeriesSettings,
+    latest_allowed: pd.Timestamp,
+    floor: bool,
+    max_bytes: int,
+    max_depth: int,
+) -> Event:
+    # Characters never outnumber UTF-8 bytes: only a long payload needs its bytes counted.
+    if len(payload) > max_bytes // 4 and _size(payload) > max_bytes:
+        raise EventError("too_large", f"{_size(payload)} bytes, more than {max_bytes}")
     try:
         raw: Any = orjson.loads(payload)  # the hot path: several times the stdlib's speed
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as e:
+        if payload.startswith(INVALID_UTF8):
+            raise EventError("invalid_utf8", "not UTF-8 text (its bad bytes are shown as \\xNN)") from None
+        if "depth" in str(e):  # orjson's own limit (1024): the stdlib would recurse as deep
+            raise EventError("too_deep", f"nested deeper than {max_depth} levels") from None
         try:  # the stdlib also reads NaN and Infinity, which then get their own reason below
             raw = json.loads(payload)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise EventError("invalid_json", f"not JSON: {e}") from None
     if not isinstance(raw, dict):
         raise EventError("invalid_json", "an event must be a JSON object")
+    if _deeper_than(raw, max_depth):
+        raise EventError("too_deep", f"nested deeper than {max_depth} levels")
     needed = [c for c in (series.entity, series.time, series.target) if c]
     missing = [c for c in needed if raw.get(c) is None]
     if missing:
@@ -59,6 +96,8 @@ def parse(payload: str, series: SeriesSettings, latest_allowed: pd.Timestamp, *,
     value = raw[series.target]
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise EventError("wrong_type", f"target {value!r} is not a number", series.target)
+    if isinstance(value, int) and not -_FLOAT_MAX <= value <= _FLOAT_MAX:  # JSON integers are unbounded
+        raise EventError("non_finite", "target is an integer beyond a float's range", series.target)
     if not math.isfinite(value):
         raise EventError("non_finite", f"target {value!r} is not finite", series.target)
     ns = _utc_ns(raw[series.time], series.time)
@@ -70,6 +109,29 @@ def parse(payload: str, series: SeriesSettings, latest_allowed: pd.Timestamp, *,
     if floor:
         ns -= ns % series.step.value
     return Event(str(entity), pd.Timestamp(ns), float(value))
+
+
+_FLOAT_MAX = sys.float_info.max
+
+
+def _size(payload: str) -> int:
+    """The payload's length in bytes as it arrived."""
+    return len(payload.encode("utf-8", errors="surrogatepass"))
+
+
+def _deeper_than(event: dict[str, Any], limit: int) -> bool:
+    """Whether the object nests more than `limit` levels (the event itself is level 1); a flat
+    event, the usual one, costs one look at each value."""
+    level = [v for v in event.values() if isinstance(v, dict | list)]
+    depth = 1
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        level = [
+            c for v in level for c in (v.values() if isinstance(v, dict) else v) if isinstance(c, dict | list)
+        ]
+    return False
 
 
 _EPOCH = datetime(1970, 1, 1)
@@ -106,7 +168,7 @@ def dead_letter(error: TsopsError, record: RawRecord) -> dict[str, Any]:
     """The dead-letter record: the error body plus the original payload and its position."""
     return {
         **error.as_dict(),
-        "payload": record.payload,
+        "payload": record.payload.removeprefix(INVALID_UTF8),
         "partition": record.partition,
         "offset": record.offset,
         "at": datetime.now(UTC).isoformat(),

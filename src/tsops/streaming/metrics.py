@@ -1,8 +1,18 @@
-"""Prometheus metrics of a stream worker."""
+"""Prometheus metrics of a stream worker, and its liveness (`/healthz`) on the same port."""
 
 from __future__ import annotations
 
+import json
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from tsops.streaming import liveness
 
 
 class StreamMetrics:
@@ -32,8 +42,52 @@ class StreamMetrics:
         self.state_size = Gauge(
             "tsops_stream_state_entities", "entities held in memory", registry=self.registry
         )
+        self.registry.register(_SourceHealthCollector())
 
     def serve(self, port: int) -> None:
-        from prometheus_client import start_http_server
+        """`/healthz` (200 live, 503 with the unreachable source) and the metrics on any other
+        path, on 127.0.0.1:`port`, from a daemon thread."""
+        from prometheus_client import make_wsgi_app
 
-        start_http_server(port, addr="127.0.0.1", registry=self.registry)
+        metrics = make_wsgi_app(self.registry)
+
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+            if environ.get("PATH_INFO") != "/healthz":
+                return metrics(environ, start_response)  # type: ignore[no-any-return]
+            live, body = liveness.report()
+            start_response(
+                "200 OK" if live else "503 Service Unavailable", [("Content-Type", "application/json")]
+            )
+            return [json.dumps(body).encode()]
+
+        server = make_server("127.0.0.1", port, app, _ThreadingServer, _QuietHandler)
+        threading.Thread(target=server.serve_forever, name="tsops-metrics", daemon=True).start()
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
+        """A scrape or a probe every few seconds is not worth a log line."""
+
+
+class _SourceHealthCollector:
+    """The registered sources' liveness, read at each scrape."""
+
+    def collect(self) -> Iterator[Metric]:
+        states = liveness.sources()
+        unreachable = GaugeMetricFamily(
+            "tsops_stream_source_unreachable_seconds",
+            "how long the source has been unreachable (0 while it answers)",
+            labels=["source"],
+        )
+        for h in states:
+            unreachable.add_metric([h.name], h.unreachable_for())
+        yield unreachable
+        yield GaugeMetricFamily(
+            "tsops_stream_live",
+            "1 while every source answers or has been unreachable less than its limit (/healthz 200)",
+            value=float(all(h.alive() for h in states)),
+        )

@@ -43,6 +43,7 @@ class Summary:
     batches: int = 0
     reloads: int = 0  # champion versions swapped in while running
     seconds: float = 0.0  # from the first poll to the last checkpoint
+    started_over: str | None = None  # why a file source replayed from its start, if it did
 
     def rate(self) -> float:
         """Events consumed per second of processing."""
@@ -62,6 +63,7 @@ class Summary:
             "seconds": round(self.seconds, 3),
             "events_per_second": round(self.rate(), 1),
             "batches": self.batches,
+            **({"started_over": self.started_over} if self.started_over else {}),
         }
 
 
@@ -95,7 +97,7 @@ class Processor:
         self.model_name = model_name
         self.model_version = model_version
         self.metrics = metrics
-        self.summary = Summary()
+        self.summary = Summary(started_over=getattr(source, "started_over", None))
         self.max_future = pd.Timedelta(stream.max_future)
         aggregate = stream.aggregate
         self.bars = None if aggregate is None else TumblingBars(aggregate, series)
@@ -127,7 +129,12 @@ class Processor:
                 if max_events is not None and self.summary.consumed >= max_events:
                     break
                 self.pipeline.commit_finished()
-                records = self.source.poll(self.settings.batch_size, timeout)
+                records = self.source.poll(  # never more than --max-events leaves
+                    self.settings.batch_size
+                    if max_events is None
+                    else min(self.settings.batch_size, max_events - self.summary.consumed),
+                    timeout,
+                )
                 if records:
                     self.handle(records)
                     last_record = time.monotonic()
@@ -160,7 +167,15 @@ class Processor:
         parsed: list[tuple[RawRecord, Event]] = []
         for r in records:
             try:
-                parsed.append((r, parse(r.payload, self.series, latest_allowed, floor=self.bars is None)))
+                event = parse(
+                    r.payload,
+                    self.series,
+                    latest_allowed,
+                    floor=self.bars is None,
+                    max_bytes=self.settings.max_event_bytes,
+                    max_depth=self.settings.max_event_depth,
+                )
+                parsed.append((r, event))
             except EventError as e:
                 dead.append(dead_letter(e, r))
         self.state.load({ev.entity for _, ev in parsed})

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import orjson
 import pandas as pd
 
+from tsops.errors import raise_if_disk_full
 from tsops.secrets import resolve_url
 from tsops.settings import Project, SinkSettings
 
@@ -23,6 +24,9 @@ class Sink(Protocol):
     def write(self, records: Sequence[Mapping[str, Any]]) -> None: ...
 
     def close(self) -> None: ...
+
+
+STREAM_RESUMES = "free space and run the stream again: it resumes from its last checkpoint, nothing is lost"
 
 
 def encode(record: Mapping[str, Any]) -> bytes:
@@ -60,8 +64,17 @@ class FileSink:
         if not self.parquet:
             _drop_torn_tail(self.path)
         self._handle = None if self.parquet else self.path.open("ab")
+        self._failed = False
 
     def write(self, records: Sequence[Mapping[str, Any]]) -> None:
+        try:
+            self._write(records)
+        except OSError as e:
+            self._failed = True
+            raise_if_disk_full(e, self.path, STREAM_RESUMES)
+            raise
+
+    def _write(self, records: Sequence[Mapping[str, Any]]) -> None:
         if not records:
             return
         if self.parquet:
@@ -80,7 +93,11 @@ class FileSink:
 
     def close(self) -> None:
         if self._handle:
-            self._handle.close()
+            try:
+                self._handle.close()
+            except OSError:
+                if not self._failed:
+                    raise  # else: the rest of a failed batch, replayed from the last checkpoint
 
 
 class KafkaSink:

@@ -21,6 +21,7 @@ from pyspark.sql.datasource import DataSource, SimpleDataSourceStreamReader
 from pyspark.sql.streaming.datasource import SupportsTriggerAvailableNow
 from pyspark.sql.types import StructType
 
+from tsops.records import INVALID_UTF8, payload_text
 from tsops.streaming.sources import to_payload
 
 RAW_SCHEMA = "payload string, partition int, offset long, received double"
@@ -221,8 +222,10 @@ class FileEventsReader(SimpleDataSourceStreamReader, SupportsTriggerAvailableNow
                 if not raw or (not raw.endswith(b"\n") and self.follow):
                     break  # end of file, or a line still being written
                 pos += len(raw)
-                text = raw.decode("utf-8", errors="replace")
-                if text.strip():
+                text = payload_text(raw)
+                if text.startswith(INVALID_UTF8):  # the event parser dead-letters it
+                    rows.append((text.rstrip("\n"), 0, line, now))
+                elif text.strip():
                     rows.append((to_payload(text, header), 0, line, now))
                 line += 1
         return rows, {"line": line, "pos": pos}

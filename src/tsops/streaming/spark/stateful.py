@@ -89,7 +89,14 @@ class Keyer:
             dead: list[str | None] = []
             for payload, partition, offset, received in frame[list(RAW_COLUMNS)].itertuples(index=False):
                 try:
-                    ev = parse(payload, series, latest_allowed, floor=floor)
+                    ev = parse(
+                        payload,
+                        series,
+                        latest_allowed,
+                        floor=floor,
+                        max_bytes=stream.max_event_bytes,
+                        max_depth=stream.max_event_depth,
+                    )
                 except EventError as e:
                     record = RawRecord(payload, int(partition), int(offset), float(received))
                     keys.append(DEAD_KEY)
