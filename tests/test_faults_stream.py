@@ -127,6 +127,10 @@ def test_parse_applies_the_event_limits_of_the_settings(stream_project):  # type
         with pytest.raises(EventError) as caught:
             parse(json.dumps(payload), series, later, **limits)
         assert caught.value.kind == reason
+    # The worker applies the project's limits, not the defaults (64 KB, depth 32).
+    path = write_jsonl(project.root / "pills.jsonl", [{**event, "pad": "x" * 50}, {**event, "t": {"a": [1]}}])
+    summary = run_stream(project, source=f"file:{path}")
+    assert summary.dead_letters == {"too_large": 1, "too_deep": 1}
 
 
 def test_max_events_stops_at_the_limit_and_the_next_run_resumes_there(stream_project, tmp_path):
@@ -149,6 +153,7 @@ def test_a_file_rewritten_at_its_path_is_replayed_from_its_first_line(stream_pro
         rewritten = run_stream(project, source=f"file:{path}")
     assert rewritten.consumed == rewritten.processed == 150  # not 50: no line skipped
     assert f"{path} changed since its checkpoint" in caplog.text
+    assert rewritten.started_over and rewritten.as_dict()["started_over"] == rewritten.started_over
     with path.open("a") as f:  # appended: resumed where it stopped
         f.writelines(json.dumps(e) + "\n" for e in events[250:])
     assert run_stream(project, source=f"file:{path}").consumed == 50
