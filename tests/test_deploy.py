@@ -298,6 +298,10 @@ def test_cross_object_rules(rendered) -> None:
         scaled = by_kind["ScaledObject"][0]
         assert worker["spec"]["replicas"] <= topic["spec"]["partitions"]
         assert scaled["spec"]["maxReplicaCount"] <= topic["spec"]["partitions"]
+        # The worker's metrics and /healthz listen beyond loopback: the kubelet and the
+        # PodMonitor reach the pod's address, not its 127.0.0.1.
+        (args,) = [c["args"] for c in worker["spec"]["template"]["spec"]["containers"]]
+        assert args[args.index("--metrics-host") + 1] == "0.0.0.0"
         # The ConfigMap's tsops.yaml and every TSOPS_* variable pass tsops' own validation.
         config = next(c for c in by_kind["ConfigMap"] if c["metadata"]["name"] == "tsops-config")
         raw = yaml.safe_load(config["data"]["tsops.yaml"])

@@ -565,6 +565,9 @@ def stream(
         float | None, typer.Option(help="stop when no event arrived for this many seconds")
     ] = None,
     metrics_port: Annotated[int | None, typer.Option(help="serve Prometheus metrics here")] = None,
+    metrics_host: Annotated[
+        str, typer.Option(help="address of the metrics and /healthz server (0.0.0.0 in a pod)")
+    ] = "127.0.0.1",
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
     engine: Annotated[
         str | None, typer.Option(help="python or spark (default: stream.engine)", show_default=False)
@@ -594,6 +597,7 @@ def stream(
             max_events=max_events,
             until_idle=until_idle,
             metrics_port=metrics_port,
+            metrics_host=metrics_host,
         )
         if engine == "spark":
             from tsops.streaming.spark.engine import run_spark_stream

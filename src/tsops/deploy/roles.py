@@ -103,7 +103,7 @@ def stream(m: Manifests) -> list[Obj]:
     kafka = m.s.stream.kafka
     container = m.container(
         "stream",
-        ["stream", "--source", "kafka", "--metrics-port", "9108"],
+        ["stream", "--source", "kafka", "--metrics-port", "9108", "--metrics-host", "0.0.0.0"],
         m.resources("500m", "1Gi", "2", "2Gi"),
         ports=[{"name": "metrics", "containerPort": 9108, "protocol": "TCP"}],
         livenessProbe={  # 503 once the broker has been unreachable stream.kafka.unreachable_after_s

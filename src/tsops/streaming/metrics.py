@@ -44,9 +44,9 @@ class StreamMetrics:
         )
         self.registry.register(_SourceHealthCollector())
 
-    def serve(self, port: int) -> None:
+    def serve(self, port: int, host: str = "127.0.0.1") -> None:
         """`/healthz` (200 live, 503 with the unreachable source) and the metrics on any other
-        path, on 127.0.0.1:`port`, from a daemon thread."""
+        path, on `host`:`port`, from a daemon thread."""
         from prometheus_client import make_wsgi_app
 
         metrics = make_wsgi_app(self.registry)
@@ -60,7 +60,7 @@ class StreamMetrics:
             )
             return [json.dumps(body).encode()]
 
-        server = make_server("127.0.0.1", port, app, _ThreadingServer, _QuietHandler)
+        server = make_server(host, port, app, _ThreadingServer, _QuietHandler)
         threading.Thread(target=server.serve_forever, name="tsops-metrics", daemon=True).start()
 
 

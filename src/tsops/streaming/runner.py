@@ -125,6 +125,7 @@ def run_stream(
     max_events: int | None = None,
     until_idle: float | None = None,
     metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
     stop: threading.Event | None = None,
     monitoring: bool = True,
     metrics: StreamMetrics | None = None,
@@ -134,7 +135,7 @@ def run_stream(
     kind, path = parse_source(source, project)
     metrics = metrics or StreamMetrics()
     if metrics_port:
-        metrics.serve(metrics_port)
+        metrics.serve(metrics_port, metrics_host)
     own_monitor = monitor is None and monitoring  # a caller's monitor stays open for the caller
     if own_monitor:
         monitor = StreamMonitor(project, registry=metrics.registry)

@@ -329,6 +329,7 @@ def run_spark_stream(
     max_events: int | None = None,
     until_idle: float | None = None,
     metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
     stop: threading.Event | None = None,
     spark: Any = None,
     monitoring: bool = True,
@@ -354,7 +355,7 @@ def run_spark_stream(
     dead = sink_registry.build(project, cfg.dead_letter)
     metrics = StreamMetrics()
     if metrics_port:
-        metrics.serve(metrics_port)
+        metrics.serve(metrics_port, metrics_host)
     monitor = StreamMonitor(project, registry=metrics.registry) if monitoring else None
     pipeline = CommitPipeline(
         sinks=sinks,
