@@ -1,6 +1,7 @@
 """Faults of the stream worker's sources (issue 19): poison pills on both sources and both
-engines, a file rewritten under its checkpoint, a corrupt checkpoint, `--max-events`, a broker
-gone for good (liveness), a disk that fills up. Each test states what a user can rely on."""
+engines (the Spark engine's test is in test_streaming_spark.py, beside its Spark session), a
+file rewritten under its checkpoint, a corrupt checkpoint, `--max-events`, a broker gone for
+good (liveness), a disk that fills up. Each test states what a user can rely on."""
 
 from __future__ import annotations
 
@@ -89,24 +90,6 @@ def test_a_poison_pill_from_kafka_is_a_dead_letter_and_its_offset_committed(stre
     publish([json.dumps(events[-1]).encode()])
     second = run(1)  # starts after the poison: committed with the batch that dead-lettered it
     assert second.processed == 1 and second.dead_letters == {}
-
-
-def test_the_spark_engine_dead_letters_the_same_poison_pills(stream_project, tmp_path):
-    from tsops.settings import SparkStreamSettings
-    from tsops.streaming.spark.engine import run_spark_stream, spark_session
-
-    project = stream_project(stream={"spark": {"shuffle_partitions": 1}})
-    path = tmp_path / "events.jsonl"
-    path.write_bytes(with_poison(synthetic_events(project, 2)))
-    spark = spark_session(SparkStreamSettings())
-    try:
-        summary = run_spark_stream(project, source=f"file:{path}", spark=spark)
-    finally:
-        spark.stop()
-    assert summary.processed == 10
-    assert dict(summary.dead_letters) == dict.fromkeys(poison_pills(), 1)
-    dead = {d["error"]: d["payload"] for d in dead_letters(project)}
-    assert dead["invalid_utf8"] == poison_pills()["invalid_utf8"].decode(errors="backslashreplace")
 
 
 def test_parse_applies_the_event_limits_of_the_settings(stream_project):  # type: ignore[no-untyped-def]

@@ -346,3 +346,17 @@ def test_spark_consumer_lag_is_the_high_watermarks_past_the_last_batch(stream_mo
         assert lag(None) is None and lag({"sources": []}) is None
     finally:
         lag.close()
+
+
+def test_the_spark_engine_dead_letters_the_same_poison_pills(stream_project, spark, tmp_path):
+    """The poison pills of `test_faults_stream.py`, through the Spark engine."""
+    from test_faults_stream import dead_letters, poison_pills, with_poison
+
+    project = stream_project(stream={"spark": {"shuffle_partitions": 1}})
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(with_poison(synthetic_events(project, 2)))
+    summary = run_spark_stream(project, source=f"file:{path}", spark=spark)
+    assert summary.processed == 10
+    assert dict(summary.dead_letters) == dict.fromkeys(poison_pills(), 1)
+    dead = {d["error"]: d["payload"] for d in dead_letters(project)}
+    assert dead["invalid_utf8"] == poison_pills()["invalid_utf8"].decode(errors="backslashreplace")
