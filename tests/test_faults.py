@@ -93,3 +93,70 @@ def test_batch_to_a_read_only_folder_exits_2_naming_it(tmp_path: Path) -> None:
     assert out.returncode == 2, out.stderr
     assert f"cannot write in {ro}" in out.stderr and "read-only" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+# --- Stores and services -------------------------------------------------------------------
+
+
+def _project_with(root: Path, **sections: dict) -> Path:  # type: ignore[type-arg]
+    """The weather example (not ingested) at `root` with `sections` merged into tsops.yaml."""
+    from tsops.scaffold import init_example
+
+    init_example(root, "weather")
+    raw = yaml.safe_load((root / "tsops.yaml").read_text())
+    for name, values in sections.items():
+        raw.setdefault(name, {}).update(values)
+    (root / "tsops.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    return root
+
+
+def test_wrong_database_password_fails_fast_naming_the_service(postgres_server, tmp_path: Path) -> None:
+    import time
+
+    postgres_server.create_database("faults_wrong_pw")
+    uri = (
+        f"postgresql://{postgres_server.user}:not-the-password@{postgres_server.host}:"
+        f"{postgres_server.port}/faults_wrong_pw"
+    )
+    root = _project_with(tmp_path / "proj", tracking={"uri": uri})
+    started = time.monotonic()
+    out = run_cli("status", "--project", str(root), timeout=120)
+    took = time.monotonic() - started
+    assert out.returncode == 2, out.stderr
+    assert "MLflow tracking database" in out.stderr and "password authentication failed" in out.stderr
+    assert "Traceback" not in out.stderr and "not-the-password" not in out.stderr + out.stdout
+    assert took < 20  # one attempt, not startup.wait_s of retries (it was ~106 s)
+
+
+def test_unreachable_database_is_retried_then_exit_3(tmp_path: Path) -> None:
+    from servers import free_port
+
+    uri = f"postgresql://u:p@127.0.0.1:{free_port()}/nothing"
+    startup = {"wait_s": 2, "retry_every_s": 0.5}
+    root = _project_with(tmp_path / "proj", tracking={"uri": uri}, startup=startup)
+    out = run_cli("status", "--project", str(root), timeout=120)
+    assert out.returncode == 3, out.stderr
+    assert "MLflow tracking database" in out.stderr and "after 2 s" in out.stderr
+    assert "waiting for the MLflow tracking database" in out.stderr  # it was retried
+    assert "Traceback" not in out.stderr
+
+
+def test_documented_postgresql_tracking_uri_works_with_psycopg2_only(postgres_server, tmp_path: Path) -> None:
+    """`postgresql://` as docs/configuration.md shows it, on an install without psycopg 3 (a
+    stand-in package that cannot be imported hides the one this environment may have)."""
+    postgres_server.create_database("faults_tracking")
+    uri = (
+        f"postgresql://{postgres_server.user}:{postgres_server.password}@{postgres_server.host}:"
+        f"{postgres_server.port}/faults_tracking"
+    )
+    hide = tmp_path / "no-psycopg3" / "psycopg"
+    hide.mkdir(parents=True)
+    (hide / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'psycopg'\")\n")
+    root = _project_with(tmp_path / "proj", tracking={"uri": uri})
+    env = {"PYTHONPATH": os.pathsep.join([str(hide.parent), os.environ.get("PYTHONPATH", "")])}
+    out = run_cli("status", "--project", str(root), "--json", env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "psycopg" not in out.stderr
+    with postgres_server.connect("faults_tracking") as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM registered_models")  # MLflow made its tables there
+        assert cur.fetchone()[0] == 0

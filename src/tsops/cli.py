@@ -293,7 +293,7 @@ def promote(
     """Move `champion` to the challenger if it beats the champion on the same backtest window."""
     from tsops.lifecycle.promotion import promote as run
 
-    d = run(_load(project), version, force=force)
+    d = run(_load(project, "promote"), version, force=force)
     colour = "green" if d.promoted else "yellow"
     console.print(f"[{colour}]{'promoted' if d.promoted else 'not promoted'}[/] v{d.version}: {d.reason}")
     if not d.promoted and d.previous != d.version:
@@ -305,7 +305,7 @@ def rollback(project: ProjectOpt = Path(".")) -> None:
     """Move `champion` back to the previous champion."""
     from tsops.lifecycle.promotion import rollback as run
 
-    d = run(_load(project))
+    d = run(_load(project, "rollback"))
     console.print(f"[green]champion[/] is v{d.version} again ({d.reason})")
 
 
@@ -323,7 +323,7 @@ def monitor(
     """Online accuracy (rolling MAE per model version and step) and drift from the stored history."""
     from tsops.monitoring.report import summary, write_report
 
-    loaded = _load(project)
+    loaded = _load(project, "monitor")
     if report:
         out = write_report(loaded, output)
         result = {
@@ -434,7 +434,7 @@ def status(
     """Models, versions, aliases and metrics; feature views; online rows."""
     from tsops.status import collect
 
-    info = collect(_load(project))
+    info = collect(_load(project, "status"))
     if as_json:
         print(json.dumps(info, indent=1, default=str))
         return
@@ -504,7 +504,7 @@ def entities_drop(
     Stop stream workers first."""
     from tsops.features.entities import drop_entities
 
-    loaded = _load(project)
+    loaded = _load(project, "ingest")
     result = drop_entities(loaded, names)
     console.print(
         f"dropped {', '.join(result.dropped)}: {result.offline_rows} offline row(s) removed, "

@@ -833,7 +833,10 @@ class Project:
 
     @cached_property
     def tracking_uri(self) -> str:
-        return self.settings.tracking.uri or f"sqlite:///{self.state_dir / 'mlflow.db'}"
+        from tsops.secrets import with_installed_driver
+
+        uri = self.settings.tracking.uri or f"sqlite:///{self.state_dir / 'mlflow.db'}"
+        return with_installed_driver(uri)
 
     @property
     def tracking_server(self) -> bool:
