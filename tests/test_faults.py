@@ -160,3 +160,40 @@ def test_documented_postgresql_tracking_uri_works_with_psycopg2_only(postgres_se
     with postgres_server.connect("faults_tracking") as conn, conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM registered_models")  # MLflow made its tables there
         assert cur.fetchone()[0] == 0
+
+
+# --- Ingest and training -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("offline", ["file", "postgres"])
+def test_reingest_keeps_what_the_stream_added_and_replace_says_what_it_drops(
+    stream_project, postgres_server, tmp_path: Path, offline: str
+) -> None:
+    from conftest import postgres_offline, synthetic_events, write_jsonl
+    from tsops.features.ingest import ingest
+    from tsops.features.store import FeatureStoreClient
+    from tsops.settings import Project
+    from tsops.streaming.runner import run_stream
+
+    stores = {"offline": postgres_offline(postgres_server, "reingest")} if offline == "postgres" else {}
+    project = stream_project(stores=stores)
+    client = FeatureStoreClient(project)
+    ent = project.settings.series.entity_col
+    from_file = len(client.read_offline())
+    events = synthetic_events(project, 6)
+    run_stream(project, source=f"file:{write_jsonl(tmp_path / 'a.jsonl', events)}", monitoring=False)
+    out = run_cli("ingest", "--project", str(project.root), timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert f"kept {len(events)} observation(s)" in out.stdout
+    assert len(client.read_offline()) == from_file + len(events)  # nothing the stream added is lost
+    states = client.read_states(sorted({e[ent] for e in events}))
+    assert {s.last_time for s in states.values()} == {pd.Timestamp(events[-1]["timestamp"])}
+    # the entities' state did not move backwards: the next events continue without a gap
+    more = synthetic_events(project, 2, start=project.settings.data.synthetic.periods + 6)
+    source = f"file:{write_jsonl(tmp_path / 'b.jsonl', more)}"
+    summary = run_stream(project, source=source, monitoring=False)
+    assert summary.dead_letters == {} and summary.processed == len(more)
+    result = ingest(Project.load(project.root), quiet=True, replace=True)
+    assert result.merge.dropped == len(events) + len(more)
+    assert result.merge.dropped_entities == sorted({e[ent] for e in events})
+    assert len(FeatureStoreClient(project).read_offline()) == from_file

@@ -162,17 +162,48 @@ def init(
 
 
 @app.command()
-def ingest(project: ProjectOpt = Path(".")) -> None:
-    """Load history into the offline store and materialize the online store."""
+def ingest(
+    project: ProjectOpt = Path("."),
+    replace: Annotated[
+        bool,
+        typer.Option(
+            "--replace",
+            help="rebuild the stores from the file alone, dropping what the stream added (listed)",
+        ),
+    ] = False,
+) -> None:
+    """Load history into the offline store and materialize the online store; observations
+    the stream added since are kept (merged by entity and time) unless --replace."""
     from tsops.features.ingest import ingest as run
 
-    result = run(_load(project, "ingest"))
+    result = run(_load(project, "ingest"), replace=replace)
     c = result.cleaning
     console.print(
-        f"ingested {c.rows_read} rows → {result.offline_rows} regular rows for {c.entities} "
+        f"ingested {c.rows_read} rows → {result.offline_rows} regular rows for {len(result.entities)} "
         f"entities; duplicates {c.duplicates}, gaps filled {c.gaps}, missing values filled "
         f"{c.missing_values}, realigned {c.realigned}; online rows {result.online_rows}"
     )
+    m = result.merge
+    if m.kept:
+        console.print(
+            f"kept {m.kept} observation(s) the offline store has and the file does not (the "
+            "stream's); tsops ingest --replace would drop them",
+            highlight=False,
+        )
+    if m.conflicts:
+        console.print(
+            f"[yellow]{m.conflicts} observation(s)[/] differ between the file and the offline store: "
+            f"took the {m.winner}'s value (data.conflicts: {m.winner})",
+            highlight=False,
+        )
+    if m.dropped:
+        names = escape(", ".join(m.dropped_entities[:10]) + (" …" if len(m.dropped_entities) > 10 else ""))
+        console.print(
+            f"[yellow]--replace dropped {m.dropped} observation(s)[/] the file does not have, of "
+            f"{len(m.dropped_entities)} entit{'y' if len(m.dropped_entities) == 1 else 'ies'} "
+            f"({names}); their state is back at the file's last time",
+            highlight=False,
+        )
 
 
 @app.command()

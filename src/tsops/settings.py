@@ -81,6 +81,11 @@ class DataSettings(Strict):
     path: str = Field(description="history file (CSV or Parquet), relative to the project")
     format: Literal["csv", "parquet"] | None = None
     synthetic: SyntheticSettings | None = None
+    conflicts: Literal["file", "store"] = Field(
+        "file",
+        description="re-ingest: an observation (entity, time) both in the file and in the offline "
+        "store with different values takes the file's (file) or keeps the store's (store)",
+    )
 
     @field_validator("path")
     @classmethod
