@@ -98,6 +98,66 @@ def test_batch_to_a_read_only_folder_exits_2_naming_it(tmp_path: Path) -> None:
 # --- Stores and services -------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def ingested(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A weather project of this module's own (its tests corrupt files and put them back)."""
+    from tsops.features.ingest import ingest
+    from tsops.scaffold import init_example
+
+    project = init_example(tmp_path_factory.mktemp("faults") / "proj", "weather")
+    ingest(project, quiet=True)
+    return project
+
+
+@contextlib.contextmanager
+def corrupted(path: Path, garbage: bytes | None = None) -> Iterator[Path]:
+    """`path` truncated to half (a torn write) or replaced by `garbage`, put back afterwards."""
+    original = path.read_bytes()
+    path.write_bytes(original[: len(original) // 2] if garbage is None else garbage)
+    try:
+        yield path
+    finally:
+        path.write_bytes(original)
+
+
+def test_a_half_written_offline_file_is_named_and_ingest_replace_rebuilds_it(ingested) -> None:
+    root = str(ingested.root)
+    with corrupted(ingested.offline_path) as path:
+        for command in (["train", "--quick"], ["status"], ["ingest"]):
+            out = run_cli(*command, "--project", root, timeout=300)
+            assert out.returncode == 2, (command, out.stderr)
+            assert f"{path}: the offline store cannot be read" in out.stderr, out.stderr
+            assert "tsops ingest --replace" in out.stderr and "Traceback" not in out.stderr
+        out = run_cli("ingest", "--replace", "--project", root, timeout=300)
+        assert out.returncode == 0, out.stderr
+        assert len(pd.read_parquet(path)) > 0
+
+
+def test_an_unreadable_stream_part_is_quarantined_not_fatal(ingested, caplog) -> None:
+    from tsops.features.store import FeatureStoreClient
+
+    client = FeatureStoreClient(ingested)
+    parts = ingested.offline_path.parent / "stream"
+    parts.mkdir(exist_ok=True)
+    (parts / "part-1.parquet").write_bytes(b"PAR1 torn")
+    before = len(client.read_offline())
+    with caplog.at_level("WARNING", logger="tsops.offline"):
+        assert client.compact_offline() == 0
+    assert not (parts / "part-1.parquet").exists()
+    assert (parts / "quarantine" / "part-1.parquet").read_bytes() == b"PAR1 torn"  # kept for a look
+    assert "quarantined an unreadable stream part" in caplog.text and "part-1.parquet" in caplog.text
+    assert len(client.read_offline()) == before
+    assert client.compact_offline() == 0  # the next command is not blocked by it
+
+
+def test_a_corrupt_online_database_is_named_in_status(ingested) -> None:
+    with corrupted(ingested.state_dir / "online.db", b"this is not a database" * 200) as path:
+        out = run_cli("status", "--project", str(ingested.root), timeout=300)
+    assert out.returncode == 2, out.stderr
+    assert f"{path}: the SQLite online store cannot be read" in out.stderr
+    assert "tsops ingest" in out.stderr and "Traceback" not in out.stderr
+
+
 def _project_with(root: Path, **sections: dict) -> Path:  # type: ignore[type-arg]
     """The weather example (not ingested) at `root` with `sections` merged into tsops.yaml."""
     from tsops.scaffold import init_example
@@ -197,3 +257,137 @@ def test_reingest_keeps_what_the_stream_added_and_replace_says_what_it_drops(
     assert result.merge.dropped == len(events) + len(more)
     assert result.merge.dropped_entities == sorted({e[ent] for e in events})
     assert len(FeatureStoreClient(project).read_offline()) == from_file
+
+
+def test_an_absurd_value_in_the_stream_is_a_dead_letter_outlier(stream_project, tmp_path: Path) -> None:
+    """The plausible range the ingest derived from the history's spread (no setting needed)."""
+    import json
+
+    from conftest import synthetic_events, write_jsonl
+    from tsops.streaming.runner import run_stream
+
+    project = stream_project()
+    events = synthetic_events(project, 2)
+    events[3]["value"] = 1e308  # finite: it used to be accepted and then block training
+    summary = run_stream(
+        project, source=f"file:{write_jsonl(tmp_path / 'e.jsonl', events)}", monitoring=False
+    )
+    assert summary.dead_letters == {"outlier": 1} and summary.processed == len(events) - 1
+    letters = [
+        json.loads(line) for line in (project.state_dir / "dead_letters.jsonl").read_text().splitlines()
+    ]
+    assert letters[0]["error"] == "outlier" and "outside the plausible range" in letters[0]["detail"]
+    assert json.loads(letters[0]["payload"])["value"] == 1e308
+
+
+def test_explicit_valid_range_makes_outliers_in_parse() -> None:
+    from tsops.settings import SeriesSettings
+    from tsops.streaming.events import EventError, parse
+
+    series = SeriesSettings(entity="city", time="t", target="temp", valid_min=-60, valid_max=60)
+    now = pd.Timestamp("2030-01-01")
+    assert parse('{"city": "a", "t": "2024-01-01T00:00", "temp": 59.5}', series, now).value == 59.5
+    for value in (60.5, -61, 1e308):
+        with pytest.raises(EventError) as info:
+            parse(f'{{"city": "a", "t": "2024-01-01T00:00", "temp": {value}}}', series, now)
+        assert info.value.kind == "outlier" and info.value.where == "temp"
+
+
+def test_ingest_refuses_an_outlier_in_the_history_naming_it(tmp_path: Path) -> None:
+    root = _project_with(tmp_path / "proj")
+    path = root / "data" / "history.parquet"
+    history = pd.read_parquet(path)
+    history.loc[100, "temp"] = 1e308
+    history.to_parquet(path, index=False)
+    out = run_cli("ingest", "--project", str(root), timeout=300)
+    assert out.returncode == 2, out.stderr
+    assert "1 outlier(s) outside the plausible range" in out.stderr and "1e+308" in out.stderr
+    assert f"entity {history.loc[100, 'city']!r}" in out.stderr and "Traceback" not in out.stderr
+    assert not (root / ".tsops" / "offline" / "features.parquet").exists()  # nothing half-ingested
+
+
+def test_training_leaves_out_an_entity_with_non_finite_features_and_says_why(
+    stream_project, tmp_path: Path
+) -> None:
+    """With no plausible range (outlier_spread: null) an absurd value reaches the offline store:
+    training leaves that one entity out (listed) instead of refusing to train at all."""
+    from conftest import synthetic_events, write_jsonl
+    from tsops.features.store import FeatureStoreClient
+    from tsops.models import dataset
+    from tsops.streaming.runner import run_stream
+
+    project = stream_project(schema={"outlier_spread": None})
+    events = synthetic_events(project, 30)  # origins after the value see its overflowed statistics
+    events[2 * 5 + 1]["value"] = 1e308
+    poisoned = events[2 * 5 + 1]["entity_id"]
+    summary = run_stream(
+        project, source=f"file:{write_jsonl(tmp_path / 'e.jsonl', events)}", monitoring=False
+    )
+    assert summary.dead_letters == {}
+    data = dataset.build(FeatureStoreClient(project), project.settings.model.horizon)
+    assert list(data.left_out) == [poisoned] and "non-finite" in data.left_out[poisoned]
+    assert poisoned not in set(data.train.features["entity_id"]) | set(data.test.features["entity_id"])
+    assert data.train.features["entity_id"].nunique() == project.settings.data.synthetic.entities - 1
+
+
+# --- Serving -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def serving(trained_weather, weather_project):  # type: ignore[no-untyped-def]
+    from serving_server import AppServer
+    from tsops.serving.app import create_app
+
+    running = AppServer(create_app(weather_project)).start()
+    yield running
+    running.stop()
+
+
+def test_invocations_never_answer_a_bare_nan(serving, weather_project) -> None:
+    import json
+
+    from tsops.features.store import FeatureStoreClient
+
+    columns = FeatureStoreClient(weather_project).features.names
+    body = {"dataframe_split": {"columns": columns, "data": [[1e308] * len(columns)]}}
+    with serving.client() as http:
+        answer = http.post("/invocations", json=body)
+    assert answer.status_code == 422, answer.text[:500]
+    error = json.loads(answer.text)  # valid JSON: NaN is not
+    assert error["error"] == "unprocessable" and "row 0" in error["detail"]
+
+
+def test_an_enormous_entity_id_is_not_echoed_whole(serving) -> None:
+    with serving.client() as http:
+        answer = http.post("/forecast", json={"entities": ["x" * 200_000]})
+    assert answer.status_code == 404
+    assert len(answer.content) < 2_000 and "(200002 characters)" in answer.json()["detail"]
+
+
+def test_the_unauthenticated_overview_shows_no_absolute_path(serving, weather_project) -> None:
+    with serving.client() as http:
+        answer = http.get("/ui/overview")
+    assert answer.status_code == 200
+    assert str(weather_project.root) not in answer.text and str(weather_project.state_dir) not in answer.text
+
+
+def test_the_overview_during_a_database_outage_names_no_host_or_port(weather_project) -> None:
+    from servers import free_port
+    from tsops.settings import Project
+    from tsops.ui.feed import DashboardFeed
+
+    port = free_port()  # nothing listens: the monitoring database is down
+    s = weather_project.settings
+    url = f"postgresql://tsops:secret@127.0.0.1:{port}/monitoring"
+    down = Project(
+        weather_project.root,
+        s.model_copy(update={"monitoring": s.monitoring.model_copy(update={"database": url})}),
+    )
+    feed = DashboardFeed(down)
+    try:
+        feed.refresh()
+        shown = str(feed.overview())
+    finally:
+        feed.close()
+    assert "monitoring" in feed.errors  # the outage is on the page ...
+    assert str(port) not in shown and "127.0.0.1" not in shown and "secret" not in shown  # ... not where

@@ -270,7 +270,7 @@ def _print_left_out(left_out: dict[str, str], limit: int = 10) -> None:
         return
     console.print(
         f"[yellow]left out {len(left_out)} entit{'y' if len(left_out) == 1 else 'ies'}[/] "
-        "with too little history (not trained on, not backtested):",
+        "with too little or unusable history (not trained on, not backtested):",
         highlight=False,
     )
     for entity, reason in list(left_out.items())[:limit]:
@@ -497,7 +497,7 @@ def status(
             console.print(
                 f"v{m['version']} ({', '.join(sorted(shown))}) left out "
                 f"{len(m['left_out'])} entit{'y' if len(m['left_out']) == 1 else 'ies'} with too little "
-                f"history: {names}",
+                f"or unusable history: {names}",
                 highlight=False,
                 markup=False,
             )

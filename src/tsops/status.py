@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from tsops import registry
-from tsops.errors import StoreError
+from tsops.errors import CorruptFile, StoreError
 from tsops.features.store import FeatureStoreClient
 from tsops.lifecycle import decisions
 from tsops.settings import Project
@@ -56,6 +56,8 @@ def collect(project: Project) -> dict[str, Any]:
     store = FeatureStoreClient(project)
     try:
         entities = sorted(store.read_offline()[series.entity_col].astype(str).unique())
+    except CorruptFile:
+        raise  # names the file and what to do; an empty answer would hide it
     except StoreError:
         entities = []
     views = [

@@ -16,11 +16,11 @@ from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from tsops.console import progress as progress_display
 from tsops.data.history import CleaningSummary, clean_history, read_table
-from tsops.errors import StoreError
+from tsops.errors import CorruptFile, DataError, StoreError
 from tsops.features.definitions import EntityState
 from tsops.features.engines import batch_features
 from tsops.features.store import FeatureStoreClient
-from tsops.settings import Project
+from tsops.settings import Project, SeriesSettings
 
 
 @dataclass
@@ -39,6 +39,25 @@ class IngestResult:
     online_rows: int
     entities: list[str]
     merge: MergeSummary = field(default_factory=MergeSummary)
+
+
+def refuse_outliers(history: pd.DataFrame, series: SeriesSettings, source: str) -> None:
+    """A target outside the plausible range (`schema.valid_min`/`valid_max`, else derived from
+    the history's spread) is a typo or a sensor fault, not an observation: refused by name."""
+    bounds = series.plausible_range
+    if bounds is None:
+        return
+    values = history[series.target].to_numpy(float)
+    outside = (values < bounds[0]) | (values > bounds[1])
+    if not outside.any():
+        return
+    first = history[outside].iloc[0]
+    raise DataError(
+        f"{int(outside.sum())} outlier(s) outside the plausible range [{bounds[0]:.6g}, {bounds[1]:.6g}], "
+        f"e.g. {first[series.target]!r} for entity {first[series.entity_col]!r} at {first[series.time]}; "
+        "fix the rows, or widen schema.valid_min/valid_max (or schema.outlier_spread)",
+        f"{source}, column '{series.target}'",
+    )
 
 
 def stored_observations(client: FeatureStoreClient) -> pd.DataFrame | None:
@@ -114,7 +133,14 @@ def ingest(project: Project, *, quiet: bool = False, replace: bool = False) -> I
         raw = read_table(project.data_path, project.settings.data.format)
         history, summary = clean_history(raw, series, str(project.data_path))
         client = FeatureStoreClient(project)
-        stored = stored_observations(client)
+        series.use_derived_range(series.derive_range(history[target].to_numpy(float)))
+        refuse_outliers(history, series, str(project.data_path))
+        try:
+            stored = stored_observations(client)
+        except CorruptFile:
+            if not replace:
+                raise  # it names the file and says: --replace
+            stored = None  # rebuilt from the file: what the unreadable store held is gone anyway
         merge = MergeSummary(winner=project.settings.data.conflicts)
         if stored is not None and replace:
             merge = dropped_by_replace(history, stored, entity=ent, time=time)
