@@ -391,3 +391,43 @@ def test_the_overview_during_a_database_outage_names_no_host_or_port(weather_pro
         feed.close()
     assert "monitoring" in feed.errors  # the outage is on the page ...
     assert str(port) not in shown and "127.0.0.1" not in shown and "secret" not in shown  # ... not where
+
+
+# --- Projects ------------------------------------------------------------------------------
+
+
+def test_after_a_sigkill_the_next_start_fails_the_run_and_removes_temporary_files(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    from mlflow import MlflowClient
+
+    from conftest import TSOPS, write_synthetic_project
+    from tsops.features.ingest import ingest
+
+    project = write_synthetic_project(tmp_path / "proj")
+    ingest(project, quiet=True)
+    proc = subprocess.Popen(
+        [*TSOPS, "train", "--quick", "--project", str(project.root)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    client = MlflowClient(project.tracking_uri)
+    deadline = time.monotonic() + 300
+    running: list = []
+    while not running and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.3)
+        experiment = client.get_experiment_by_name(project.experiment)
+        if experiment is not None:
+            running = client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'")
+    assert running, "the training ended before its run could be seen RUNNING"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    # what its writes in flight leave: the offline store's temporary file, named with its pid
+    leftover = project.offline_path.with_suffix(f".parquet.{proc.pid}.{time.time_ns()}.tmp")
+    leftover.write_bytes(b"half a parquet file")
+    out = run_cli("status", "--project", str(project.root), timeout=300)
+    assert out.returncode == 0, out.stderr
+    run = client.get_run(running[0].info.run_id)
+    assert run.info.status == "FAILED" and "killed" in run.data.tags["tsops.failed"]
+    assert "marked 1 run(s) of killed processes FAILED" in out.stderr
+    assert not leftover.exists() and "removed 1 temporary file(s)" in out.stderr

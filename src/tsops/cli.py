@@ -94,6 +94,9 @@ def _load(project: Path, role: str | None = None, *, kafka: bool = False):  # ty
     from tsops.settings import Project
 
     loaded = Project.load(project)
+    from tsops.leftovers import remove_stale_tmp_files
+
+    remove_stale_tmp_files(loaded.state_dir)  # of a process killed without a chance to clean up
     if role is not None:
         from tsops import services
 

@@ -9,6 +9,7 @@ from typing import Any
 from tsops import registry
 from tsops.errors import CorruptFile, StoreError
 from tsops.features.store import FeatureStoreClient
+from tsops.leftovers import fail_abandoned_runs
 from tsops.lifecycle import decisions
 from tsops.settings import Project
 
@@ -41,6 +42,7 @@ def _backtest(metrics: dict[str, float], tags: dict[str, str]) -> dict[str, Any]
 
 def collect(project: Project) -> dict[str, Any]:
     series = project.settings.series
+    fail_abandoned_runs(registry.connect(project), project.experiment)
     models = [
         {
             "name": v.name,
