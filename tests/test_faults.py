@@ -133,6 +133,25 @@ def test_a_half_written_offline_file_is_named_and_ingest_replace_rebuilds_it(ing
         assert len(pd.read_parquet(path)) > 0
 
 
+@pytest.mark.parametrize("after_s", [1.5, 4.0])
+def test_ingest_killed_midway_leaves_the_previous_store_readable(ingested, after_s: float) -> None:
+    import signal
+    import time
+
+    from conftest import TSOPS
+
+    before = pd.read_parquet(ingested.offline_path)
+    proc = subprocess.Popen(
+        [*TSOPS, "ingest", "--replace", "--project", str(ingested.root)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    time.sleep(after_s)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    after = pd.read_parquet(ingested.offline_path)  # the old file or the new one, never half
+    pd.testing.assert_frame_equal(after, before)  # the same history: the same rows either way
+
+
 def test_an_unreadable_stream_part_is_quarantined_not_fatal(ingested, caplog) -> None:
     from tsops.features.store import FeatureStoreClient
 
@@ -431,3 +450,30 @@ def test_after_a_sigkill_the_next_start_fails_the_run_and_removes_temporary_file
     assert run.info.status == "FAILED" and "killed" in run.data.tags["tsops.failed"]
     assert "marked 1 run(s) of killed processes FAILED" in out.stderr
     assert not leftover.exists() and "removed 1 temporary file(s)" in out.stderr
+
+
+def test_a_copied_project_is_re_pointed_at_its_own_files(stream_model, tmp_path: Path) -> None:
+    import shutil
+
+    from mlflow import MlflowClient
+
+    from tsops.features.store import FEATURE_VIEW, FeatureStoreClient
+    from tsops.relocation import follow_a_move
+    from tsops.settings import Project
+
+    original = stream_model.root
+    follow_a_move(stream_model)  # what any command does first: records where the state is
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy, symlinks=True)
+    out = run_cli("status", "--project", str(copy), timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert f"made in {original} (copied or moved here)" in out.stderr
+    project = Project.load(copy, environ={})
+    source = FeatureStoreClient(project).store.get_feature_view(FEATURE_VIEW).batch_source
+    assert source.path == str(project.offline_path)  # Feast reads the copy's offline file
+    client = MlflowClient(project.tracking_uri)
+    experiment = client.get_experiment_by_name(project.experiment)
+    assert experiment.artifact_location.startswith(copy.resolve().as_uri())  # new runs write here
+    versions = client.search_model_versions(f"name = '{project.settings.model.name}'")
+    assert versions and all(str(original) not in v.source for v in versions)
+    assert follow_a_move(project) is None  # re-pointed once: the copy now records its own folder

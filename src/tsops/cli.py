@@ -97,6 +97,9 @@ def _load(project: Path, role: str | None = None, *, kafka: bool = False):  # ty
     from tsops.leftovers import remove_stale_tmp_files
 
     remove_stale_tmp_files(loaded.state_dir)  # of a process killed without a chance to clean up
+    from tsops.relocation import follow_a_move
+
+    follow_a_move(loaded)  # a copied project must not read or write the original's files
     if role is not None:
         from tsops import services
 

@@ -297,7 +297,10 @@ class FeatureStoreClient:
     def apply(self) -> None:
         """Register the entity and feature view (idempotent), with the plausible target range
         `tsops ingest` derived from the history (stream workers read it back)."""
-        derived = self.project.settings.series.derived_range
+        series = self.project.settings.series
+        if series.derived_range is None:
+            self._use_registered_range()  # a re-apply (not an ingest) keeps the last ingest's
+        derived = series.derived_range
         if derived is not None:
             self.view.tags[RANGE_TAG] = json.dumps(list(derived))
         try:
