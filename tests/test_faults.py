@@ -430,7 +430,7 @@ def test_after_a_sigkill_the_next_start_fails_the_run_and_removes_temporary_file
         [*TSOPS, "train", "--quick", "--project", str(project.root)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    client = MlflowClient(project.tracking_uri)
+    client = MlflowClient(project.tracking_uri, project.tracking_uri)
     deadline = time.monotonic() + 300
     running: list = []
     while not running and proc.poll() is None and time.monotonic() < deadline:
@@ -471,7 +471,7 @@ def test_a_copied_project_is_re_pointed_at_its_own_files(stream_model, tmp_path:
     project = Project.load(copy, environ={})
     source = FeatureStoreClient(project).store.get_feature_view(FEATURE_VIEW).batch_source
     assert source.path == str(project.offline_path)  # Feast reads the copy's offline file
-    client = MlflowClient(project.tracking_uri)
+    client = MlflowClient(project.tracking_uri, project.tracking_uri)
     experiment = client.get_experiment_by_name(project.experiment)
     assert experiment.artifact_location.startswith(copy.resolve().as_uri())  # new runs write here
     versions = client.search_model_versions(f"name = '{project.settings.model.name}'")
