@@ -45,13 +45,26 @@ def _pid_in(name: str) -> int | None:
     return None
 
 
+def _candidates(state_dir: Path) -> list[Path]:
+    """`*.tmp` up to three levels under `state_dir` (the offline store, its stream parts, sinks,
+    checkpoints), not inside MLflow's artefact tree, which can be large and holds none."""
+    found = list(state_dir.glob("*.tmp"))
+    try:
+        folders = [d for d in state_dir.iterdir() if d.is_dir() and d.name != "mlartifacts"]
+    except OSError:
+        return found
+    for folder in folders:
+        found += [*folder.glob("*.tmp"), *folder.glob("*/*.tmp")]
+    return found
+
+
 def remove_stale_tmp_files(state_dir: Path, now: float | None = None) -> list[Path]:
     """Delete the temporary files of dead writers under `state_dir`; the ones removed."""
     if not state_dir.is_dir():
         return []
     now = time.time() if now is None else now
     removed = []
-    for path in state_dir.rglob("*.tmp"):
+    for path in _candidates(state_dir):
         try:
             pid = _pid_in(path.name)
             stale = not _alive(pid) if pid is not None else now - path.stat().st_mtime > STALE_S

@@ -9,6 +9,7 @@ offline store or a tracking server is left as it is.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 from pathlib import Path
@@ -51,7 +52,8 @@ def follow_a_move(project: Project) -> Path | None:
             old,
             project.root,
         )
-    (project.state_dir / MARKER).write_text(f"{project.root}\n")
+    with contextlib.suppress(OSError):  # a read-only image (cluster mode) keeps no marker
+        (project.state_dir / MARKER).write_text(f"{project.root}\n")
     return old
 
 
