@@ -260,12 +260,14 @@ def test_reingest_keeps_what_the_stream_added_and_replace_says_what_it_drops(
     ent = project.settings.series.entity_col
     from_file = len(client.read_offline())
     events = synthetic_events(project, 6)
+    known = sorted({e[ent] for e in events})
+    events.append({**events[-1], ent: "e999"})  # an entity only the stream has (a typo, say)
     run_stream(project, source=f"file:{write_jsonl(tmp_path / 'a.jsonl', events)}", monitoring=False)
     out = run_cli("ingest", "--project", str(project.root), timeout=300)
     assert out.returncode == 0, out.stderr
     assert f"kept {len(events)} observation(s)" in out.stdout
     assert len(client.read_offline()) == from_file + len(events)  # nothing the stream added is lost
-    states = client.read_states(sorted({e[ent] for e in events}))
+    states = client.read_states(known)
     assert {s.last_time for s in states.values()} == {pd.Timestamp(events[-1]["timestamp"])}
     # the entities' state did not move backwards: the next events continue without a gap
     more = synthetic_events(project, 2, start=project.settings.data.synthetic.periods + 6)
@@ -275,7 +277,9 @@ def test_reingest_keeps_what_the_stream_added_and_replace_says_what_it_drops(
     result = ingest(Project.load(project.root), quiet=True, replace=True)
     assert result.merge.dropped == len(events) + len(more)
     assert result.merge.dropped_entities == sorted({e[ent] for e in events})
-    assert len(FeatureStoreClient(project).read_offline()) == from_file
+    after = FeatureStoreClient(project)
+    assert len(after.read_offline()) == from_file
+    assert after.read_states(["e999"]) == {}  # only the stream had it: no state left behind
 
 
 def test_an_absurd_value_in_the_stream_is_a_dead_letter_outlier(stream_project, tmp_path: Path) -> None:

@@ -207,7 +207,8 @@ def ingest(
         console.print(
             f"[yellow]--replace dropped {m.dropped} observation(s)[/] the file does not have, of "
             f"{len(m.dropped_entities)} entit{'y' if len(m.dropped_entities) == 1 else 'ies'} "
-            f"({names}); their state is back at the file's last time",
+            f"({names}); their state is back at the file's last time (cleared for those the "
+            "file does not have)",
             highlight=False,
         )
 

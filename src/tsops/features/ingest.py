@@ -169,6 +169,8 @@ def ingest(project: Project, *, quiet: bool = False, replace: bool = False) -> I
         states = final_states(history, client, series.entity_col, series.target, series.time)
         client.write_states(states)
         entities = sorted(history[series.entity_col].astype(str).unique())
+        gone = sorted(set(merge.dropped_entities) - set(entities))
+        client.clear_online(gone)  # --replace: entities only the stream had keep no features, no state
         online = client.online_row_count(entities)
         progress.update(task, advance=1, description="ingest done")
     return IngestResult(summary, len(features), online, entities, merge)
