@@ -353,6 +353,18 @@ def test_training_leaves_out_an_entity_with_non_finite_features_and_says_why(
     assert data.train.features["entity_id"].nunique() == project.settings.data.synthetic.entities - 1
 
 
+def test_a_corrupt_online_database_is_named_by_the_stream(stream_project, tmp_path: Path) -> None:
+    from conftest import synthetic_events, write_jsonl
+
+    project = stream_project()
+    events = write_jsonl(tmp_path / "e.jsonl", synthetic_events(project, 2))
+    (project.state_dir / "online.db").write_bytes(b"this is not a database" * 200)
+    out = run_cli("stream", "--project", str(project.root), "--source", f"file:{events}", timeout=300)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert f"{project.state_dir / 'online.db'}: the SQLite online store cannot be read" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
 # --- Serving -------------------------------------------------------------------------------
 
 
