@@ -33,7 +33,7 @@ def test_a_mistyped_stream_entity_is_left_out_of_training_and_can_be_dropped(
 
     trained = run_cli("train", "--quick", "--project", root)
     assert trained.returncode == 0, trained.stderr
-    assert "left out 1 entity with too little history" in trained.stdout
+    assert "left out 1 entity with too little or unusable history" in trained.stdout
     assert "e0001: 1 steps, needs at least" in trained.stdout
     assert "tsops entities drop NAME" in trained.stdout
 
@@ -49,7 +49,7 @@ def test_a_mistyped_stream_entity_is_left_out_of_training_and_can_be_dropped(
     status = run_cli("status", "--project", root, "--json")
     assert json.loads(status.stdout)["models"][0]["left_out"] == left_out
     text = run_cli("status", "--project", root).stdout
-    assert "left out 1 entity with too little history: e0001" in text
+    assert "left out 1 entity with too little or unusable history: e0001" in text
 
     wrong = run_cli("entities", "drop", "e00001", "--project", root)
     assert wrong.returncode == 2

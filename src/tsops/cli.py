@@ -94,6 +94,12 @@ def _load(project: Path, role: str | None = None, *, kafka: bool = False):  # ty
     from tsops.settings import Project
 
     loaded = Project.load(project)
+    from tsops.leftovers import remove_stale_tmp_files
+
+    remove_stale_tmp_files(loaded.state_dir)  # of a process killed without a chance to clean up
+    from tsops.relocation import follow_a_move
+
+    follow_a_move(loaded)  # a copied project must not read or write the original's files
     if role is not None:
         from tsops import services
 
@@ -162,17 +168,49 @@ def init(
 
 
 @app.command()
-def ingest(project: ProjectOpt = Path(".")) -> None:
-    """Load history into the offline store and materialize the online store."""
+def ingest(
+    project: ProjectOpt = Path("."),
+    replace: Annotated[
+        bool,
+        typer.Option(
+            "--replace",
+            help="rebuild the stores from the file alone, dropping what the stream added (listed)",
+        ),
+    ] = False,
+) -> None:
+    """Load history into the offline store and materialize the online store; observations
+    the stream added since are kept (merged by entity and time) unless --replace."""
     from tsops.features.ingest import ingest as run
 
-    result = run(_load(project, "ingest"))
+    result = run(_load(project, "ingest"), replace=replace)
     c = result.cleaning
     console.print(
-        f"ingested {c.rows_read} rows → {result.offline_rows} regular rows for {c.entities} "
+        f"ingested {c.rows_read} rows → {result.offline_rows} regular rows for {len(result.entities)} "
         f"entities; duplicates {c.duplicates}, gaps filled {c.gaps}, missing values filled "
         f"{c.missing_values}, realigned {c.realigned}; online rows {result.online_rows}"
     )
+    m = result.merge
+    if m.kept:
+        console.print(
+            f"kept {m.kept} observation(s) the offline store has and the file does not (the "
+            "stream's); tsops ingest --replace would drop them",
+            highlight=False,
+        )
+    if m.conflicts:
+        console.print(
+            f"[yellow]{m.conflicts} observation(s)[/] differ between the file and the offline store: "
+            f"took the {m.winner}'s value (data.conflicts: {m.winner})",
+            highlight=False,
+        )
+    if m.dropped:
+        names = escape(", ".join(m.dropped_entities[:10]) + (" …" if len(m.dropped_entities) > 10 else ""))
+        console.print(
+            f"[yellow]--replace dropped {m.dropped} observation(s)[/] the file does not have, of "
+            f"{len(m.dropped_entities)} entit{'y' if len(m.dropped_entities) == 1 else 'ies'} "
+            f"({names}); their state is back at the file's last time (cleared for those the "
+            "file does not have)",
+            highlight=False,
+        )
 
 
 @app.command()
@@ -239,7 +277,7 @@ def _print_left_out(left_out: dict[str, str], limit: int = 10) -> None:
         return
     console.print(
         f"[yellow]left out {len(left_out)} entit{'y' if len(left_out) == 1 else 'ies'}[/] "
-        "with too little history (not trained on, not backtested):",
+        "with too little or unusable history (not trained on, not backtested):",
         highlight=False,
     )
     for entity, reason in list(left_out.items())[:limit]:
@@ -293,7 +331,7 @@ def promote(
     """Move `champion` to the challenger if it beats the champion on the same backtest window."""
     from tsops.lifecycle.promotion import promote as run
 
-    d = run(_load(project), version, force=force)
+    d = run(_load(project, "promote"), version, force=force)
     colour = "green" if d.promoted else "yellow"
     console.print(f"[{colour}]{'promoted' if d.promoted else 'not promoted'}[/] v{d.version}: {d.reason}")
     if not d.promoted and d.previous != d.version:
@@ -305,7 +343,7 @@ def rollback(project: ProjectOpt = Path(".")) -> None:
     """Move `champion` back to the previous champion."""
     from tsops.lifecycle.promotion import rollback as run
 
-    d = run(_load(project))
+    d = run(_load(project, "rollback"))
     console.print(f"[green]champion[/] is v{d.version} again ({d.reason})")
 
 
@@ -323,7 +361,7 @@ def monitor(
     """Online accuracy (rolling MAE per model version and step) and drift from the stored history."""
     from tsops.monitoring.report import summary, write_report
 
-    loaded = _load(project)
+    loaded = _load(project, "monitor")
     if report:
         out = write_report(loaded, output)
         result = {
@@ -441,7 +479,7 @@ def status(
     """Models, versions, aliases and metrics; feature views; online rows."""
     from tsops.status import collect
 
-    info = collect(_load(project))
+    info = collect(_load(project, "status"))
     if as_json:
         print(json.dumps(info, indent=1, default=str))
         return
@@ -476,7 +514,7 @@ def status(
             console.print(
                 f"v{m['version']} ({', '.join(sorted(shown))}) left out "
                 f"{len(m['left_out'])} entit{'y' if len(m['left_out']) == 1 else 'ies'} with too little "
-                f"history: {names}",
+                f"or unusable history: {names}",
                 highlight=False,
                 markup=False,
             )
@@ -525,7 +563,7 @@ def entities_drop(
     Stop stream workers first."""
     from tsops.features.entities import drop_entities
 
-    loaded = _load(project)
+    loaded = _load(project, "ingest")
     result = drop_entities(loaded, names)
     console.print(
         f"dropped {', '.join(result.dropped)}: {result.offline_rows} offline row(s) removed, "

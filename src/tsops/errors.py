@@ -6,6 +6,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+MAX_SHOWN = 100  # characters of a user-supplied value (an entity id, a field) in a message
+MAX_MESSAGE = 2000  # characters of a message line: a 200 KB id must not come back whole
+
+
+def clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
+def shorten(value: object, limit: int = MAX_SHOWN) -> str:
+    """`value` for a message: its repr if a string (quoted), clipped to `limit` characters."""
+    text = repr(value) if isinstance(value, str) else str(value)
+    return clip(text, limit)
+
 
 @dataclass
 class TsopsError(Exception):
@@ -19,8 +32,10 @@ class TsopsError(Exception):
     kind = "error"
 
     def __str__(self) -> str:
-        head = f"{self.where}: {self.message}" if self.where else self.message
-        return "\n".join([head, *(f"  - {d}" for d in self.details)])
+        where = clip(self.where, MAX_SHOWN) if self.where else None
+        message = self.message if len(self.message) <= MAX_MESSAGE else clip(self.message, MAX_MESSAGE)
+        head = f"{where}: {message}" if where else message
+        return "\n".join([head, *(f"  - {clip(d, MAX_MESSAGE)}" for d in self.details)])
 
     def as_dict(self) -> dict[str, Any]:
         """The one error body used by HTTP responses and dead-letter records."""
@@ -49,6 +64,13 @@ class StoreError(TsopsError):
     """A feature store or tracking store cannot be reached or is empty."""
 
     kind = "store_error"
+
+
+class CorruptFile(StoreError):
+    """A store's file cannot be read (truncated, half-written, not what it should be): names the
+    file and what to do."""
+
+    kind = "corrupt_file"
 
 
 class NotFound(TsopsError):

@@ -39,8 +39,23 @@ def secret(name: str, where: str, environ: Mapping[str, str] | None = None) -> s
 
 
 def resolve_url(url: str, where: str, environ: Mapping[str, str] | None = None) -> str:
-    """`url` with each `${NAME}` replaced by the secret (URL-quoted, so any character works)."""
-    return PLACEHOLDER.sub(lambda m: quote(secret(m.group(1), where, environ), safe=""), url)
+    """`url` with each `${NAME}` replaced by the secret (URL-quoted, so any character works),
+    with the PostgreSQL driver tsops installs (`with_installed_driver`)."""
+    resolved = PLACEHOLDER.sub(lambda m: quote(secret(m.group(1), where, environ), safe=""), url)
+    return with_installed_driver(resolved)
+
+
+_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def with_installed_driver(url: str) -> str:
+    """A `postgresql://` URL with the driver tsops depends on (psycopg2) named: SQLAlchemy 2.1
+    picks psycopg 3 for a bare `postgresql://`, which a tsops install does not have, so the
+    URL form the docs show failed with `ModuleNotFoundError: psycopg`."""
+    for scheme in _POSTGRES_SCHEMES:
+        if url.startswith(scheme):
+            return "postgresql+psycopg2://" + url[len(scheme) :]
+    return url
 
 
 def resolve_text(text: str, where: str, environ: Mapping[str, str] | None = None) -> str:

@@ -4,8 +4,10 @@ In cluster mode a role (a pod) starts beside the services it uses and may come u
 doing any work it checks each service its settings name (the MLflow tracking server or
 database, the PostgreSQL offline store, Feast's SQL registry, the Redis online store, the Kafka
 broker, the monitoring database), retrying with a clear log line until `startup.wait_s`, then
-gives up with a `ServiceUnavailable` naming the service (a non-zero exit, never a traceback and
-never a half-started process). Embedded defaults (files, SQLite) need no wait.
+gives up with a `ServiceUnavailable` naming the service (exit 3, never a traceback and
+never a half-started process). A service that answers and refuses (wrong password, unknown user
+or database) is not waited for: `ServiceRefused`, exit 2 at once. Embedded defaults (files,
+SQLite) need no wait.
 """
 
 from __future__ import annotations
@@ -28,6 +30,40 @@ class ServiceUnavailable(StoreError):
 
     kind = "service_unavailable"
     exit_code = 3
+
+
+class ServiceRefused(StoreError):
+    """A service answered and refused us (wrong password, unknown user or database): waiting
+    will not help, the settings or secrets must change (exit 2)."""
+
+    kind = "service_refused"
+    exit_code = 2
+
+
+# Answers that mean "reachable, but these credentials or names are wrong". Anything else
+# (connection refused, timeout, DNS, a server still starting) may pass: it is retried.
+_REFUSALS = (
+    "password authentication failed",
+    "authentication failed",
+    "no password supplied",
+    "does not exist",  # database or role
+    "wrongpass",
+    "invalid password",
+    "invalid username-password",
+    "noauth",
+    "access denied",
+    "sasl authentication",
+)
+_REFUSED_HTTP = (401, 403)
+
+
+def refused(e: BaseException) -> bool:
+    """True when `e` is the service refusing us rather than not answering."""
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    if status in _REFUSED_HTTP:
+        return True
+    text = f"{type(e).__name__} {e} {getattr(e, 'orig', '')}".lower()
+    return "authenticationerror" in text or any(r in text for r in _REFUSALS)
 
 
 @dataclass(frozen=True)
@@ -102,7 +138,8 @@ def _kafka(project: Project) -> Callable[[], None]:
 
 
 def needed(project: Project, role: str, *, kafka: bool = False) -> list[Service]:
-    """The network services `role` (serve, stream, ingest, train, retrain, batch, tune, monitor)
+    """The network services `role` (serve, stream, ingest, train, retrain, batch, tune, monitor,
+    status, promote, rollback)
     uses with these settings; empty for the embedded defaults."""
     s = project.settings
     out: list[Service] = []
@@ -132,7 +169,7 @@ def needed(project: Project, role: str, *, kafka: bool = False) -> list[Service]
                 _sql(s.stores.registry_url, "stores.registry_url"),
             )
         )
-    if role in ("ingest", "serve", "stream", "retrain") and s.stores.online.type == "redis":
+    if role in ("ingest", "serve", "stream", "retrain", "status") and s.stores.online.type == "redis":
         address = s.stores.online.connection_string.split(",")[0]
         out.append(Service("Redis online store", address, _redis(s.stores.online.connection_string)))
     uses_kafka = any(sink.type == "kafka" for sink in [*s.stream.sinks, s.stream.dead_letter])
@@ -163,6 +200,9 @@ def wait_for(services: list[Service], wait_s: float, every_s: float = 2.0) -> No
                 raise  # a secret that is not set: waiting will not help
             except Exception as e:  # any other failure means "not usable yet"
                 reason = _reason(e)
+                if refused(e):
+                    message = f"{service.address} refused us: {reason}; check the settings and secrets"
+                    raise ServiceRefused(message, service.name) from None
                 if time.monotonic() + every_s > deadline:
                     message = f"cannot reach {service.address} after {wait_s:.0f} s: {reason}"
                     raise ServiceUnavailable(message, service.name) from None
@@ -177,7 +217,8 @@ def wait_for(services: list[Service], wait_s: float, every_s: float = 2.0) -> No
 
 
 def _reason(e: Exception) -> str:
-    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    cause = getattr(e, "orig", None) or e  # SQLAlchemy: the driver's own message, no SQL dump
+    text = str(cause).strip().splitlines()[0] if str(cause).strip() else type(e).__name__
     return text[:200]
 
 

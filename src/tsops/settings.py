@@ -7,11 +7,13 @@ Environment variables override the file: ``TSOPS_MODEL__EPOCHS=3`` sets ``model.
 
 from __future__ import annotations
 
+import math
 import os
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast
 
+import numpy as np
 import pandas as pd
 import yaml
 from pydantic import (
@@ -19,6 +21,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     TypeAdapter,
     ValidationError,
     ValidationInfo,
@@ -83,6 +86,11 @@ class DataSettings(Strict):
     path: str = Field(description="history file (CSV or Parquet), relative to the project")
     format: Literal["csv", "parquet"] | None = None
     synthetic: SyntheticSettings | None = None
+    conflicts: Literal["file", "store"] = Field(
+        "file",
+        description="re-ingest: an observation (entity, time) both in the file and in the offline "
+        "store with different values takes the file's (file) or keeps the store's (store)",
+    )
 
     @field_validator("path")
     @classmethod
@@ -101,6 +109,17 @@ class SeriesSettings(Strict):
     freq: str = "1h"
     gaps: Literal["interpolate", "ffill", "refuse"] = "interpolate"
     duplicates: Literal["last", "first", "mean", "refuse"] = "last"
+    valid_min: float | None = Field(None, description="a target below is an outlier (default: derived)")
+    valid_max: float | None = Field(None, description="a target above is an outlier (default: derived)")
+    outlier_spread: float | None = Field(
+        10.0,
+        gt=0,
+        description="derived plausible range: the history's 1st-99th percentile band widened by this "
+        "many band widths on each side; null: no derived range",
+    )
+    # The range `tsops ingest` derived from the history (recorded with the feature view; set
+    # on the settings by `FeatureStoreClient.require_ingested`, so the stream's parse sees it).
+    _derived_range: tuple[float, float] | None = PrivateAttr(None)
 
     @field_validator("freq")
     @classmethod
@@ -114,6 +133,12 @@ class SeriesSettings(Strict):
         return v
 
     @model_validator(mode="after")
+    def _ordered_range(self) -> SeriesSettings:
+        if self.valid_min is not None and self.valid_max is not None and self.valid_min >= self.valid_max:
+            raise ValueError(f"valid_min ({self.valid_min}) must be below valid_max ({self.valid_max})")
+        return self
+
+    @model_validator(mode="after")
     def _distinct_columns(self) -> SeriesSettings:
         cols = [c for c in (self.entity, self.time, self.target) if c]
         if len(set(cols)) != len(cols):
@@ -123,6 +148,34 @@ class SeriesSettings(Strict):
     @property
     def entity_col(self) -> str:
         return self.entity or SINGLE_SERIES_ENTITY
+
+    @property
+    def plausible_range(self) -> tuple[float, float] | None:
+        """The target values taken as real observations: `valid_min`/`valid_max` where set,
+        else the range derived from the history (None: no check)."""
+        derived = self._derived_range if self.outlier_spread is not None else None
+        low = self.valid_min if self.valid_min is not None else (derived[0] if derived else None)
+        high = self.valid_max if self.valid_max is not None else (derived[1] if derived else None)
+        if low is None and high is None:
+            return None
+        return (-math.inf if low is None else low, math.inf if high is None else high)
+
+    def derive_range(self, values: np.ndarray) -> tuple[float, float] | None:
+        """The plausible range from history `values`: the 1st-99th percentile band, widened by
+        `outlier_spread` band widths each side (a band of zero width: by the level instead)."""
+        finite = values[np.isfinite(values)]
+        if self.outlier_spread is None or not len(finite):
+            return None
+        low, high = (float(q) for q in np.quantile(finite, [0.01, 0.99]))
+        width = (high - low) or max(abs(high), 1.0)
+        return low - self.outlier_spread * width, high + self.outlier_spread * width
+
+    def use_derived_range(self, derived: tuple[float, float] | None) -> None:
+        self._derived_range = derived
+
+    @property
+    def derived_range(self) -> tuple[float, float] | None:
+        return self._derived_range
 
     @cached_property
     def step(self) -> pd.Timedelta:
@@ -847,7 +900,10 @@ class Project:
 
     @cached_property
     def tracking_uri(self) -> str:
-        return self.settings.tracking.uri or f"sqlite:///{self.state_dir / 'mlflow.db'}"
+        from tsops.secrets import with_installed_driver
+
+        uri = self.settings.tracking.uri or f"sqlite:///{self.state_dir / 'mlflow.db'}"
+        return with_installed_driver(uri)
 
     @property
     def tracking_server(self) -> bool:

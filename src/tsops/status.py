@@ -10,8 +10,9 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from tsops import registry
-from tsops.errors import StoreError
+from tsops.errors import CorruptFile, StoreError
 from tsops.features.store import FeatureStoreClient
+from tsops.leftovers import fail_abandoned_runs
 from tsops.lifecycle import decisions
 from tsops.settings import Project
 
@@ -76,6 +77,7 @@ def online(project: Project) -> dict[int, dict[str, Any]]:
 
 def collect(project: Project) -> dict[str, Any]:
     series = project.settings.series
+    fail_abandoned_runs(registry.connect(project), project.experiment)
     figures = online(project)
     models = [
         {
@@ -96,6 +98,8 @@ def collect(project: Project) -> dict[str, Any]:
     store = FeatureStoreClient(project)
     try:
         entities = sorted(store.read_offline()[series.entity_col].astype(str).unique())
+    except CorruptFile:
+        raise  # names the file and what to do; an empty answer would hide it
     except StoreError:
         entities = []
     views = [

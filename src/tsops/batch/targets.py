@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -65,6 +66,51 @@ def remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+# What Spark leaves in an output folder: a folder holding only these is one this target wrote.
+_SPARK_OUTPUT = ("part-", ".part-", "_SUCCESS", "._SUCCESS", "_committed_", "_started_")
+
+
+def check_file_target(path: Path, where: str = "data.target.params.path") -> None:
+    """Refuse, before any work, a target path whose publish would destroy something this target
+    did not write: a folder that is not Spark output of its own, a device or other special
+    file, a symlink; and a folder that cannot be written to."""
+    if path.is_symlink():
+        raise DataError(f"{path} is a symbolic link; give the path of a file to write", where)
+    if path.exists():
+        mode = path.stat().st_mode
+        if stat.S_ISDIR(mode):
+            entries = [e.name for e in path.iterdir()]
+            if not entries or not all(e.startswith(_SPARK_OUTPUT) for e in entries):
+                raise DataError(
+                    f"{path} is a folder{'' if entries else ' (empty)'} that this target did not "
+                    "write; it would be replaced by the output. Give a file path inside it "
+                    "(e.g. out.parquet)",
+                    where,
+                )
+        elif not stat.S_ISREG(mode):
+            kind = "a device, pipe or socket"
+            raise DataError(f"{path} is not a regular file ({kind}); give a file path", where)
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise DataError(f"cannot write in {folder}: the folder is read-only or not ours", where)
+
+
+def _writing(path: Path) -> contextlib.AbstractContextManager[None]:
+    """OSError while writing `path` (disk full, read-only, permission) as a DataError naming it."""
+
+    @contextlib.contextmanager
+    def guard() -> Any:
+        try:
+            yield
+        except OSError as e:
+            reason = e.strerror or str(e)
+            raise DataError(f"cannot write the output: {reason}", str(path)) from None
+
+    return guard()
+
+
 class FileParams(Strict):
     path: str = Field(min_length=1, description="output file (Spark engine: a folder of part files)")
 
@@ -82,6 +128,7 @@ class FileTarget:
     def __init__(self, params: FileParams, context: BatchContext):
         self.params = params
         self.path = context.path(params.path)
+        check_file_target(self.path)
         self.tmp = self.path.with_name(f".{self.path.name}.tmp-{context.run_id or os.getpid()}")
         self._writer: Any = None
 
@@ -93,9 +140,10 @@ class FileTarget:
             remove(stale)
 
     def open(self, schema: pa.Schema) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._clear_stale()
-        self._writer = self._make_writer(schema)
+        with _writing(self.path.parent):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._clear_stale()
+            self._writer = self._make_writer(schema)
 
     def _make_writer(self, schema: pa.Schema) -> Any:
         import pyarrow.parquet as pq
@@ -103,14 +151,16 @@ class FileTarget:
         return pq.ParquetWriter(self.tmp, schema, use_dictionary=dictionary_columns(schema))
 
     def write(self, batch: pa.RecordBatch) -> None:
-        self._writer.write_batch(batch)
+        with _writing(self.path):
+            self._writer.write_batch(batch)
 
     def commit(self) -> None:
-        self._writer.close()
-        self._writer = None
-        with open(self.tmp, "rb") as f:
-            os.fsync(f.fileno())
-        publish(self.tmp, self.path)
+        with _writing(self.path):
+            self._writer.close()
+            self._writer = None
+            with open(self.tmp, "rb") as f:
+                os.fsync(f.fileno())
+            publish(self.tmp, self.path)
 
     def abort(self) -> None:
         if self._writer is not None:

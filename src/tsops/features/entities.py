@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
-from tsops.errors import ConfigError
+from tsops.errors import MAX_SHOWN, ConfigError, shorten
 from tsops.features.store import FeatureStoreClient
 from tsops.settings import Project
 
@@ -24,9 +24,9 @@ def close_matches(name: str, known: list[str]) -> list[str]:
 
 
 def unknown_entity_message(name: str, known: list[str]) -> str:
-    matches = close_matches(name, known)
+    matches = close_matches(name, known) if len(name) <= MAX_SHOWN else []
     hint = f"; did you mean {', '.join(repr(m) for m in matches)}?" if matches else ""
-    return f"no entity {name!r}{hint}"
+    return f"no entity {shorten(name)}{hint}"
 
 
 def drop_entities(project: Project, names: list[str]) -> DropResult:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import io
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,11 +23,27 @@ from typing import Any, Protocol
 
 import pandas as pd
 
-from tsops.errors import DiskFull, StoreError, raise_if_disk_full
+from tsops.errors import CorruptFile, DiskFull, StoreError, raise_if_disk_full
 from tsops.secrets import redacted, resolve_url
 from tsops.settings import OfflineStoreSettings, Project
 
 SEQ = "tsops_seq"  # PostgreSQL: each row's insertion number
+QUARANTINE = "quarantine"  # the file store: unreadable stream parts are moved here
+
+log = logging.getLogger("tsops.offline")
+
+
+def read_parquet_file(path: Path, what: str, fix: str) -> pd.DataFrame:
+    """`pd.read_parquet`, with an unreadable file (truncated, half-written, not Parquet) as a
+    `CorruptFile` naming it and `fix`, never a pyarrow traceback naming no file."""
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError, ArrowIOError an OSError
+        if isinstance(e, FileNotFoundError):
+            raise
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        message = f"{what} cannot be read ({reason})" + (f"; {fix}" if fix else "")
+        raise CorruptFile(message, str(path)) from None
 
 
 class OfflineStore(Protocol):
@@ -116,6 +133,21 @@ class ParquetOfflineStore:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
+    def _readable(self, parts: list[Path]) -> tuple[list[pd.DataFrame], list[Path]]:
+        """The parts that can be read; an unreadable one (a torn write, a bad disk) is moved to
+        `stream/quarantine/` and reported, instead of failing every later command."""
+        frames, readable = [], []
+        for part in parts:
+            try:
+                frames.append(read_parquet_file(part, "stream part", ""))
+                readable.append(part)
+            except CorruptFile as e:
+                aside = self.parts / QUARANTINE / part.name
+                aside.parent.mkdir(exist_ok=True)
+                os.replace(part, aside)
+                log.warning("quarantined an unreadable stream part: %s → %s (%s)", part, aside, e.message)
+        return frames, readable
+
     def compact(self) -> int:
         """A replayed observation appears twice in the parts and once after compaction."""
         with self._compacting():
@@ -124,7 +156,10 @@ class ParquetOfflineStore:
                 return 0
             key = [self.columns.entity, self.columns.time]
             base = self.read()
-            added = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+            frames, parts = self._readable(parts)
+            if not frames:
+                return 0
+            added = pd.concat(frames, ignore_index=True)
             added[self.columns.time] = pd.to_datetime(added[self.columns.time])
             merged = pd.concat([base, added[base.columns]], ignore_index=True)
             merged = merged.drop_duplicates(key, keep="last").sort_values(key, kind="stable")
@@ -143,7 +178,12 @@ class ParquetOfflineStore:
     def read(self) -> pd.DataFrame:
         if not self.path.exists():
             raise StoreError("the offline store is empty; run `tsops ingest` first", str(self.path))
-        frame = pd.read_parquet(self.path)
+        frame = read_parquet_file(
+            self.path,
+            "the offline store",
+            "rebuild it from the history file with `tsops ingest --replace` (observations the "
+            "stream added since the last ingest are lost with it)",
+        )
         time = self.columns.time
         frame[time] = pd.to_datetime(frame[time]).dt.tz_convert("UTC").dt.tz_localize(None)
         return frame

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from tsops.errors import NotFound, StoreError
+from tsops.errors import MAX_SHOWN, NotFound, StoreError, shorten
 from tsops.features.entities import close_matches
 from tsops.features.store import FEATURE_VIEW, FeatureStoreClient
 from tsops.records import iso_seconds, target_times
@@ -59,7 +59,9 @@ class OnlineFeatures:
             if len(unknown) == 1:
                 raise NotFound(self.unknown_detail(unknown[0]), "entity")
             raise NotFound(
-                f"no current features for any of {len(unknown)} entities: {unknown[:10]}", "entity"
+                f"no current features for any of {len(unknown)} entities: "
+                f"[{', '.join(shorten(e) for e in unknown[:10])}]",
+                "entity",
             )
         return EntityRows(
             [entities[i] for i in found],
@@ -70,9 +72,9 @@ class OnlineFeatures:
 
     def unknown_detail(self, entity: str) -> str:
         """Why an entity has no forecast, with the known names it looks like (a typo's intent)."""
-        matches = close_matches(entity, self.known_entities())
+        matches = close_matches(entity, self.known_entities()) if len(entity) <= MAX_SHOWN else []
         hint = f"; did you mean {', '.join(repr(m) for m in matches)}?" if matches else ""
-        return f"no current features for entity {entity!r}{hint}"
+        return f"no current features for entity {shorten(entity)}{hint}"
 
     def known_entities(self) -> list[str]:
         """The offline store's entity names, read on a miss only and reused for a minute (the

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from tsops.errors import ConfigError, StoreError
+from tsops.errors import ConfigError, CorruptFile, StoreError
 from tsops.features.definitions import EntityState, FeatureSet
 from tsops.features.offline import offline_store
 from tsops.secrets import resolve_text, resolve_url
@@ -51,6 +53,7 @@ STATE_FIELD = "state"
 STATE_SOURCE = "series_state_log"
 STATE_DESCRIPTION = "incremental feature state per entity (JSON)"
 FEATURE_HASH_TAG = "tsops.feature_hash"
+RANGE_TAG = "tsops.plausible_range"  # [low, high] the last ingest derived from the history
 
 
 def repo_config_dict(project: Project, *, resolved: bool = False) -> dict[str, Any]:
@@ -292,7 +295,14 @@ class FeatureStoreClient:
         self.refs = [f"{FEATURE_VIEW}:{n}" for n in self.features.names]
 
     def apply(self) -> None:
-        """Register the entity and feature view (idempotent)."""
+        """Register the entity and feature view (idempotent), with the plausible target range
+        `tsops ingest` derived from the history (stream workers read it back)."""
+        series = self.project.settings.series
+        if series.derived_range is None:
+            self._use_registered_range()  # a re-apply (not an ingest) keeps the last ingest's
+        derived = series.derived_range
+        if derived is not None:
+            self.view.tags[RANGE_TAG] = json.dumps(list(derived))
         try:
             self.store.apply([self.entity, self.view, self.state_view])
         except Exception as e:  # connection errors of the online store come through here
@@ -316,6 +326,19 @@ class FeatureStoreClient:
             raise StoreError("no features yet: run tsops ingest", str(self.project.feature_repo))
         if registered != self.features.definition_hash():
             raise ConfigError("features changed since the last ingest: run tsops ingest", "features")
+        self._use_registered_range()
+
+    def _use_registered_range(self) -> None:
+        """The plausible range the last ingest derived, onto the settings (outlier checks)."""
+        from feast.errors import FeatureViewNotFoundException
+
+        try:
+            raw = self.store.get_feature_view(FEATURE_VIEW).tags.get(RANGE_TAG)
+        except FeatureViewNotFoundException:
+            return
+        if raw:
+            low, high = json.loads(raw)
+            self.project.settings.series.use_derived_range((float(low), float(high)))
 
     def write_offline(self, features: pd.DataFrame) -> None:
         """Replace the offline store atomically: an interrupted write leaves the old one intact."""
@@ -374,8 +397,27 @@ class FeatureStoreClient:
         """Current features of entities from the online store (NaN rows for unknown ids)."""
         ent = self.project.settings.series.entity_col
         rows = [{ent: str(e)} for e in entity_ids]
-        response = self.store.get_online_features(features=self.refs, entity_rows=rows)
+        with self._online_file_errors():
+            response = self.store.get_online_features(features=self.refs, entity_rows=rows)
         return pd.DataFrame(response.to_dict())[[ent, *self.features.names]]
+
+    @contextmanager
+    def _online_file_errors(self) -> Iterator[None]:
+        """A SQLite online store that is not a database (truncated, overwritten) as an error
+        naming the file and how to rebuild it, not a sqlite3 traceback."""
+        import sqlite3
+
+        try:
+            yield
+        except sqlite3.DatabaseError as e:
+            if not any(w in str(e) for w in ("not a database", "malformed", "corrupt")):
+                raise  # e.g. "database is locked": not the file's fault
+            path = self.project.state_dir / "online.db"
+            raise CorruptFile(
+                f"the SQLite online store cannot be read ({e}); move it aside and run `tsops ingest` "
+                "to rebuild it (stream workers rebuild their state from it)",
+                str(path),
+            ) from None
 
     def write_online(self, rows: pd.DataFrame) -> None:
         """Write feature rows (entity, time, feature columns) to the online store.
@@ -423,7 +465,8 @@ class FeatureStoreClient:
             for e, t, protos in zip(entities, times, values, strict=True)
         ]
         try:
-            self.store._get_provider().online_write_batch(self.store.config, view, data, progress=None)
+            with self._online_file_errors():
+                self.store._get_provider().online_write_batch(self.store.config, view, data, progress=None)
         except (OSError, ConnectionError) as e:
             raise StoreError(f"the {self._online_name} failed: {e}", "stores.online") from None
         except Exception as e:  # redis-py's errors do not derive from OSError
@@ -459,9 +502,10 @@ class FeatureStoreClient:
         if not entity_ids:
             return {}
         ent = self.project.settings.series.entity_col
-        response = self.store.get_online_features(
-            features=[f"{STATE_VIEW}:{STATE_FIELD}"], entity_rows=[{ent: e} for e in entity_ids]
-        ).to_dict()
+        with self._online_file_errors():
+            response = self.store.get_online_features(
+                features=[f"{STATE_VIEW}:{STATE_FIELD}"], entity_rows=[{ent: e} for e in entity_ids]
+            ).to_dict()
         lookback = self.features.lookback
         return {
             str(e): EntityState.from_dict(lookback, json.loads(raw))

@@ -41,7 +41,7 @@ class TrainingData:
     history: pd.DataFrame  # the regular series (entity, time, target), sorted: baselines refit on it
     test_window: tuple[pd.Timestamp, pd.Timestamp]  # first and last forecast origin
     data_hash: str
-    left_out: dict[str, str] = field(default_factory=dict)  # entity → why it was left out (too short)
+    left_out: dict[str, str] = field(default_factory=dict)  # entity → why it was left out
 
 
 def data_snapshot_hash(history: pd.DataFrame) -> str:
@@ -138,8 +138,20 @@ def build(client: FeatureStoreClient, horizon: int, *, window: int | None = None
     origins = history[role != ""]
     features = client.historical(origins[[ent, time]])
     examples = Examples(features, labels[(role != "").to_numpy()])
-    _refuse_non_finite(examples, client.features.names, ent, time, target)
     roles = role[role != ""].to_numpy()
+    poisoned = leave_out_non_finite(examples, client.features.names, ent, time, target)
+    if poisoned:
+        if len(poisoned) == history[ent].nunique():
+            first = next(iter(poisoned.items()))
+            raise DataError(
+                f"no entity has usable history: every one has non-finite examples, e.g. {first[0]!r}: "
+                f"{first[1]}",
+                "offline store",
+            )
+        keep = ~examples.features[ent].astype(str).isin(poisoned).to_numpy()
+        examples, roles = examples.subset(keep), roles[keep]
+        history = history[~history[ent].astype(str).isin(poisoned)].reset_index(drop=True)
+        left_out = {**left_out, **poisoned}
     test = examples.subset(roles == "test")
     train_history = {
         str(key): g[target].to_numpy()[: len(g) - settings.backtest.holdout]
@@ -157,16 +169,21 @@ def build(client: FeatureStoreClient, horizon: int, *, window: int | None = None
     )
 
 
-def _refuse_non_finite(examples: Examples, names: list[str], ent: str, time: str, target: str) -> None:
-    """A non-finite feature or label (an absurd value overflowing a rolling statistic, a NaN
-    written to the offline store) would poison training or the backtest: refuse it by name."""
+def leave_out_non_finite(
+    examples: Examples, names: list[str], ent: str, time: str, target: str
+) -> dict[str, str]:
+    """Entities with a non-finite feature or label (an absurd value overflowing a rolling
+    statistic, a NaN written to the offline store), with the reason: they would poison training
+    or the backtest, so they are left out (and reported) instead of stopping training for all."""
     finite = np.isfinite(examples.features[names].to_numpy(float)).all(axis=1)
     finite &= np.isfinite(examples.labels).all(axis=1)
     if finite.all():
-        return
-    first = examples.features.iloc[int(np.argmin(finite))]
-    raise DataError(
-        f"{int((~finite).sum())} example(s) have non-finite features or labels, the first for "
-        f"{first[ent]} at {first[time]}; check the {target} values in the steps before and after it",
-        "offline store",
-    )
+        return {}
+    bad = examples.features.loc[~finite, [ent, time]]
+    out = {}
+    for entity, group in bad.groupby(ent, sort=True):
+        out[str(entity)] = (
+            f"{len(group)} example(s) with non-finite features or labels, the first at "
+            f"{group.iloc[0, 1]}: check its {target} values there, or tsops entities drop it"
+        )
+    return out

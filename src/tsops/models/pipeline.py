@@ -13,7 +13,7 @@ from typing import Any
 import mlflow
 import pandas as pd
 
-from tsops import registry
+from tsops import leftovers, registry
 from tsops.features.store import FeatureStoreClient
 from tsops.models import artifact, backtest, dataset, search_space, statistical, training
 from tsops.models.backtest import BacktestReport
@@ -63,6 +63,7 @@ def train(
     model = settings.model
     series = settings.series
     client = registry.connect(project)
+    leftovers.fail_abandoned_runs(client, project.experiment)  # of a killed earlier training
     store = FeatureStoreClient(project)
     data = dataset.build(store, model.horizon, window=window)
     commit = registry.git_commit(project.root)
@@ -75,6 +76,7 @@ def train(
         **({registry.LEFT_OUT_TAG: left_out_tag(data.left_out)} if data.left_out else {}),
         **({"tsops.git_commit": commit} if commit else {}),
         **(lineage or {}),
+        **leftovers.owner_tags(),
     }
     run_name = "train-tuned" if params else f"train{'-quick' if quick else ''}"
     with mlflow.start_run(run_name=run_name, tags=tags) as run:

@@ -13,6 +13,13 @@ class BadRequest(DataError):
     status = 400
 
 
+class Unprocessable(DataError):
+    """Valid input the model cannot score (its output is not finite): names the row."""
+
+    kind = "unprocessable"
+    status = 422
+
+
 class Unauthorized(TsopsError):
     kind = "unauthorized"
     status = 401

@@ -100,6 +100,10 @@ def _parse(
         raise EventError("non_finite", "target is an integer beyond a float's range", series.target)
     if not math.isfinite(value):
         raise EventError("non_finite", f"target {value!r} is not finite", series.target)
+    bounds = series.plausible_range  # schema.valid_min/valid_max, else derived by the last ingest
+    if bounds is not None and not bounds[0] <= value <= bounds[1]:
+        message = f"target {value!r} is outside the plausible range [{bounds[0]:.6g}, {bounds[1]:.6g}]"
+        raise EventError("outlier", message, series.target)
     ns = _utc_ns(raw[series.time], series.time)
     if ns > latest_allowed.value:
         message = f"time {raw[series.time]} is after {latest_allowed}"

@@ -28,6 +28,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -111,6 +112,7 @@ class DashboardFeed:
         self.last_prediction_at: float | None = None
         self.worker_figures: dict[str, Any] = {"url": url, "error": None}
         self.errors: dict[str, str] = {}  # source → last error, shown on the page
+        self._failures: dict[str, str] = {}  # source → the full reason, for the log only
         self.version = 0  # bumped whenever something the page shows changed
         self._rendered: dict[Any, bytes] = {}
         self._rendered_version = -1
@@ -181,13 +183,18 @@ class DashboardFeed:
             for name, step in steps:
                 try:
                     changed |= step(now)
+                    self._failures.pop(name, None)
                     if self.errors.pop(name, None) is not None:
                         changed = True
                 except Exception as e:  # one broken source must not blank the whole page
+                    # The page is unauthenticated: it says what failed, the server's log says
+                    # why (the reason may hold a database host and port, or a path).
                     message = f"{type(e).__name__}: {e}"[:300]
-                    if self.errors.get(name) != message:
+                    shown = f"reading {name} failed ({type(e).__name__}); see the server log"
+                    if self._failures.get(name) != message:
                         log.warning("dashboard: reading %s failed: %s", name, message)
-                        self.errors[name] = message
+                        self._failures[name] = message
+                        self.errors[name] = shown
                         changed = True
             with self._lock:
                 self.refreshed_at = now
@@ -333,6 +340,15 @@ class DashboardFeed:
         }
         return out or None
 
+    def _shown(self, path: Path | None) -> str | None:
+        """A path for the unauthenticated page: relative to the project, else its name only."""
+        if path is None:
+            return None
+        try:
+            return str(Path(path).resolve().relative_to(self.project.root))
+        except ValueError:
+            return Path(path).name
+
     def overview(self) -> dict[str, Any]:
         """Everything but the per-entity chart, as one JSON-able dict."""
         s = self.project.settings
@@ -361,7 +377,8 @@ class DashboardFeed:
                     "columns": ["t", "requests_per_s", "p50_s", "p95_s", "p99_s", "error_share"],
                 },
                 "stream": {
-                    "predictions_path": None if self.predictions.path is None else str(self.predictions.path),
+                    # file names only: the page is unauthenticated, absolute paths stay private
+                    "predictions_path": self._shown(self.predictions.path),
                     "predictions_reason": self.predictions.reason,
                     "predictions_total": self.stream.totals.predictions,
                     "actuals_total": self.series.actuals_added,
@@ -380,7 +397,7 @@ class DashboardFeed:
                     "metrics": dict(self.worker_figures),
                 },
                 "dead_letters": {
-                    "path": None if self.dead.path is None else str(self.dead.path),
+                    "path": self._shown(self.dead.path),
                     "total": self.dead_total,
                     "by_reason": dict(self.dead_by_reason.most_common()),
                     "recent": list(self.dead_recent)[::-1],

@@ -190,7 +190,7 @@ class MonitoringReader:
         parsed = sa.engine.make_url(url)
         if parsed.get_backend_name() == "sqlite" and parsed.database:
             if not Path(parsed.database).exists():  # do not create it: the stream's monitor does
-                self.reason = f"no monitoring history yet ({parsed.database} does not exist)"
+                self.reason = "no monitoring history yet (a stream's monitor creates it)"
                 return None
         return MonitorHistory(url)
 

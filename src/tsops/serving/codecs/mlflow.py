@@ -17,7 +17,7 @@ import orjson
 import pandas as pd
 
 from tsops.serving.codecs import finite_matrix
-from tsops.serving.errors import BadRequest, UnsupportedMediaType
+from tsops.serving.errors import BadRequest, Unprocessable, UnsupportedMediaType
 
 FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 JSON, CSV = "application/json", "text/csv"
@@ -124,6 +124,16 @@ def _from_csv(body: bytes, columns: list[str]) -> np.ndarray:
 
 
 def encode(yhat: np.ndarray, output_names: list[str]) -> bytes:
-    """The body `mlflow models serve` returns for these predictions."""
+    """The body `mlflow models serve` returns for these predictions. A non-finite prediction
+    (finite inputs far outside what the model was trained on overflow it) is a 422 naming
+    the row: `json.dumps` would write a bare `NaN`, which is not JSON."""
+    finite = np.isfinite(yhat).all(axis=tuple(range(1, yhat.ndim))) if yhat.ndim > 1 else np.isfinite(yhat)
+    if not finite.all():
+        row = int(np.argmin(finite))
+        raise Unprocessable(
+            f"the model's forecast for row {row} is not finite: its inputs are far outside the "
+            f"values it was trained on ({int((~finite).sum())} row(s) like it)",
+            f"row {row}",
+        )
     records = [dict(zip(output_names, row, strict=True)) for row in yhat.tolist()]
     return json.dumps({"predictions": records}).encode()
