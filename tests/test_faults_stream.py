@@ -299,3 +299,59 @@ def test_a_worker_whose_broker_is_gone_reports_itself_not_live(stream_project, t
             back.stop()
     finally:
         broker.stop()
+
+
+def test_a_damaged_champion_is_named_and_a_failing_watcher_logs_once(
+    stream_model, stream_project, tmp_path, caplog
+):
+    """A champion whose weights are truncated: `tsops stream` exits 2 naming the version, and an
+    alias watcher (serving's, the stream engines') that cannot load it logs one line, not a
+    traceback per check, and says when it follows the aliases again."""
+    import time
+    import uuid
+
+    from mlflow.artifacts import download_artifacts
+
+    from tsops import registry
+
+    name = f"damaged-{uuid.uuid4().hex[:8]}"
+    project = stream_project(model={"name": name})
+    client = registry.connect(stream_model)
+    good = client.get_model_version_by_alias(stream_model.settings.model.name, registry.CHAMPION)
+    copy = Path(download_artifacts(artifact_uri=good.source, dst_path=str(tmp_path / "copy")))
+    weights = next(copy.rglob("weights.pt"))
+    intact = weights.read_bytes()
+    weights.write_bytes(intact[:100])
+    client = registry.connect(project)
+    client.create_registered_model(name)
+    damaged = client.create_model_version(name, source=str(copy), run_id=good.run_id).version
+    client.set_registered_model_alias(name, registry.CHAMPION, damaged)
+
+    path = write_jsonl(tmp_path / "events.jsonl", synthetic_events(project, 2))
+    result = run_cli("stream", "--project", str(project.root), "--source", f"file:{path}")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"models:/{name}/{damaged}" in result.stderr and "damaged" in result.stderr
+    assert "Traceback" not in result.stderr
+
+    watcher = registry.AliasWatcher(
+        project,
+        interval_s=0.05,
+        installed=lambda alias: None,
+        on_move=lambda alias, version: registry.load(project, version=version),
+        who="watcher-under-test",
+    )
+    with caplog.at_level(logging.INFO, logger="tsops.registry"):
+        watcher.start()
+        try:
+            time.sleep(2)  # many checks, each failing to load the damaged version
+            failures = [r for r in caplog.records if r.name == "tsops.registry"]
+            weights.write_bytes(intact)  # repaired: the next check loads it
+            deadline = time.time() + 30
+            while not any("again" in r.getMessage() for r in caplog.records) and time.time() < deadline:
+                time.sleep(0.1)
+        finally:
+            watcher.stop()
+    (line,) = failures
+    assert line.exc_info is None and f"models:/{name}/{damaged}" in line.getMessage()
+    messages = [r.getMessage()[:300] for r in caplog.records if r.name == "tsops.registry"]
+    assert any("following the registry's aliases again" in m for m in messages), messages

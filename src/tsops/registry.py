@@ -138,6 +138,13 @@ def load(project: Project, alias: str = CHAMPION, version: int | None = None) ->
         return mlflow.pyfunc.load_model(uri)
     except MlflowException as e:
         raise ModelError(f"cannot load {uri}: {e.message}", uri) from None
+    except Exception as e:  # a damaged artefact (truncated weights, garbage config): name it
+        detail = str(e).splitlines()[0][:300] if str(e) else ""
+        raise ModelError(
+            f"cannot load {uri}: its artefact is damaged ({type(e).__name__}: {detail}); "
+            "promote another version (tsops promote / rollback) or train again",
+            uri,
+        ) from None
 
 
 def load_forecaster(project: Project, alias: str = CHAMPION, version: int | None = None) -> tuple[int, Any]:
@@ -241,7 +248,7 @@ class AliasWatcher:
     def _recovered(self) -> None:
         if self._failing_since is not None:
             since = time.monotonic() - self._failing_since
-            log.warning("%s: the registry answers again after %.0f s", self.who, since)
+            log.warning("%s: following the registry's aliases again after %.0f s", self.who, since)
             self._failing_since, self._failures = None, 0
 
 
