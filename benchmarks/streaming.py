@@ -72,7 +72,7 @@ def reset(project: Project) -> None:
         shutil.rmtree(state / name, ignore_errors=True)
     for name in ("predictions.jsonl", "dead_letters.jsonl"):
         (state / name).unlink(missing_ok=True)
-    ingest(project, quiet=True)
+    ingest(project, quiet=True, replace=True)  # the history file alone: the streamed rows go
 
 
 def events(project: Project, steps: int) -> list[dict[str, Any]]:
