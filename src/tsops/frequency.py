@@ -26,6 +26,7 @@ HOLDOUT_SHARE = 0.25
 MIN_TRAIN_ORIGINS = 10  # training origins the split needs in front of the holdout (dataset.py)
 TARGET_ORIGINS = 20  # backtest origins per entity the stride aims for (a stable estimate)
 MAX_WINDOW = 1024  # features.window's bound
+BASE_STEPS = 3  # the level lags of the level-adjusted base (models.training.ADJUSTED_FORMS)
 
 
 def natural_seasons(step: pd.Timedelta) -> tuple[list[float], str]:
@@ -183,11 +184,25 @@ def derive(
     # For each season beyond the window, the value one season before every forecast step
     # (lag s - h for h = 1..H) and the season itself: the seasonal profile of the horizon.
     beyond = [r for r in long_seasons if r >= window]
-    lags = sorted({k for r in beyond for k in range(max(window, r - horizon), r + 1)})
+    lags = {k for r in beyond for k in range(max(window, r - horizon), r + 1)}
+    parts = [f"{max(window, r - horizon)}..{r}" for r in beyond]
+    # The level-adjusted base averages two seasons' profiles, each moved by the level difference
+    # over the last BASE_STEPS steps: the lags two seasons before each forecast step and the
+    # level lags, where the history leaves room for them.
+    for r in long_seasons:
+        top = 2 * r + BASE_STEPS - 1
+        if shortest - (top + 1) - horizon - holdout < MIN_TRAIN_ORIGINS:
+            continue
+        wanted = {
+            k for j in (1, 2) for k in range(j * r - min(horizon, r), j * r + BASE_STEPS) if k >= window
+        }
+        if wanted - lags:
+            parts.append(f"{min(wanted - lags)}..{max(wanted - lags)}")
+        lags |= wanted
+    lags = sorted(lags)
     reasons["lags"] = (
-        ", ".join(f"{max(window, r - horizon)}..{r}" for r in beyond)
-        + ": one season before each forecast step, for the seasons beyond the window"
-        if beyond
+        ", ".join(parts) + ": one and two seasons before each forecast step and the level lags of the base"
+        if lags
         else "[]: every season lies in the window"
     )
     rolling = sorted({r for r in long_seasons if r >= 2})
