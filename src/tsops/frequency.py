@@ -185,11 +185,17 @@ def derive(
     # (lag s - h for h = 1..H) and the season itself: the seasonal profile of the horizon.
     beyond = [r for r in long_seasons if r >= window]
     lags = {k for r in beyond for k in range(max(window, r - horizon), r + 1)}
-    parts = [f"{max(window, r - horizon)}..{r}" for r in beyond]
+    parts = []
+    if beyond:
+        parts.append(
+            ", ".join(f"{max(window, r - horizon)}..{r}" for r in beyond)
+            + ": one season before each forecast step, for the seasons beyond the window"
+        )
     # The level-adjusted base averages two seasons' profiles, each moved by the level difference
-    # over the last BASE_STEPS steps: the lags two seasons before each forecast step and the
-    # level lags, where the history leaves room for them.
-    for r in long_seasons:
+    # over the last BASE_STEPS steps. For the seasons the window holds, the few lags it lacks
+    # for that (two seasons before each forecast step, and the level lags) are added where the
+    # history leaves room; for the longer ones they would double the lookback, so not.
+    for r in (r for r in long_seasons if r < window):
         top = 2 * r + BASE_STEPS - 1
         if shortest - (top + 1) - horizon - holdout < MIN_TRAIN_ORIGINS:
             continue
@@ -197,14 +203,13 @@ def derive(
             k for j in (1, 2) for k in range(j * r - min(horizon, r), j * r + BASE_STEPS) if k >= window
         }
         if wanted - lags:
-            parts.append(f"{min(wanted - lags)}..{max(wanted - lags)}")
+            parts.append(
+                f"{min(wanted - lags)}..{max(wanted - lags)}: the rest of two cycles of {r} before "
+                "each forecast step and the level lags, for the two-season base"
+            )
         lags |= wanted
     lags = sorted(lags)
-    reasons["lags"] = (
-        ", ".join(parts) + ": one and two seasons before each forecast step and the level lags of the base"
-        if lags
-        else "[]: every season lies in the window"
-    )
+    reasons["lags"] = "; ".join(parts) if parts else "[]: every season lies in the window"
     rolling = sorted({r for r in long_seasons if r >= 2})
     reasons["rolling"] = f"{rolling}: mean and std over each season" if rolling else "[]: no season"
     calendar = calendar_terms(step, span)
