@@ -174,10 +174,11 @@ def base_candidates(data: TrainingData, model: ModelSettings) -> list[Base]:
     season of `model.season` (whose lags the features hold) and the level-adjusted forms of
     ADJUSTED_FORMS (profiles moved to the current level), the one with the lowest training MAE.
     Validation is not used to choose: its block is a few days before the holdout, and on
-    Taylor's demand it preferred the plain weekly profile (holdout MAE 770) to the two-week
-    level-adjusted one (393). Holdout MAE of the base alone on the forecast-quality data:
-    Taylor 318 (two weeks, level over 3 steps) against 1,859 for yesterday's profile; CO2 0.41
-    against 1.41 for last year's."""
+    Taylor's demand (with lags for two weeks) it preferred the plain weekly profile's network
+    (holdout MAE 770) to the two-week level-adjusted one's (393). Holdout MAE of the base
+    alone on the forecast-quality data: Taylor 352 (last week at today's level; 318 with two
+    weeks' lags) against 1,859 for yesterday's profile; CO2 0.41 (two years, level over 3
+    steps) against 1.41 for last year's."""
     features = data.train.features
     scored: dict[Base, float] = {}
     columns = set(features.columns)
