@@ -184,7 +184,7 @@ def derive(
     # For each season beyond the window, the value one season before every forecast step
     # (lag s - h for h = 1..H) and the season itself: the seasonal profile of the horizon.
     beyond = [r for r in long_seasons if r >= window]
-    lags = {k for r in beyond for k in range(max(window, r - horizon), r + 1)}
+    lag_set = {k for r in beyond for k in range(max(window, r - horizon), r + 1)}
     parts = []
     if beyond:
         parts.append(
@@ -202,13 +202,13 @@ def derive(
         wanted = {
             k for j in (1, 2) for k in range(j * r - min(horizon, r), j * r + BASE_STEPS) if k >= window
         }
-        if wanted - lags:
+        if wanted - lag_set:
             parts.append(
-                f"{min(wanted - lags)}..{max(wanted - lags)}: the rest of two cycles of {r} before "
+                f"{min(wanted - lag_set)}..{max(wanted - lag_set)}: the rest of two cycles of {r} before "
                 "each forecast step and the level lags, for the two-season base"
             )
-        lags |= wanted
-    lags = sorted(lags)
+        lag_set |= wanted
+    lags = sorted(lag_set)
     reasons["lags"] = "; ".join(parts) if parts else "[]: every season lies in the window"
     rolling = sorted({r for r in long_seasons if r >= 2})
     reasons["rolling"] = f"{rolling}: mean and std over each season" if rolling else "[]: no season"
