@@ -21,6 +21,7 @@ Calibrations compared (each the split-conformal quantile per horizon step unless
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import tempfile
@@ -72,7 +73,11 @@ def diagnose(name: str, folder: Path) -> None:
     _, forecaster = registry.load_forecaster(project, alias=registry.CHALLENGER)
     data = dataset.build(FeatureStoreClient(project), model.horizon)
     cfg, horizon = forecaster.cfg, model.horizon
-    naive: Callable = level_adjusted_naive if cfg.level_adjusted else seasonal_naive  # type: ignore[type-arg]
+    naive: Callable = (  # type: ignore[type-arg]
+        functools.partial(level_adjusted_naive, seasons=cfg.base_seasons, steps=cfg.base_steps)
+        if cfg.level_adjusted
+        else seasonal_naive
+    )
 
     def residuals(f, ex: Examples) -> tuple[np.ndarray, dict[str, np.ndarray]]:  # type: ignore[no-untyped-def]
         window = ex.features[cfg.window_names].to_numpy(np.float64)

@@ -9,7 +9,7 @@ import pandas as pd
 from tsops.models.baselines import level_adjusted_naive
 from tsops.models.dataset import Examples, TrainingData
 from tsops.models.lstm import Forecaster, ForecasterConfig
-from tsops.models.training import base_candidates
+from tsops.models.training import Base, base_candidates
 from tsops.settings import ModelSettings
 
 H = 6
@@ -17,7 +17,7 @@ H = 6
 
 def _data(values: np.ndarray) -> TrainingData:
     origins = np.arange(200, len(values) - H)
-    lags = {f"lag_{k}": values[origins - k] for k in [*range(48), *range(162, 169)]}
+    lags = {f"lag_{k}": values[origins - k] for k in [*range(51), *range(162, 169)]}
     features = pd.DataFrame(lags)
     labels = np.stack([values[origins + h] for h in range(1, H + 1)], axis=1)
     train = Examples(features, labels)
@@ -32,16 +32,49 @@ def test_a_weekly_profile_makes_the_week_the_base_season() -> None:
     t = np.arange(3000)
     weekday = (t // 24) % 7 < 5
     values = np.where(weekday, 10.0, 2.0) * np.sin(2 * np.pi * t / 24) ** 2
-    assert base_candidates(_data(values), _settings()) == [(168, False)]
+    assert base_candidates(_data(values), _settings()) == [Base(168, False)]
 
 
 def test_a_wandering_level_adds_the_level_adjusted_base() -> None:
     rng = np.random.default_rng(0)
     t = np.arange(3000)
     values = np.sin(2 * np.pi * t / 24) + np.cumsum(rng.normal(0, 0.3, len(t)))  # a random-walk level
-    candidates = base_candidates(_data(values), _settings())
-    assert candidates == [(24, False), (24, True)]  # both trained; validation keeps the better
-    assert base_candidates(_data(values), _settings(base="seasonal")) == [(24, False)]
+    [chosen] = base_candidates(_data(values), _settings())
+    assert (chosen.season, chosen.adjusted) == (24, True)  # the lowest training MAE
+    assert base_candidates(_data(values), _settings(base="seasonal")) == [Base(24, False)]
+
+
+def test_the_two_season_base_averages_level_adjusted_profiles() -> None:
+    rng = np.random.default_rng(2)
+    values = rng.normal(size=600).cumsum()
+    features = _data(values).train.features
+    by_hand = np.mean(
+        [
+            np.stack([features[f"lag_{j * 24 - h}"] for h in range(1, H + 1)], axis=1)
+            + np.mean([features[f"lag_{i}"] - features[f"lag_{i + j * 24}"] for i in range(3)], axis=0)[
+                :, None
+            ]
+            for j in (1, 2)
+        ],
+        axis=0,
+    )
+    np.testing.assert_allclose(level_adjusted_naive(features, H, 24, 2, 3), by_hand)
+    names = [f"lag_{k}" for k in range(48)]
+    cfg = ForecasterConfig(
+        names,
+        ["lag_48", "lag_49", "lag_50"],
+        H,
+        8,
+        1,
+        0.0,
+        24,
+        1.0,
+        1.0,
+        level_adjusted=True,
+        base_seasons=2,
+        base_steps=3,
+    )
+    np.testing.assert_allclose(Forecaster(cfg).predict(features), by_hand, rtol=1e-6)
 
 
 def test_an_untrained_level_adjusted_forecaster_is_exactly_its_base() -> None:

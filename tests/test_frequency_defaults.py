@@ -25,11 +25,17 @@ def _derive(freq: str, shortest: int = LONG):
 @pytest.mark.parametrize(
     ("freq", "seasons", "horizon", "lags", "calendar"),
     [
-        ("15min", [96, 672], 96, list(range(576, 673)), ["minuteofday", "dayofweek"]),  # 125 days: no year
-        ("30min", [48, 336], 48, list(range(288, 337)), ["minuteofday", "dayofweek"]),
-        ("1h", [24, 168], 24, list(range(144, 169)), ["hour", "dayofweek", "dayofyear"]),
+        (
+            "15min",
+            [96, 672],
+            96,
+            [192, 193, 194, *range(576, 673)],
+            ["minuteofday", "dayofweek"],
+        ),  # 125 days: no year
+        ("30min", [48, 336], 48, [96, 97, 98, *range(288, 337)], ["minuteofday", "dayofweek"]),
+        ("1h", [24, 168], 24, [48, 49, 50, *range(144, 169)], ["hour", "dayofweek", "dayofyear"]),
         ("1D", [7, 365.25], 7, list(range(358, 366)), ["dayofweek", "dayofyear"]),
-        ("7D", [52.18], 52, [], ["dayofyear"]),
+        ("7D", [52.18], 52, [104, 105, 106], ["dayofyear"]),
     ],
 )
 def test_defaults_follow_the_frequency(freq, seasons, horizon, lags, calendar) -> None:
@@ -65,9 +71,9 @@ def test_hourly_holdout_is_thirty_days_and_daily_one_year() -> None:
 def test_short_series_get_defaults_that_fit_them() -> None:
     d = _derive("1h", shortest=300)  # 12.5 days: a weekly season does not fit twice with the rest
     assert d.seasons == [24]
-    assert d.lags == [] and d.rolling == [24]
+    assert d.lags == [48, 49, 50] and d.rolling == [24]  # the two-day base's lags fit
     assert d.holdout <= 75
-    assert 300 - d.window - d.horizon - d.holdout >= 10
+    assert 300 - max(d.window, d.lags[-1] + 1) - d.horizon - d.holdout >= 10
     assert "dropped" in d.reasons["season"]
 
 

@@ -26,6 +26,7 @@ HOLDOUT_SHARE = 0.25
 MIN_TRAIN_ORIGINS = 10  # training origins the split needs in front of the holdout (dataset.py)
 TARGET_ORIGINS = 20  # backtest origins per entity the stride aims for (a stable estimate)
 MAX_WINDOW = 1024  # features.window's bound
+BASE_STEPS = 3  # the level lags of the level-adjusted base (models.training.ADJUSTED_FORMS)
 
 
 def natural_seasons(step: pd.Timedelta) -> tuple[list[float], str]:
@@ -183,13 +184,32 @@ def derive(
     # For each season beyond the window, the value one season before every forecast step
     # (lag s - h for h = 1..H) and the season itself: the seasonal profile of the horizon.
     beyond = [r for r in long_seasons if r >= window]
-    lags = sorted({k for r in beyond for k in range(max(window, r - horizon), r + 1)})
-    reasons["lags"] = (
-        ", ".join(f"{max(window, r - horizon)}..{r}" for r in beyond)
-        + ": one season before each forecast step, for the seasons beyond the window"
-        if beyond
-        else "[]: every season lies in the window"
-    )
+    lag_set = {k for r in beyond for k in range(max(window, r - horizon), r + 1)}
+    parts = []
+    if beyond:
+        parts.append(
+            ", ".join(f"{max(window, r - horizon)}..{r}" for r in beyond)
+            + ": one season before each forecast step, for the seasons beyond the window"
+        )
+    # The level-adjusted base averages two seasons' profiles, each moved by the level difference
+    # over the last BASE_STEPS steps. For the seasons the window holds, the few lags it lacks
+    # for that (two seasons before each forecast step, and the level lags) are added where the
+    # history leaves room; for the longer ones they would double the lookback, so not.
+    for r in (r for r in long_seasons if r < window):
+        top = 2 * r + BASE_STEPS - 1
+        if shortest - (top + 1) - horizon - holdout < MIN_TRAIN_ORIGINS:
+            continue
+        wanted = {
+            k for j in (1, 2) for k in range(j * r - min(horizon, r), j * r + BASE_STEPS) if k >= window
+        }
+        if wanted - lag_set:
+            parts.append(
+                f"{min(wanted - lag_set)}..{max(wanted - lag_set)}: the rest of two cycles of {r} before "
+                "each forecast step and the level lags, for the two-season base"
+            )
+        lag_set |= wanted
+    lags = sorted(lag_set)
+    reasons["lags"] = "; ".join(parts) if parts else "[]: every season lies in the window"
     rolling = sorted({r for r in long_seasons if r >= 2})
     reasons["rolling"] = f"{rolling}: mean and std over each season" if rolling else "[]: no season"
     calendar = calendar_terms(step, span)

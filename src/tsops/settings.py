@@ -239,8 +239,8 @@ class ModelSettings(Strict):
     base: Literal["auto", "seasonal", "level_adjusted"] = Field(
         "auto",
         description="what the LSTM corrects: the seasonal naive at the best season, plain or moved to "
-        "the current level (lag_0 - lag_season); auto trains on both when the adjusted one is "
-        "better in training and keeps the better on validation",
+        "the current level (one or two seasons' profiles, each moved by the level difference over "
+        "the last 1 or 3 steps); auto keeps the one with the lowest training MAE",
     )
     interval_levels: list[float] = Field(
         default_factory=lambda: [80.0, 95.0],

@@ -27,6 +27,20 @@ except ModuleNotFoundError:  # the copy carried with a model artefact, loaded wi
             super().__init__(f"{where}: {message}" if where else message)
 
 
+def level_adjusted_lags(horizon: int, season: int, seasons: int = 1, steps: int = 1) -> list[str]:
+    """The lags of the level-adjusted base (as `tsops.models.baselines.level_adjusted_lags`, kept
+    here because this module travels with the model without tsops): K·H profile lags, then the
+    K·k recent lags, then the K·k lags j seasons before them."""
+    profile = [
+        f"lag_{season * -(-h // season) + (j - 1) * season - h}"
+        for j in range(1, seasons + 1)
+        for h in range(1, horizon + 1)
+    ]
+    recent = [f"lag_{i}" for j in range(1, seasons + 1) for i in range(steps)]
+    before = [f"lag_{i + j * season}" for j in range(1, seasons + 1) for i in range(steps)]
+    return [*profile, *recent, *before]
+
+
 @dataclass(frozen=True)
 class ForecasterConfig:
     window_names: list[str]  # lag_0 .. lag_{W-1}
@@ -44,6 +58,10 @@ class ForecasterConfig:
     interval_floor: float = 0.0
     # base = seasonal naive + (lag_0 - lag_season): last season's profile moved to today's level
     level_adjusted: bool = False
+    # with level_adjusted: the mean of the K = base_seasons last seasons' profiles, each moved by
+    # the level difference averaged over the last k = base_steps steps (1, 1: the form above)
+    base_seasons: int = 1
+    base_steps: int = 1
 
     @property
     def input_names(self) -> list[str]:
@@ -92,10 +110,11 @@ class Forecaster:
         kinds = [_context_kind(n) for n in cfg.context_names]
         self._level = np.array([k == "level" for k in kinds], dtype=bool)
         self._spread = np.array([k == "spread" for k in kinds], dtype=bool)
-        backs = [cfg.season * -(-h // cfg.season) - h for h in range(1, cfg.horizon + 1)]
-        self._base_names = [f"lag_{b}" for b in backs]  # the seasonal-naive forecast's lags
-        if cfg.level_adjusted:  # the last two columns: today's level and one season before
-            self._base_names += ["lag_0", f"lag_{cfg.season}"]
+        if cfg.level_adjusted:  # profiles, then the recent and the season-before level lags
+            self._base_names = level_adjusted_lags(cfg.horizon, cfg.season, cfg.base_seasons, cfg.base_steps)
+        else:  # the seasonal-naive forecast's lags
+            backs = [cfg.season * -(-h // cfg.season) - h for h in range(1, cfg.horizon + 1)]
+            self._base_names = [f"lag_{b}" for b in backs]
         self._plans: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def plan(self, columns: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -136,8 +155,13 @@ class Forecaster:
         """The forecast the network corrects: the seasonal naive, level-adjusted if so set."""
         if not self.cfg.level_adjusted:
             return matrix[:, base_at]
-        shift = matrix[:, base_at[-2]] - matrix[:, base_at[-1]]
-        return matrix[:, base_at[:-2]] + shift[:, None]
+        n, (H, K, k) = len(matrix), (self.cfg.horizon, self.cfg.base_seasons, self.cfg.base_steps)
+        profiles = matrix[:, base_at[: K * H]].reshape(n, K, H)
+        pairs = K * k
+        recent = matrix[:, base_at[K * H : K * H + pairs]]
+        before = matrix[:, base_at[K * H + pairs :]]
+        shifts = (recent - before).reshape(n, K, k).mean(axis=2)
+        return (profiles + shifts[:, :, None]).mean(axis=1)
 
     def tensors(self, features: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
         """`arrays` for a DataFrame of feature rows, after checking they are complete."""
