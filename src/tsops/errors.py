@@ -8,6 +8,7 @@ from typing import Any
 
 MAX_SHOWN = 100  # characters of a user-supplied value (an entity id, a field) in a message
 MAX_MESSAGE = 2000  # characters of a message line: a 200 KB id must not come back whole
+MAX_WHERE = 1000  # characters of `where`: a file's whole path, yet not a 200 KB field value
 
 
 def clip(text: str, limit: int) -> str:
@@ -32,7 +33,7 @@ class TsopsError(Exception):
     kind = "error"
 
     def __str__(self) -> str:
-        where = clip(self.where, MAX_SHOWN) if self.where else None
+        where = clip(self.where, MAX_WHERE) if self.where else None
         message = self.message if len(self.message) <= MAX_MESSAGE else clip(self.message, MAX_MESSAGE)
         head = f"{where}: {message}" if where else message
         return "\n".join([head, *(f"  - {clip(d, MAX_MESSAGE)}" for d in self.details)])
