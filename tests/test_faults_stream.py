@@ -347,7 +347,8 @@ def test_a_damaged_champion_is_named_and_a_failing_watcher_logs_once(
             failures = [r for r in caplog.records if r.name == "tsops.registry"]
             weights.write_bytes(intact)  # repaired: the next check loads it
             deadline = time.time() + 30
-            while not any("again" in r.getMessage() for r in caplog.records) and time.time() < deadline:
+            again = "following the registry's aliases again"
+            while not any(again in r.getMessage() for r in caplog.records) and time.time() < deadline:
                 time.sleep(0.1)
         finally:
             watcher.stop()
