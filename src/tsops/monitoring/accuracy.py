@@ -295,11 +295,20 @@ class AccuracyTracker:
             )
         return versions[-1]
 
-    def _bounds(self, records: list[dict[str, Any]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    def _bounds(self, records: list[Any]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Lower and upper bounds per tracked level, (records, H); NaN where a record has none
         (a model without intervals, another level, unreadable bounds)."""
         out = {}
         for level in self.levels:
+            try:  # the usual batch: every record has the level's bounds, one array each way
+                bands = [rec["intervals"][level] for rec in records]
+                lower = np.array([b["lower"] for b in bands], dtype=np.float64)
+                upper = np.array([b["upper"] for b in bands], dtype=np.float64)
+                if lower.shape == upper.shape == (len(records), self.horizon):
+                    out[level] = (lower, upper)
+                    continue
+            except (KeyError, TypeError, ValueError, IndexError):
+                pass
             lower = np.full((len(records), self.horizon), np.nan)
             upper = np.full((len(records), self.horizon), np.nan)
             for i, rec in enumerate(records):

@@ -46,73 +46,93 @@ def parse(
     max_bytes: int = MAX_EVENT_BYTES,
     max_depth: int = MAX_EVENT_DEPTH,
 ) -> Event:
-    """Validate one JSON payload against the project's schema (the history's column names).
-    The time is floored to the series' interval unless `floor` is false (raw ticks that the
-    stream aggregates into bars). Whatever the payload, the outcome is an event or an
-    `EventError`: a poison pill is a dead letter, never a crashed worker."""
-    try:
-        return _parse(payload, series, latest_allowed, floor, max_bytes, max_depth)
-    except EventError:
-        raise
-    except RecursionError:
-        raise EventError("too_deep", f"nested deeper than {max_depth} levels") from None
-    except Exception as e:  # anything unforeseen in a payload is the payload's fault
-        raise EventError("invalid_event", f"unreadable event ({type(e).__name__})") from None
+    """Validate one JSON payload (see `EventParser`, which a micro-batch builds once)."""
+    return EventParser(series, latest_allowed, floor=floor, max_bytes=max_bytes, max_depth=max_depth)(payload)
 
 
-def _parse(
-    payload: str,
-    series: SeriesSettings,
-    latest_allowed: pd.Timestamp,
-    floor: bool,
-    max_bytes: int,
-    max_depth: int,
-) -> Event:
-    # Characters never outnumber UTF-8 bytes: only a long payload needs its bytes counted.
-    if len(payload) > max_bytes // 4 and _size(payload) > max_bytes:
-        raise EventError("too_large", f"{_size(payload)} bytes, more than {max_bytes}")
-    try:
-        raw: Any = orjson.loads(payload)  # the hot path: several times the stdlib's speed
-    except orjson.JSONDecodeError as e:
-        if payload.startswith(INVALID_UTF8):
-            raise EventError("invalid_utf8", "not UTF-8 text (its bad bytes are shown as \\xNN)") from None
-        if "depth" in str(e):  # orjson's own limit (1024): the stdlib would recurse as deep
-            raise EventError("too_deep", f"nested deeper than {max_depth} levels") from None
-        try:  # the stdlib also reads NaN and Infinity, which then get their own reason below
-            raw = json.loads(payload)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise EventError("invalid_json", f"not JSON: {e}") from None
-    if not isinstance(raw, dict):
-        raise EventError("invalid_json", "an event must be a JSON object")
-    if _deeper_than(raw, max_depth):
-        raise EventError("too_deep", f"nested deeper than {max_depth} levels")
-    needed = [c for c in (series.entity, series.time, series.target) if c]
-    missing = [c for c in needed if raw.get(c) is None]
-    if missing:
-        raise EventError("missing_field", f"missing field(s) {missing}", ",".join(missing))
-    entity = raw.get(series.entity) if series.entity else SINGLE_SERIES_VALUE
-    if not isinstance(entity, str | int) or isinstance(entity, bool) or str(entity) == "":
-        raise EventError("wrong_type", f"entity {entity!r} must be a non-empty string", series.entity)
-    value = raw[series.target]
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise EventError("wrong_type", f"target {value!r} is not a number", series.target)
-    if isinstance(value, int) and not -_FLOAT_MAX <= value <= _FLOAT_MAX:  # JSON integers are unbounded
-        raise EventError("non_finite", "target is an integer beyond a float's range", series.target)
-    if not math.isfinite(value):
-        raise EventError("non_finite", f"target {value!r} is not finite", series.target)
-    bounds = series.plausible_range  # schema.valid_min/valid_max, else derived by the last ingest
-    if bounds is not None and not bounds[0] <= value <= bounds[1]:
-        message = f"target {value!r} is outside the plausible range [{bounds[0]:.6g}, {bounds[1]:.6g}]"
-        raise EventError("outlier", message, series.target)
-    ns = _utc_ns(raw[series.time], series.time)
-    if ns > latest_allowed.value:
-        message = f"time {raw[series.time]} is after {latest_allowed}"
-        raise EventError("future_timestamp", message, series.time)
-    if ns < _EARLIEST_NS:
-        raise EventError("wrong_type", f"time {raw[series.time]!r} is before {pd.Timestamp.min}", series.time)
-    if floor:
-        ns -= ns % series.step.value
-    return Event(str(entity), pd.Timestamp(ns), float(value))
+class EventParser:
+    """Validates JSON payloads against the project's schema (the history's column names). The
+    time is floored to the series' interval unless `floor` is false (raw ticks that the stream
+    aggregates into bars). Whatever the payload, the outcome is an event or an `EventError`: a
+    poison pill is a dead letter, never a crashed worker.
+
+    Built once per micro-batch: the settings it reads (names, the plausible range, the step)
+    are plain attributes here, not a settings object's properties read for every event."""
+
+    def __init__(
+        self,
+        series: SeriesSettings,
+        latest_allowed: pd.Timestamp,
+        *,
+        floor: bool = True,
+        max_bytes: int = MAX_EVENT_BYTES,
+        max_depth: int = MAX_EVENT_DEPTH,
+    ):
+        self.entity, self.time, self.target = series.entity, series.time, series.target
+        self.needed = [c for c in (series.entity, series.time, series.target) if c]
+        self.bounds = series.plausible_range  # schema.valid_min/valid_max, else derived by the last ingest
+        self.latest_allowed = latest_allowed
+        self.latest_ns = latest_allowed.value
+        self.step_ns = series.step.value if floor else 0
+        self.max_bytes, self.max_depth = max_bytes, max_depth
+
+    def __call__(self, payload: str) -> Event:
+        try:
+            return self._parse(payload)
+        except EventError:
+            raise
+        except RecursionError:
+            raise EventError("too_deep", f"nested deeper than {self.max_depth} levels") from None
+        except Exception as e:  # anything unforeseen in a payload is the payload's fault
+            raise EventError("invalid_event", f"unreadable event ({type(e).__name__})") from None
+
+    def _parse(self, payload: str) -> Event:
+        max_bytes, max_depth = self.max_bytes, self.max_depth
+        # Characters never outnumber UTF-8 bytes: only a long payload needs its bytes counted.
+        if len(payload) > max_bytes // 4 and _size(payload) > max_bytes:
+            raise EventError("too_large", f"{_size(payload)} bytes, more than {max_bytes}")
+        try:
+            raw: Any = orjson.loads(payload)  # the hot path: several times the stdlib's speed
+        except orjson.JSONDecodeError as e:
+            if payload.startswith(INVALID_UTF8):
+                message = "not UTF-8 text (its bad bytes are shown as \\xNN)"
+                raise EventError("invalid_utf8", message) from None
+            if "depth" in str(e):  # orjson's own limit (1024): the stdlib would recurse as deep
+                raise EventError("too_deep", f"nested deeper than {max_depth} levels") from None
+            try:  # the stdlib also reads NaN and Infinity, which then get their own reason below
+                raw = json.loads(payload)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise EventError("invalid_json", f"not JSON: {e}") from None
+        if not isinstance(raw, dict):
+            raise EventError("invalid_json", "an event must be a JSON object")
+        if _deeper_than(raw, max_depth):
+            raise EventError("too_deep", f"nested deeper than {max_depth} levels")
+        missing = [c for c in self.needed if raw.get(c) is None]
+        if missing:
+            raise EventError("missing_field", f"missing field(s) {missing}", ",".join(missing))
+        entity = raw.get(self.entity) if self.entity else SINGLE_SERIES_VALUE
+        if not isinstance(entity, str | int) or isinstance(entity, bool) or str(entity) == "":
+            raise EventError("wrong_type", f"entity {entity!r} must be a non-empty string", self.entity)
+        value = raw[self.target]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise EventError("wrong_type", f"target {value!r} is not a number", self.target)
+        if isinstance(value, int) and not -_FLOAT_MAX <= value <= _FLOAT_MAX:  # JSON integers are unbounded
+            raise EventError("non_finite", "target is an integer beyond a float's range", self.target)
+        if not math.isfinite(value):
+            raise EventError("non_finite", f"target {value!r} is not finite", self.target)
+        bounds = self.bounds
+        if bounds is not None and not bounds[0] <= value <= bounds[1]:
+            message = f"target {value!r} is outside the plausible range [{bounds[0]:.6g}, {bounds[1]:.6g}]"
+            raise EventError("outlier", message, self.target)
+        ns = _utc_ns(raw[self.time], self.time)
+        if ns > self.latest_ns:
+            message = f"time {raw[self.time]} is after {self.latest_allowed}"
+            raise EventError("future_timestamp", message, self.time)
+        if ns < _EARLIEST_NS:
+            raise EventError("wrong_type", f"time {raw[self.time]!r} is before {pd.Timestamp.min}", self.time)
+        if self.step_ns:
+            ns -= ns % self.step_ns
+        return Event(str(entity), pd.Timestamp(ns), float(value))
 
 
 _FLOAT_MAX = sys.float_info.max

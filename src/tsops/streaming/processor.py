@@ -22,7 +22,7 @@ from tsops.models.lstm import Forecaster
 from tsops.records import Event, Prediction
 from tsops.settings import SeriesSettings, StreamSettings
 from tsops.streaming.commit import CommitPipeline, MicroBatch
-from tsops.streaming.events import EventError, RawRecord, dead_letter, parse
+from tsops.streaming.events import EventError, EventParser, RawRecord, dead_letter
 from tsops.streaming.metrics import StreamMetrics
 from tsops.streaming.reload import ChampionWatcher
 from tsops.streaming.sources import Source
@@ -43,11 +43,14 @@ class Summary:
     batches: int = 0
     reloads: int = 0  # champion versions swapped in while running
     seconds: float = 0.0  # from the first poll to the last checkpoint
+    waited: float = 0.0  # of which before the first record (connecting, a group join, an idle source)
     started_over: str | None = None  # why a file source replayed from its start, if it did
 
     def rate(self) -> float:
-        """Events consumed per second of processing."""
-        return self.consumed / self.seconds if self.seconds > 0 else 0.0
+        """Events consumed per second of processing: from the first record on (a Kafka group
+        join of ~1 s before it is startup, not throughput; `waited` says how long it took)."""
+        busy = self.seconds - self.waited
+        return self.consumed / busy if busy > 0 else 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -61,6 +64,7 @@ class Summary:
             "bars_closed": self.bars_closed,
             "reloads": self.reloads,
             "seconds": round(self.seconds, 3),
+            "waited_for_first_record": round(self.waited, 3),
             "events_per_second": round(self.rate(), 1),
             "batches": self.batches,
             **({"started_over": self.started_over} if self.started_over else {}),
@@ -136,6 +140,8 @@ class Processor:
                     timeout,
                 )
                 if records:
+                    if not self.summary.consumed:
+                        self.summary.waited = time.monotonic() - started
                     self.handle(records)
                     last_record = time.monotonic()
                 else:
@@ -162,19 +168,18 @@ class Processor:
             self.model_version, self.forecaster = offer
             self.summary.reloads += 1
             torch.set_num_threads(self.settings.model_threads)  # loading a pyfunc resets it
-        latest_allowed = pd.Timestamp.now("UTC").tz_localize(None) + self.max_future
+        parse = EventParser(
+            self.series,
+            pd.Timestamp.now("UTC").tz_localize(None) + self.max_future,
+            floor=self.bars is None,
+            max_bytes=self.settings.max_event_bytes,
+            max_depth=self.settings.max_event_depth,
+        )
         dead: list[dict[str, Any]] = []
         parsed: list[tuple[RawRecord, Event]] = []
         for r in records:
             try:
-                event = parse(
-                    r.payload,
-                    self.series,
-                    latest_allowed,
-                    floor=self.bars is None,
-                    max_bytes=self.settings.max_event_bytes,
-                    max_depth=self.settings.max_event_depth,
-                )
+                event = parse(r.payload)
                 parsed.append((r, event))
             except EventError as e:
                 dead.append(dead_letter(e, r))

@@ -21,7 +21,7 @@ from pyspark.sql.streaming.stateful_processor import StatefulProcessor, Stateful
 
 from tsops.features.definitions import EntityState, FeatureSet
 from tsops.settings import Project
-from tsops.streaming.events import Event, EventError, RawRecord, dead_letter, parse
+from tsops.streaming.events import Event, EventError, EventParser, RawRecord, dead_letter
 from tsops.streaming.steps import NewRows, TumblingBars, prediction_records, push_event
 
 KEYED_SCHEMA = (
@@ -82,21 +82,20 @@ class Keyer:
         max_future = pd.Timedelta(stream.max_future)
         floor = stream.aggregate is None
         for frame in frames:
-            latest_allowed = pd.Timestamp.now("UTC").tz_localize(None) + max_future
+            parse = EventParser(
+                series,
+                pd.Timestamp.now("UTC").tz_localize(None) + max_future,
+                floor=floor,
+                max_bytes=stream.max_event_bytes,
+                max_depth=stream.max_event_depth,
+            )
             keys: list[str] = []
             times: list[int] = []
             values: list[float] = []
             dead: list[str | None] = []
             for payload, partition, offset, received in frame[list(RAW_COLUMNS)].itertuples(index=False):
                 try:
-                    ev = parse(
-                        payload,
-                        series,
-                        latest_allowed,
-                        floor=floor,
-                        max_bytes=stream.max_event_bytes,
-                        max_depth=stream.max_event_depth,
-                    )
+                    ev = parse(payload)
                 except EventError as e:
                     record = RawRecord(payload, int(partition), int(offset), float(received))
                     keys.append(DEAD_KEY)
