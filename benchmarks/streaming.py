@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import signal
@@ -359,11 +360,11 @@ def measure_throughput(
         loaded = Project.load(project.root)
         reset(loaded)
         summary = run_stream(loaded, source=f"file:{path}")
-        out["file"] = {"events": summary.consumed, "seconds": summary.seconds, "ev_s": summary.rate()}
+        out["file"] = _throughput(summary)
         reset(loaded)
         replay_to_kafka(loaded, path, topic=topic)
         summary = run_stream(loaded, source="kafka", max_events=len(evs))
-        out["kafka"] = {"events": summary.consumed, "seconds": summary.seconds, "ev_s": summary.rate()}
+        out["kafka"] = _throughput(summary)
     finally:
         for key in env:
             os.environ.pop(key, None)
@@ -371,10 +372,24 @@ def measure_throughput(
     return out
 
 
+def _throughput(summary: Any) -> dict[str, Any]:
+    """Events per second from the first record to the last checkpoint (the rate the summary
+    gives); `waited`: the seconds before the first record (a Kafka group join: ~1 s)."""
+    waited = getattr(summary, "waited", 0.0)  # (a tsops before it counted the wait: for A/B runs)
+    busy = summary.seconds - waited
+    return {
+        "events": summary.consumed,
+        "seconds": summary.seconds,
+        "waited": waited,
+        "ev_s": summary.consumed / busy if busy > 0 else 0.0,
+        "wall_ev_s": summary.consumed / summary.seconds if summary.seconds else 0.0,
+    }
+
+
 def measure_model_forward(project: Project, rows: int, threads: int) -> float:
-    """Microseconds per event of the champion's forward alone (`Forecaster.predict` on `rows`
-    feature rows of the offline store, the size of a full poll), with `threads` torch threads:
-    the ceiling it puts on one worker's throughput."""
+    """Microseconds per event of the champion's forward alone (`Forecaster.predict_matrix`, as
+    the worker calls it, on `rows` feature rows of the offline store), with `threads` torch
+    threads: the ceiling it puts on one worker's throughput. Best of 5 rounds."""
     import torch
 
     from tsops import registry
@@ -382,14 +397,18 @@ def measure_model_forward(project: Project, rows: int, threads: int) -> float:
 
     client = FeatureStoreClient(project)
     offline = client.read_offline().dropna(subset=client.features.names).tail(rows)
-    features = offline[client.features.names].reset_index(drop=True)
+    names = tuple(client.features.names)
+    matrix = offline[list(names)].to_numpy(np.float64)
     _, forecaster = registry.load_forecaster(project)
     torch.set_num_threads(threads)
-    forecaster.predict(features)  # warm-up
-    started = time.perf_counter()
+    forecaster.predict_matrix(matrix, names)  # warm-up
+    best = math.inf
     for _ in range(5):
-        forecaster.predict(features)
-    return (time.perf_counter() - started) / 5 / len(features) * 1e6
+        started = time.perf_counter()
+        for _ in range(max(1, 5000 // len(matrix))):
+            forecaster.predict_matrix(matrix, names)
+        best = min(best, (time.perf_counter() - started) / max(1, 5000 // len(matrix)))
+    return best / len(matrix) * 1e6
 
 
 # -- 3. per-event Feast writes ----------------------------------------------------------------
@@ -477,7 +496,7 @@ def main() -> None:
             if n != 1:
                 print(f"throughput: one python-engine worker, model_threads {n} …", flush=True)
                 results["throughput_by_threads"][n] = measure_throughput(project, broker, many, n)
-            results["forward_us"][n] = measure_model_forward(project, project.settings.stream.batch_size, n)
+            results["forward_us"][n] = measure_model_forward(project, 500, n)
         print("per-event Feast writes …", flush=True)
         results["feast_per_event"] = measure_feast_per_event(project, many[: args.feast_events])
     finally:
@@ -524,16 +543,25 @@ def report(r: dict[str, Any]) -> None:
         direct = by["python, file in"].get("p99", float("nan"))
         print(f"tsops p99 without the broker (file in): {direct:.1f} ms")
     t = r["throughput"]
+    file, kafka = t["file"], t["kafka"]
     print(
-        f"one worker, as fast as it can: file {t['file']['ev_s']:,.0f} ev/s "
-        f"({t['file']['events']} in {t['file']['seconds']:.1f} s); kafka {t['kafka']['ev_s']:,.0f} ev/s "
-        f"({t['kafka']['events']} in {t['kafka']['seconds']:.1f} s) (goal ≥ 20,000)"
+        f"one worker, as fast as it can (from its first record): file {file['ev_s']:,.0f} ev/s "
+        f"({file['events']} events); kafka {kafka['ev_s']:,.0f} ev/s, "
+        f"{kafka['ev_s'] / file['ev_s']:.0%} of file (goal ≥ 90%)"
+    )
+    print(
+        f"  before the first record: file {file.get('waited', 0):.2f} s, "
+        f"kafka {kafka.get('waited', 0):.2f} s "
+        f"(the group join); wall clock with it: file {file.get('wall_ev_s', 0):,.0f}, "
+        f"kafka {kafka.get('wall_ev_s', 0):,.0f} ev/s"
     )
     for n, row in r.get("throughput_by_threads", {}).items():
         forward = r["forward_us"][n]
+        beyond = 1e6 / row["file"]["ev_s"] - forward
         print(
             f"  model_threads {n}: file {row['file']['ev_s']:,.0f}, kafka {row['kafka']['ev_s']:,.0f} ev/s; "
-            f"the model's forward alone {forward:.0f} µs/event (a ceiling of {1e6 / forward:,.0f} ev/s)"
+            f"the forward alone {forward:.1f} µs/event at 500 rows (goal ≤ 25), the rest of the worker "
+            f"{beyond:.1f} µs/event (goal ≤ 20)"
         )
     f = r["feast_per_event"]
     print(

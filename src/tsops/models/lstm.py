@@ -201,7 +201,8 @@ class Forecaster:
     def _forecast(
         self, seq: torch.Tensor, ctx: torch.Tensor, base: np.ndarray, batch_size: int
     ) -> np.ndarray:
-        self.net.eval()
+        if self.net.training:  # eval() walks every module: ~13 µs a call, on each request
+            self.net.eval()
         outs = []
         with torch.inference_mode():
             for i in range(0, len(seq), batch_size):

@@ -5,10 +5,16 @@ for both engines (as quixstreams' `Checkpoint.commit`).
     every checkpoint (trailing):   offline log → online features (latest row per entity)
                                    → entity states → source offsets
 
-The python engine hands each micro-batch to `commit` and goes on polling: the checkpoint's
-store writes run on a background thread every `stream.checkpoint_interval_ms`, and the offsets
-are committed by the processing thread between two polls (a Kafka consumer must not be called
-from two threads), so the poll → predict → sink path never waits on the feature store. The
+The python engine hands each micro-batch to `commit` and goes on polling. With `pipelined`
+(its default) the "at once" stage runs on an emitter thread while the next micro-batch is
+parsed and predicted: a sink's fsync or broker acknowledgement (~2-4 ms on this machine's
+disk) and the monitor's accounting no longer hold up the next poll. At most one batch is
+being emitted; the next `commit` waits for it (and raises its error). The checkpoint's store
+writes run on a second background thread every `stream.checkpoint_interval_ms`, after the
+emits of the batches they cover (a state written before its predictions are durable would
+make a replay skip them), and the offsets are committed by the processing thread between two
+polls (a Kafka consumer must not be called from two threads), so the poll → predict → sink
+path never waits on the feature store. The
 Spark engine's `foreachBatch` commits with a zero interval and no offsets: every batch is
 written before it returns, and Spark then commits the batch's offsets in its own checkpoint.
 
@@ -54,6 +60,7 @@ class MicroBatch:
     rows: pd.DataFrame  # the feature rows (entity, time, target, features) in time order per entity
     states: dict[str, EntityState]  # the states the batch changed (snapshots are taken here)
     records: list[RawRecord] = field(default_factory=list)  # positions to commit, if the pipeline does
+    on_durable: Callable[[], None] | None = None  # called once the predictions are in the sinks
 
 
 @dataclass
@@ -69,7 +76,8 @@ class CommitPipeline:
     engine asks with `due`), `commit_finished` between polls, `close` at the end.
 
     `commit_offsets` receives the records of a finished checkpoint (None: the engine commits
-    its own, as Spark does). `interval_ms` 0 writes every batch before `commit` returns.
+    its own, as Spark does). `interval_ms` 0 writes every batch before `commit` returns;
+    `pipelined` emits each batch (sinks → dead letters → monitor) on a thread of its own.
     """
 
     def __init__(
@@ -83,6 +91,7 @@ class CommitPipeline:
         time_col: str,
         interval_ms: int,
         commit_offsets: Callable[[list[RawRecord]], None] | None = None,
+        pipelined: bool = False,
     ):
         self.sinks = sinks
         self.dead_letter_sink = dead_letter_sink
@@ -96,19 +105,22 @@ class CommitPipeline:
         self._pending = _Pending()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="tsops-checkpoint")
         self._inflight: tuple[Future[None], list[RawRecord]] | None = None
+        self._emitter = ThreadPoolExecutor(1, thread_name_prefix="tsops-emit") if pipelined else None
+        self._emitting: Future[None] | None = None  # the last batch handed to the emitter
         self._last = time.monotonic()
         self.checkpoints = 0
 
     # -- per micro-batch --------------------------------------------------------------------
 
     def commit(self, batch: MicroBatch) -> None:
-        """Write the batch's predictions and dead letters (durable when this returns), account
-        it in the monitor, and add its rows, states and positions to the next checkpoint."""
-        for sink in self.sinks:
-            sink.write(batch.predictions)
-        self.dead_letter_sink.write(batch.dead_letters)
-        if self.monitor is not None:
-            self.monitor.on_batch(batch.observed, batch.rows, batch.predictions)
+        """Write the batch's predictions and dead letters (durable when this returns, or, when
+        pipelined, when `batch.on_durable` is called), account it in the monitor, and add its
+        rows, states and positions to the next checkpoint."""
+        if self._emitter is None:
+            self._emit(batch)
+        else:
+            self._await_emit()  # at most one batch in the emitter; its failure fails the worker
+            self._emitting = self._emitter.submit(self._emit, batch)
         pending = self._pending
         if len(batch.rows):
             pending.frames.append(batch.rows)
@@ -117,6 +129,20 @@ class CommitPipeline:
         pending.batches += 1
         if self.interval == 0:
             self.flush(wait=True)
+
+    def _emit(self, batch: MicroBatch) -> None:
+        for sink in self.sinks:
+            sink.write(batch.predictions)
+        self.dead_letter_sink.write(batch.dead_letters)
+        if batch.on_durable is not None:
+            batch.on_durable()
+        if self.monitor is not None:
+            self.monitor.on_batch(batch.observed, batch.rows, batch.predictions)
+
+    def _await_emit(self) -> None:
+        if self._emitting is not None:
+            emitting, self._emitting = self._emitting, None
+            emitting.result()
 
     def due(self) -> bool:
         return self._pending.batches > 0 and time.monotonic() - self._last >= self.interval
@@ -128,7 +154,9 @@ class CommitPipeline:
         if self._pending.batches:
             pending, self._pending = self._pending, _Pending()
             self._last = time.monotonic()
-            self._inflight = (self._executor.submit(self._write, pending), pending.records)
+            # The emits of these batches first: the last one handed over, as the emitter runs in order.
+            emitted = self._emitting
+            self._inflight = (self._executor.submit(self._write, pending, emitted), pending.records)
         if wait or self.interval == 0:
             self._await_inflight()
 
@@ -141,7 +169,10 @@ class CommitPipeline:
         """The last checkpoint, on every way out but a crash."""
         try:
             self.flush(wait=True)
+            self._await_emit()
         finally:
+            if self._emitter is not None:
+                self._emitter.shutdown(wait=True)
             self._executor.shutdown(wait=True)
 
     # -- the checkpoint ---------------------------------------------------------------------
@@ -154,8 +185,10 @@ class CommitPipeline:
                 self._commit_offsets(records)
             self.checkpoints += 1
 
-    def _write(self, pending: _Pending) -> None:
-        """offline log → online features (latest row per entity) → states."""
+    def _write(self, pending: _Pending, emitted: Future[None] | None = None) -> None:
+        """(the batches' emits) → offline log → online features (latest row per entity) → states."""
+        if emitted is not None:
+            emitted.result()  # a failed emit fails the checkpoint: nothing after it is written
         if self._client is None:
             self._client = self._make_client()
         client = self._client

@@ -11,6 +11,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -220,7 +221,9 @@ class Processor:
         to_predict = [(r, ev, matrices[id(b)][i]) for r, ev, b, i in closing]
         predictions = self._predict(to_predict)
         states = {e: self.state.states[e] for e in touched}
-        self.pipeline.commit(MicroBatch(predictions, dead, observed, offline, states, records))
+        received, self._received = self._received, []
+        durable = partial(self._observe_latency, received) if received else None
+        self.pipeline.commit(MicroBatch(predictions, dead, observed, offline, states, records, durable))
         if self.pipeline.due():
             self.pipeline.flush()
 
@@ -236,10 +239,12 @@ class Processor:
         m.events_processed.inc(applied)
         m.predictions.inc(len(predictions))
         m.state_size.set(len(self.state.states))
-        done = time.perf_counter()  # predictions are durable now: end-to-end processing latency
-        for received in self._received:
-            m.latency.observe(done - received)
-        self._received = []
+
+    def _observe_latency(self, received: list[float]) -> None:
+        """The batch's predictions are durable now: its events' processing latency."""
+        done = time.perf_counter()
+        for at in received:
+            self.metrics.latency.observe(done - at)
 
     def _state_for(self, ev: Event, partition: int) -> EntityState:
         state = self.state.get(ev.entity)
