@@ -4,11 +4,10 @@ the watcher. Built once at start-up; request handlers only read it."""
 from __future__ import annotations
 
 import asyncio
-import gc
 import secrets
 from dataclasses import dataclass, field
 
-from tsops import registry
+from tsops import heap, registry
 from tsops.errors import StoreError
 from tsops.features.online import OnlineFeatures
 from tsops.secrets import resolve_text
@@ -67,10 +66,9 @@ class ServingState:
             self.online = await asyncio.to_thread(OnlineFeatures, self.project)
         except StoreError as e:  # /invocations and OIP still work without the online store
             self.online_error = e
-        # Start-up objects (MLflow, Feast, torch) live as long as the server: keep them out of
-        # the collector's scans, which otherwise show up as multi-millisecond tail latency.
-        gc.collect()
-        gc.freeze()
+        # Start-up objects live as long as the server: out of the collector's scans, which
+        # otherwise show up as multi-millisecond tail latency (tsops.heap).
+        heap.settle()
         if watch:
             self.watcher.start()
 

@@ -67,7 +67,10 @@ class MicroBatch:
 class _Pending:
     frames: list[pd.DataFrame] = field(default_factory=list)
     states: dict[str, EntityState] = field(default_factory=dict)
-    records: list[RawRecord] = field(default_factory=list)
+    # The last record of each partition: a commit needs only the latest position (records come
+    # in poll order), and keeping every record alive until the checkpoint cost the collector
+    # scans of thousands of objects per batch.
+    positions: dict[int, RawRecord] = field(default_factory=dict)
     batches: int = 0
 
 
@@ -75,9 +78,10 @@ class CommitPipeline:
     """`commit(batch)` for each micro-batch; `flush` when a checkpoint is due (the python
     engine asks with `due`), `commit_finished` between polls, `close` at the end.
 
-    `commit_offsets` receives the records of a finished checkpoint (None: the engine commits
-    its own, as Spark does). `interval_ms` 0 writes every batch before `commit` returns;
-    `pipelined` emits each batch (sinks → dead letters → monitor) on a thread of its own.
+    `commit_offsets` receives the last record of each partition in a finished checkpoint
+    (None: the engine commits its own, as Spark does). `interval_ms` 0 writes every batch
+    before `commit` returns; `pipelined` emits each batch (sinks → dead letters → monitor) on
+    a thread of its own.
     """
 
     def __init__(
@@ -125,7 +129,7 @@ class CommitPipeline:
         if len(batch.rows):
             pending.frames.append(batch.rows)
         pending.states.update({e: s.copy() for e, s in batch.states.items()})
-        pending.records.extend(batch.records)
+        pending.positions.update({r.partition: r for r in batch.records})
         pending.batches += 1
         if self.interval == 0:
             self.flush(wait=True)
@@ -156,7 +160,8 @@ class CommitPipeline:
             self._last = time.monotonic()
             # The emits of these batches first: the last one handed over, as the emitter runs in order.
             emitted = self._emitting
-            self._inflight = (self._executor.submit(self._write, pending, emitted), pending.records)
+            positions = list(pending.positions.values())
+            self._inflight = (self._executor.submit(self._write, pending, emitted), positions)
         if wait or self.interval == 0:
             self._await_inflight()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import json
 import threading
 import time
@@ -10,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tsops import registry
+from tsops import heap, registry
 from tsops.errors import ConfigError
 from tsops.features.store import FeatureStoreClient
 from tsops.monitoring.monitor import StreamMonitor
@@ -154,11 +153,9 @@ def run_stream(
         if own_monitor and monitor is not None:
             monitor.close()
         raise
-    # Start-up objects (MLflow, Feast, torch, pandas) live as long as the worker: keep them out
-    # of the cyclic collector's scans. Without this a full collection every ~10 s stalled the
-    # poll loop for 0.2–0.3 s (the end-to-end p99 at 2,000 ev/s: 227 → see docs/benchmarks.md).
-    gc.collect()
-    gc.freeze()
+    # Start-up objects live as long as the worker: out of the collector's scans (without it a
+    # full collection every ~10 s stalled the poll loop for 0.2–0.3 s; see tsops.heap).
+    heap.settle()
 
     try:
         with stop_on_signals(stop) as stopping:
