@@ -136,6 +136,7 @@ class EventParser:
 
 
 _FLOAT_MAX = sys.float_info.max
+_NESTED = (dict, list)  # a tuple: `dict | list` in isinstance builds a union object per call
 
 
 def _size(payload: str) -> int:
@@ -146,14 +147,16 @@ def _size(payload: str) -> int:
 def _deeper_than(event: dict[str, Any], limit: int) -> bool:
     """Whether the object nests more than `limit` levels (the event itself is level 1); a flat
     event, the usual one, costs one look at each value."""
-    level = [v for v in event.values() if isinstance(v, dict | list)]
+    level = [v for v in event.values() if isinstance(v, _NESTED)]
+    if not level:  # a flat event: no list built beyond this one
+        return False
     depth = 1
     while level:
         depth += 1
         if depth > limit:
             return True
         level = [
-            c for v in level for c in (v.values() if isinstance(v, dict) else v) if isinstance(c, dict | list)
+            c for v in level for c in (v.values() if isinstance(v, dict) else v) if isinstance(c, _NESTED)
         ]
     return False
 
