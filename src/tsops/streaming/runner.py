@@ -99,6 +99,7 @@ def build_processor(
         time_col=settings.series.time,
         interval_ms=cfg.checkpoint_interval_ms,
         commit_offsets=src.commit,
+        checkpoint_seconds=metrics.checkpoint,
     )
     processor = Processor(
         series=settings.series,
