@@ -139,11 +139,7 @@ def worker_main(root: str, events: str, count: int) -> None:
     rss = process.memory_info().rss  # every entity seen; before the monitor and sinks close
     tracker = monitor.accuracy
     pending_rows = tracker.pending_count
-    pending_bytes = sum(
-        sum(a.nbytes for a in (p.keys, p.codes, p.origins, p.values, p.joined))
-        + sum(a.nbytes for a in (*p.lower.values(), *p.upper.values()))
-        for p in tracker.pending.values()
-    )
+    pending_bytes = sum(p.nbytes for p in tracker.pending.values())
     monitor.close()
     sample = metrics.registry.get_sample_value
     out = {
