@@ -165,6 +165,46 @@ def run_worker(project: Project, events: Path, count: int, logfile: Path) -> dic
     return json.loads(line.removeprefix("RESULT "))
 
 
+def monitor_steady(entities: int, horizon: int, batch: int = 5000) -> dict[str, float]:
+    """The monitor's accuracy join in steady state: every entity has its 2·horizon + 1 pending
+    forecasts (two interval levels); µs per event of the last steps' micro-batches (actuals
+    joined, forecasts added, expired ones dropped) and the pending arrays' bytes per entity."""
+    import pandas as pd
+
+    from tsops.data.synthetic import entity_ids
+    from tsops.monitoring.accuracy import AccuracyTracker
+    from tsops.records import Event
+
+    tracker = AccuracyTracker(horizon, pd.Timedelta("1h"), 500, [80, 95])
+    ids, t0 = entity_ids(entities), pd.Timestamp("2024-01-01")
+    row = [float(h) for h in range(horizon)]
+    band = {"lower": row, "upper": row}
+    steps = 2 * horizon + 4
+    timed: list[float] = []
+    for k in range(steps):
+        when = t0 + pd.Timedelta(hours=k)
+        stamp = when.isoformat()
+        for i in range(0, entities, batch):
+            chunk = ids[i : i + batch]
+            events = [Event(e, when, float(k)) for e in chunk]
+            records = [
+                {"entity": e, "event_time": stamp, "model_version": 1, "values": row,
+                 "intervals": {"80": band, "95": band}}
+                for e in chunk
+            ]  # fmt: skip
+            started = time.perf_counter()
+            tracker.add_actuals(events)  # type: ignore[arg-type]
+            tracker.add_forecasts(records)  # type: ignore[arg-type]
+            if k >= steps - 2:
+                timed.append((time.perf_counter() - started) / len(chunk))
+    held = sum(p.nbytes for p in tracker.pending.values())
+    return {
+        "us_per_event": float(np.mean(timed)) * 1e6,
+        "pending": tracker.pending_count,
+        "bytes_per_entity": held / entities,
+    }
+
+
 # -- serving, status, dashboard ---------------------------------------------------------------
 
 
@@ -303,6 +343,10 @@ def measure(
     }
     log(f"N={n:,}: {s['events_per_second']:,.0f} ev/s, RSS {worker['rss'] / 2**20:.0f} MiB")
     save()
+    if n <= args.monitor_max:
+        log(f"N={n:,}: the monitor in steady state")
+        row["monitor"] = monitor_steady(n, project.settings.model.horizon)
+        save()
 
     with ExitStack() as stack:
         port = start_server(project, {}, folder / f"serve-{n}.log", stack)
@@ -342,6 +386,12 @@ COLUMNS: list[tuple[str, str, Callable[[dict[str, Any]], float | None]]] = [
     ("RSS MiB", "{:,.0f}", lambda r: r["stream"]["rss"] / 2**20),
     ("ckpt µs/ev", "{:.1f}", lambda r: r["stream"]["checkpoint_us_per_event"]),
     ("pending MiB", "{:.1f}", lambda r: r["stream"]["pending_bytes"] / 2**20),
+    ("monitor µs/ev", "{:.1f}", lambda r: r.get("monitor", {}).get("us_per_event")),
+    (
+        "monitor KiB/ent",
+        "{:.1f}",
+        lambda r: (r.get("monitor", {}).get("bytes_per_entity") or 0) / 1024 or None,
+    ),
     ("sqlite p50", "{:.2f}", lambda r: r["forecast_sqlite"]["p50"]),
     ("sqlite p99", "{:.2f}", lambda r: r["forecast_sqlite"]["p99"]),
     ("redis p50", "{:.2f}", lambda r: r.get("forecast_redis", {}).get("p50")),
@@ -412,6 +462,13 @@ def main() -> None:
     )
     parser.add_argument("--requests", type=int, default=2000, help="/forecast requests per store")
     parser.add_argument("--skip-redis", action="store_true")
+    parser.add_argument(
+        "--monitor-max",
+        type=int,
+        default=20_000,
+        help="largest size to hold the monitor's steady state for (about 1 KB per pending forecast, "
+        "2·horizon + 1 of them per entity: 5 GB at 100,000 entities)",
+    )
     parser.add_argument("--champion", type=Path, help="a champion project this benchmark trained (--keep)")
     parser.add_argument("--keep", action="store_true", help="keep the projects (the folder is printed)")
     parser.add_argument("--out", type=Path, help="write the figures as JSON")
