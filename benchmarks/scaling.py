@@ -25,7 +25,8 @@ same features and the same tracking store (so the same champion) gets N syntheti
   dashboard loads the stores; then the median of 5).
 
 Prints one row per size and the ratios to the first size's row; `--out` writes the figures as
-JSON. Runs take about 3, 4, 8 and 40 minutes at 50, 1,000, 10,000 and 100,000 entities on 2 cores.
+JSON. Runs take about 2, 4, 13 and 60 minutes at 50, 1,000, 10,000 and 100,000 entities on a
+loaded 2-core machine (training the champion 4 more; `--skip-redis` saves half of the last).
 """
 
 from __future__ import annotations
