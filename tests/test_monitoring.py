@@ -217,6 +217,30 @@ def test_pending_forecasts_stay_bounded_and_unjoined_steps_expire(tmp_path) -> N
     assert counts["unmatched"]["no_forecast"] == 3
 
 
+def test_replays_join_nothing_twice_while_pending_forecasts_are_dropped_and_squeezed_out(tmp_path) -> None:
+    # One step per micro-batch, each batch replayed once: the pending arrays grow, drop expired
+    # forecasts and squeeze them out many times; every (forecast, step) still joins exactly once.
+    project = bare_project(tmp_path / "p")
+    monitor = StreamMonitor(project, persist=False, reference_loader=lambda v: None)
+    entities, steps = ("a", "b", "c", "d"), 12 * H
+    for k in range(steps):
+        events, records = [], []
+        for entity in entities:
+            e, r = persistence_batch(project, entity, k, k + 1)
+            events += e
+            records += r
+        monitor.on_batch(events, [], records)
+        monitor.on_batch(events, [], records)  # a replay: duplicates, the same forecasts
+    counts = monitor.snapshot()["counts"]
+    joinable = sum(min(H, steps - 1 - origin) for origin in range(steps))
+    assert counts["joined"] == len(entities) * joinable
+    assert counts["expired_steps"] == 0
+    assert counts["pending_forecasts"] == len(entities) * (2 * H + 1)
+    figure = monitor.snapshot()["accuracy"][0]
+    assert figure["mae_by_step"] == [float(h) for h in range(1, H + 1)]
+    assert counts["unmatched"]["duplicate"] == steps * len(entities)
+
+
 def test_prometheus_metrics_carry_the_rolling_mae_by_version_and_step(tmp_path) -> None:
     project = bare_project(tmp_path / "p")
     prom = CollectorRegistry()

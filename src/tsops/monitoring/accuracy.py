@@ -137,33 +137,102 @@ def _earlier_max(codes: np.ndarray, steps: np.ndarray) -> np.ndarray:
     return out
 
 
-@dataclass
 class _Pending:
-    """The pending forecasts of one model version, columnar."""
+    """The pending forecasts of one model version, columnar.
 
-    horizon: int
-    keys: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    codes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    origins: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # in steps
-    values: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
-    joined: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), bool))  # step h-1 has its actual
-    levels: Sequence[str] = ()
-    lower: dict[str, np.ndarray] = field(default_factory=dict)  # per level, (rows, H); NaN: no bound
-    upper: dict[str, np.ndarray] = field(default_factory=dict)
-    _index: pd.Index | None = None
+    The arrays grow by a quarter when full, so an append copies its own rows, not every
+    pending forecast's; an expired row is dropped by giving it a key no actual asks for (its
+    negative position) and the dropped rows are squeezed out once they are a quarter of the
+    rows. A micro-batch used to copy every pending forecast (about 1 KB each, with two
+    interval levels) on each append and each expiry: O(entities) per batch (issue 18).
+    """
 
-    def __post_init__(self) -> None:
-        self.values = np.zeros((0, self.horizon))
-        self.joined = np.zeros((0, self.horizon), bool)
-        for level in self.levels:
-            self.lower[level] = np.zeros((0, self.horizon))
-            self.upper[level] = np.zeros((0, self.horizon))
+    GROWTH = 1.25  # capacity × this when full; also the most dropped rows kept (1 / 4)
+
+    def __init__(self, horizon: int, levels: Sequence[str] = ()):
+        self.horizon = horizon
+        self.levels = list(levels)
+        self.size = 0  # rows in use, dropped ones included
+        self.dropped = 0
+        self._keys = np.zeros(0, np.int64)
+        self._codes = np.zeros(0, np.int64)
+        self._origins = np.zeros(0, np.int64)  # in steps
+        self._values = np.zeros((0, horizon))
+        self._joined = np.zeros((0, horizon), bool)  # step h-1 has its actual
+        self._lower = {level: np.zeros((0, horizon)) for level in self.levels}  # NaN: no bound
+        self._upper = {level: np.zeros((0, horizon)) for level in self.levels}
+        # The live keys sorted, and their rows: a lookup is a binary search, and an append or a
+        # drop moves 16 bytes per pending forecast instead of rehashing every key.
+        self._sorted = np.zeros(0, np.int64)
+        self._rows = np.zeros(0, np.int64)
 
     @property
-    def index(self) -> pd.Index:
-        if self._index is None:
-            self._index = pd.Index(self.keys)
-        return self._index
+    def keys(self) -> np.ndarray:
+        return self._keys[: self.size]
+
+    @property
+    def codes(self) -> np.ndarray:
+        return self._codes[: self.size]
+
+    @property
+    def origins(self) -> np.ndarray:
+        return self._origins[: self.size]
+
+    @property
+    def values(self) -> np.ndarray:
+        return self._values[: self.size]
+
+    @property
+    def joined(self) -> np.ndarray:
+        return self._joined[: self.size]
+
+    @property
+    def lower(self) -> dict[str, np.ndarray]:
+        return {level: a[: self.size] for level, a in self._lower.items()}
+
+    @property
+    def upper(self) -> dict[str, np.ndarray]:
+        return {level: a[: self.size] for level, a in self._upper.items()}
+
+    @property
+    def live(self) -> int:
+        return self.size - self.dropped
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes the arrays hold (capacity included)."""
+        arrays = [self._keys, self._codes, self._origins, self._values, self._joined]
+        return sum(a.nbytes for a in [*arrays, *self._lower.values(), *self._upper.values()])
+
+    def find(self, keys: np.ndarray) -> np.ndarray:
+        """The row of each live forecast with one of `keys`, -1 where there is none."""
+        if not len(self._sorted):
+            return np.full(len(keys), -1, np.int64)
+        at = np.minimum(np.searchsorted(self._sorted, keys), len(self._sorted) - 1)
+        return np.where(self._sorted[at] == keys, self._rows[at], -1)
+
+    def _reindex(self) -> None:
+        live = np.flatnonzero(self.keys >= 0)
+        order = np.argsort(self.keys[live], kind="stable")
+        self._sorted, self._rows = self.keys[live][order], live[order]
+
+    def _arrays(self) -> list[tuple[str, np.ndarray]]:
+        named = [("_keys", self._keys), ("_codes", self._codes), ("_origins", self._origins),
+                 ("_values", self._values), ("_joined", self._joined)]  # fmt: skip
+        return named
+
+    def _resize(self, capacity: int, rows: np.ndarray | slice) -> None:
+        """New arrays of `capacity` rows holding `rows` of the current ones, in order."""
+        for name, old in self._arrays():
+            kept = old[rows]
+            new = np.zeros((capacity, *old.shape[1:]), old.dtype)
+            new[: len(kept)] = kept
+            setattr(self, name, new)
+        for bounds in (self._lower, self._upper):
+            for level, old in bounds.items():
+                kept = old[rows]
+                bounds[level] = np.zeros((capacity, self.horizon))
+                bounds[level][: len(kept)] = kept
 
     def append(
         self,
@@ -173,22 +242,38 @@ class _Pending:
         values: np.ndarray,
         bounds: dict[str, tuple[np.ndarray, np.ndarray]],
     ) -> None:
-        self.keys = np.concatenate([self.keys, keys])
-        self.codes = np.concatenate([self.codes, codes])
-        self.origins = np.concatenate([self.origins, origins])
-        self.values = np.concatenate([self.values, values])
-        self.joined = np.concatenate([self.joined, np.zeros(values.shape, bool)])
+        n = len(keys)
+        if not n:
+            return
+        start, end = self.size, self.size + n
+        if end > len(self._keys):
+            self._resize(max(64, end, int(len(self._keys) * self.GROWTH)), slice(0, start))
+        self._keys[start:end], self._codes[start:end], self._origins[start:end] = keys, codes, origins
+        self._values[start:end], self._joined[start:end] = values, False
         for level in self.levels:
-            self.lower[level] = np.concatenate([self.lower[level], bounds[level][0]])
-            self.upper[level] = np.concatenate([self.upper[level], bounds[level][1]])
-        self._index = None
+            self._lower[level][start:end], self._upper[level][start:end] = bounds[level]
+        self.size = end
+        order = np.argsort(keys, kind="stable")
+        at = np.searchsorted(self._sorted, keys[order])
+        self._sorted = np.insert(self._sorted, at, keys[order])
+        self._rows = np.insert(self._rows, at, start + order)
 
-    def keep(self, mask: np.ndarray) -> None:
-        self.keys, self.codes, self.origins = self.keys[mask], self.codes[mask], self.origins[mask]
-        self.values, self.joined = self.values[mask], self.joined[mask]
-        for level in self.levels:
-            self.lower[level], self.upper[level] = self.lower[level][mask], self.upper[level][mask]
-        self._index = None
+    def drop(self, rows: np.ndarray) -> None:
+        """Forget the forecasts at positions `rows` (live ones)."""
+        if not len(rows):
+            return
+        gone = np.searchsorted(self._sorted, self._keys[rows])
+        self._sorted, self._rows = np.delete(self._sorted, gone), np.delete(self._rows, gone)
+        self._keys[rows] = -(rows + 1)  # unique, and no actual's key is negative
+        self.dropped += len(rows)
+        if self.dropped * 4 > self.size:
+            live = np.flatnonzero(self.keys >= 0)
+            capacity = len(self._keys)
+            if len(live) * 2 < capacity:  # give memory back after a shrink (entities gone)
+                capacity = max(64, int(len(live) * self.GROWTH))
+            self._resize(capacity, live)
+            self.size, self.dropped = len(live), 0
+            self._reindex()
 
 
 class AccuracyTracker:
@@ -285,7 +370,7 @@ class AccuracyTracker:
             rows = np.flatnonzero(version_arr == version)
             _, first = np.unique(keys[rows], return_index=True)  # a record replayed in one batch
             rows = rows[np.sort(first)]
-            rows = rows[pending.index.get_indexer(keys[rows]) < 0]  # ... or in an earlier one
+            rows = rows[pending.find(keys[rows]) < 0]  # ... or in an earlier one
             pending.append(
                 keys[rows],
                 code_arr[rows],
@@ -351,10 +436,10 @@ class AccuracyTracker:
         updated = set()
         h = np.arange(1, horizon + 1)
         for version, pending in self.pending.items():
-            if not len(pending.keys):
+            if not pending.live:
                 continue
             wanted = self._keys(codes[:, None], steps[:, None] - h[None, :])
-            position = pending.index.get_indexer(wanted.ravel()).reshape(n, horizon)
+            position = pending.find(wanted.ravel()).reshape(n, horizon)
             row, col = np.nonzero(position >= 0)  # row: the actual; col: step - 1 (row-major order)
             hit = position[row, col]
             fresh = ~pending.joined[hit, col]
@@ -412,17 +497,17 @@ class AccuracyTracker:
     def _expire(self) -> None:
         """Drop forecasts whose every target is older than the latest actual minus the horizon."""
         for pending in self.pending.values():
-            if not len(pending.keys):
+            if not pending.live:
                 continue
             latest = self.latest[pending.codes]
-            gone = (latest != _NO_TIME) & (pending.origins < latest - 2 * self.horizon)
+            gone = (pending.keys >= 0) & (latest != _NO_TIME) & (pending.origins < latest - 2 * self.horizon)
             if gone.any():
                 self.counts.expired_steps += int((~pending.joined[gone]).sum())
-                pending.keep(~gone)
+                pending.drop(np.flatnonzero(gone))
 
     @property
     def pending_count(self) -> int:
-        return sum(len(p.keys) for p in self.pending.values())
+        return sum(p.live for p in self.pending.values())
 
     def _log_unmatched(self, unmatched: list[tuple[str, Event]]) -> None:
         if not unmatched:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import pandas as pd
+from prometheus_client import Histogram
 
 from tsops.features.definitions import EntityState
 from tsops.features.store import FeatureStoreClient
@@ -96,6 +97,7 @@ class CommitPipeline:
         interval_ms: int,
         commit_offsets: Callable[[list[RawRecord]], None] | None = None,
         pipelined: bool = False,
+        checkpoint_seconds: Histogram | None = None,
     ):
         self.sinks = sinks
         self.dead_letter_sink = dead_letter_sink
@@ -104,6 +106,7 @@ class CommitPipeline:
         self.time_col = time_col
         self.interval = interval_ms / 1000
         self._commit_offsets = commit_offsets
+        self._checkpoint_seconds = checkpoint_seconds
         self._make_client = make_client
         self._client: FeatureStoreClient | None = None  # the writer thread's own store handle
         self._pending = _Pending()
@@ -197,6 +200,7 @@ class CommitPipeline:
         if self._client is None:
             self._client = self._make_client()
         client = self._client
+        started = time.perf_counter()  # the store writes, not the writer's one-time client
         if pending.frames:
             rows = pd.concat(pending.frames, ignore_index=True)
             client.append_offline(rows)
@@ -206,3 +210,5 @@ class CommitPipeline:
             client.write_online(latest.reset_index(drop=True))
         if pending.states:
             client.write_states(pending.states)
+        if self._checkpoint_seconds is not None:
+            self._checkpoint_seconds.observe(time.perf_counter() - started)

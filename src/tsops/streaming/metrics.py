@@ -39,6 +39,12 @@ class StreamMetrics:
         self.lag = Gauge(
             "tsops_stream_consumer_lag", "records seen but not committed", registry=self.registry
         )
+        self.checkpoint = Histogram(
+            "tsops_stream_checkpoint_seconds",
+            "one checkpoint's store writes: offline log, online rows and states of the changed entities",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )
         self.state_size = Gauge(
             "tsops_stream_state_entities", "entities held in memory", registry=self.registry
         )

@@ -99,6 +99,7 @@ def build_processor(
         interval_ms=cfg.checkpoint_interval_ms,
         commit_offsets=src.commit,
         pipelined=cfg.checkpoint_interval_ms > 0,  # 0: everything durable before the next poll
+        checkpoint_seconds=metrics.checkpoint,
     )
     processor = Processor(
         series=settings.series,

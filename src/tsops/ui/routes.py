@@ -138,6 +138,6 @@ def _update(
         "entity": orjson.Fragment(data),
         "selected": chosen,
     }
-    if names != sent:
+    if names is not sent and names != sent:  # the feed hands out the same list until it changes
         body["entities"] = names
     return orjson.dumps(body), names
