@@ -6,8 +6,9 @@ for both engines (as quixstreams' `Checkpoint.commit`).
                                    → entity states → source offsets
 
 The python engine hands each micro-batch to `commit` and goes on polling. With `pipelined`
-(its default) the "at once" stage runs on an emitter thread while the next micro-batch is
-parsed and predicted: a sink's fsync or broker acknowledgement (~2-4 ms on this machine's
+(its default) the "at once" stage of a large micro-batch (`PIPELINE_FROM` predictions or more:
+a worker catching up) runs on an emitter thread while the next micro-batch is parsed and
+predicted: a sink's fsync or broker acknowledgement (~2-4 ms on this machine's
 disk) and the monitor's accounting no longer hold up the next poll. At most one batch is
 being emitted; the next `commit` waits for it (and raises its error). The checkpoint's store
 writes run on a second background thread every `stream.checkpoint_interval_ms`, after the
@@ -39,6 +40,13 @@ from tsops.features.store import FeatureStoreClient
 from tsops.records import Event, Prediction
 from tsops.streaming.events import RawRecord
 from tsops.streaming.sinks import Sink
+
+# Batches of fewer predictions are emitted before `commit` returns, even when pipelined. At a
+# steady 2,000 events/s (batches of ~20) handing them to the emitter raised the end-to-end p50
+# from 5 to 8.5 ms: the next tiny batch then waited for the previous one's fsync as well as its
+# own. When the worker catches up (batches of thousands) the overlap pays: 13,800 → 16,400
+# events/s from a file (docs/benchmarks.md, "Issue 18").
+PIPELINE_FROM = 500
 
 
 class Monitor(Protocol):
@@ -123,10 +131,10 @@ class CommitPipeline:
         """Write the batch's predictions and dead letters (durable when this returns, or, when
         pipelined, when `batch.on_durable` is called), account it in the monitor, and add its
         rows, states and positions to the next checkpoint."""
-        if self._emitter is None:
+        self._await_emit()  # at most one batch in the emitter, in order; its failure fails the worker
+        if self._emitter is None or len(batch.predictions) < PIPELINE_FROM:
             self._emit(batch)
         else:
-            self._await_emit()  # at most one batch in the emitter; its failure fails the worker
             self._emitting = self._emitter.submit(self._emit, batch)
         pending = self._pending
         if len(batch.rows):
