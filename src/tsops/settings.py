@@ -232,6 +232,13 @@ class ModelSettings(Strict):
     patience: int = Field(5, ge=1, description="early-stopping patience in epochs")
     threads: int = Field(2, ge=1)
     seed: int = 0
+    ensemble: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="networks trained from seeds seed, seed+1, ...; the forecast averages their "
+        "corrections (less variance; training and each forecast cost N times one network's)",
+    )
     input_window: int | None = Field(
         None, ge=1, le=1024, description="LSTM input: the last N window steps; default all of features.window"
     )
