@@ -232,6 +232,13 @@ class ModelSettings(Strict):
     patience: int = Field(5, ge=1, description="early-stopping patience in epochs")
     threads: int = Field(2, ge=1)
     seed: int = 0
+    weight_average: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="decay of an exponential moving average of the weights after every step, which "
+        "validation scores and training keeps instead of the last step's weights; 0: off",
+    )
     ensemble: int = Field(
         1,
         ge=1,

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from tsops.console import progress as progress_display
 from tsops.errors import ModelError
@@ -164,6 +165,14 @@ def _train_network(
     # beats it on the validation origins. A warm start keeps its best epoch, as before.
     best_mae, stale = (validation_mae(forecaster, data.val) if not warm else math.inf), 0
     best_state = copy.deepcopy(forecaster.net.state_dict())
+    # What validation scores and what is kept: the network, or the running average of its
+    # weights after every step (model.weight_average), which the noise of single steps moves less
+    averaged = (
+        AveragedModel(forecaster.net, multi_avg_fn=get_ema_multi_avg_fn(model.weight_average))
+        if model.weight_average
+        else None
+    )
+    scored = forecaster if averaged is None else Forecaster(forecaster.cfg, averaged.module)
     n = len(target)
     with progress_display(
         TextColumn("training LSTM"),
@@ -190,17 +199,19 @@ def _train_network(
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(forecaster.net.parameters(), 1.0)
                 optimizer.step()
+                if averaged is not None:
+                    averaged.update_parameters(forecaster.net)
                 total += loss.item() * len(batch)
             scheduler.step()
             train_loss = total / n
-            val_mae = validation_mae(forecaster, data.val)
+            val_mae = validation_mae(scored, data.val)
             result.train_loss.append(train_loss)
             result.val_mae.append(val_mae)
             result.epochs_run = epoch
             if on_epoch:
                 on_epoch(epoch_offset + epoch, train_loss, val_mae)
             if val_mae < best_mae - 1e-9:
-                best_mae, best_state, stale = val_mae, copy.deepcopy(forecaster.net.state_dict()), 0
+                best_mae, best_state, stale = val_mae, copy.deepcopy(scored.net.state_dict()), 0
                 result.best_epoch = epoch
             else:
                 stale += 1

@@ -1,5 +1,7 @@
-"""`model.ensemble`: N networks from seeds seed, seed+1, ...; the forecast averages their
-corrections, and the ensemble saves, loads and warm-starts as one model."""
+"""Less variance from the initial weights and the last steps: `model.ensemble` (N networks from
+seeds seed, seed+1, ...; the forecast averages their corrections, and the ensemble saves, loads
+and warm-starts as one model) and `model.weight_average` (a moving average of the weights is
+what validation scores and training keeps)."""
 
 from __future__ import annotations
 
@@ -37,11 +39,14 @@ def _data() -> TrainingData:
 FEATURES = SimpleNamespace(window_names=LAGS[:24], context_names=LAGS[24:])
 
 
-def _fit(data: TrainingData, init: Forecaster | None = None, **kw) -> Forecaster:  # type: ignore[no-untyped-def]
-    model = ModelSettings(
+def _settings(**kw) -> ModelSettings:  # type: ignore[no-untyped-def]
+    return ModelSettings(
         name="m", horizon=H, season=12, hidden_size=8, epochs=3, patience=3, threads=1, base="seasonal", **kw
     )
-    return fit(data, FEATURES, model, show_progress=False, init=init).forecaster  # type: ignore[arg-type]
+
+
+def _fit(data: TrainingData, init: Forecaster | None = None, **kw) -> Forecaster:  # type: ignore[no-untyped-def]
+    return fit(data, FEATURES, _settings(**kw), show_progress=False, init=init).forecaster  # type: ignore[arg-type]
 
 
 def test_an_ensemble_forecasts_the_mean_of_its_members_and_its_first_member_is_the_single_network(
@@ -68,3 +73,15 @@ def test_an_ensemble_warm_starts_member_by_member_and_only_with_as_many_members(
     assert tuned.cfg.members == 2 and len(tuned.net.members) == 2
     with pytest.raises(ModelError, match="members"):
         _fit(data, init=start)
+
+
+def test_the_weight_average_is_what_validation_scores_and_what_training_keeps() -> None:
+    data = _data()
+    plain = _fit(data).predict(data.test.features)
+    no_memory = _fit(data, weight_average=1e-12).predict(data.test.features)  # the last step's weights
+    np.testing.assert_allclose(no_memory, plain, rtol=1e-5, atol=1e-5)
+    result = fit(data, FEATURES, _settings(weight_average=0.9), show_progress=False)  # type: ignore[arg-type]
+    averaged = result.forecaster.predict(data.test.features)
+    assert not np.allclose(averaged, plain, atol=1e-4)
+    kept_mae = float(np.mean(np.abs(result.forecaster.predict(data.val.features) - data.val.labels)))
+    assert kept_mae == pytest.approx(result.best_val_mae, rel=1e-9)
