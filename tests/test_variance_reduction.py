@@ -40,9 +40,9 @@ FEATURES = SimpleNamespace(window_names=LAGS[:24], context_names=LAGS[24:])
 
 
 def _settings(**kw) -> ModelSettings:  # type: ignore[no-untyped-def]
-    return ModelSettings(
-        name="m", horizon=H, season=12, hidden_size=8, epochs=3, patience=3, threads=1, base="seasonal", **kw
-    )
+    small = {"hidden_size": 8, "epochs": 3, "patience": 3, "threads": 1, "base": "seasonal"}
+    plain = {"ensemble": 1, "weight_average": 0.0}  # one network, its own weights; unless kw says
+    return ModelSettings(name="m", horizon=H, season=12, **{**small, **plain, **kw})
 
 
 def _fit(data: TrainingData, init: Forecaster | None = None, **kw) -> Forecaster:  # type: ignore[no-untyped-def]
