@@ -233,14 +233,14 @@ class ModelSettings(Strict):
     threads: int = Field(2, ge=1)
     seed: int = 0
     weight_average: float = Field(
-        0.99,
+        0.0,
         ge=0.0,
         lt=1.0,
         description="decay of an exponential moving average of the weights after every step, which "
         "validation scores and training keeps instead of the last step's weights; 0: off",
     )
     ensemble: int = Field(
-        2,
+        1,
         ge=1,
         le=16,
         description="networks trained from seeds seed, seed+1, ...; the forecast averages their "
