@@ -36,6 +36,15 @@ def _data() -> TrainingData:
     return TrainingData(train, val, val, {"a": values}, pd.DataFrame(), (0, 0), "x")  # type: ignore[arg-type]
 
 
+def _rest(data: TrainingData) -> dict:  # type: ignore[type-arg]
+    return {
+        "train_history": data.train_history,
+        "history": data.history,
+        "test_window": data.test_window,
+        "data_hash": data.data_hash,
+    }
+
+
 FEATURES = SimpleNamespace(window_names=LAGS[:24], context_names=LAGS[24:])
 
 
@@ -69,8 +78,17 @@ def test_an_ensemble_forecasts_the_mean_of_its_members_and_its_first_member_is_t
 def test_an_ensemble_warm_starts_member_by_member_and_only_with_as_many_members() -> None:
     data = _data()
     start = _fit(data, ensemble=2)
-    tuned = _fit(data, init=start, ensemble=2)
-    assert tuned.cfg.members == 2 and len(tuned.net.members) == 2
+    later = TrainingData(
+        data.train.subset(np.arange(len(data.train)) >= 200), data.val, data.test, **_rest(data)
+    )
+    tuned = _fit(later, init=start, ensemble=2)
+    assert tuned.cfg == start.cfg  # its scales too: the weights keep their meaning
+    assert len(tuned.net.members) == 2
+    moved = [
+        not np.allclose(a, b)
+        for a, b in zip(tuned.net.state_dict().values(), start.net.state_dict().values(), strict=True)
+    ]
+    assert any(moved)
     with pytest.raises(ModelError, match="members"):
         _fit(data, init=start)
 

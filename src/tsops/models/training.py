@@ -112,11 +112,12 @@ def _fit_on_base(
         residual_scale=residual if residual > 0 else 1.0,
         members=model.ensemble,
     )
-    one = replace(cfg, members=1)
     starts: list[nn.Module | None] = [None] * model.ensemble  # fresh: made after seeding
-    if init is not None:
-        warm = warm_start(init, cfg).net
-        starts = list(warm.members) if isinstance(warm, EnsembleNet) else [warm]
+    if init is not None:  # its scales are kept, so its weights keep their meaning
+        warm = warm_start(init, cfg)
+        cfg = warm.cfg
+        starts = list(warm.net.members) if isinstance(warm.net, EnsembleNet) else [warm.net]
+    one = replace(cfg, members=1)
     results: list[TrainResult] = []
     for i, start in enumerate(starts):
         offset = sum(r.epochs_run for r in results)
