@@ -232,6 +232,20 @@ class ModelSettings(Strict):
     patience: int = Field(5, ge=1, description="early-stopping patience in epochs")
     threads: int = Field(2, ge=1)
     seed: int = 0
+    weight_average: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="decay of an exponential moving average of the weights after every step, which "
+        "validation scores and training keeps instead of the last step's weights; 0: off",
+    )
+    ensemble: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="networks trained from seeds seed, seed+1, ...; the forecast averages their "
+        "corrections (less variance; training and each forecast cost N times one network's)",
+    )
     input_window: int | None = Field(
         None, ge=1, le=1024, description="LSTM input: the last N window steps; default all of features.window"
     )

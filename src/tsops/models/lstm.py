@@ -62,6 +62,8 @@ class ForecasterConfig:
     # the level difference averaged over the last k = base_steps steps (1, 1: the form above)
     base_seasons: int = 1
     base_steps: int = 1
+    # networks trained alike from different seeds; the correction is their mean (model.ensemble)
+    members: int = 1
 
     @property
     def input_names(self) -> list[str]:
@@ -99,6 +101,22 @@ class LSTMNet(nn.Module):
         return self.head(torch.cat([h[-1], ctx], dim=1))
 
 
+class EnsembleNet(nn.Module):
+    """`cfg.members` networks of the same shape; the correction is the mean of theirs."""
+
+    def __init__(self, cfg: ForecasterConfig, nets: list[nn.Module] | None = None):
+        super().__init__()
+        self.members = nn.ModuleList(nets or [LSTMNet(cfg) for _ in range(cfg.members)])
+
+    def forward(self, seq: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member(seq, ctx) for member in self.members]).mean(dim=0)
+
+
+def build_net(cfg: ForecasterConfig) -> nn.Module:
+    """An untrained network for `cfg`: one LSTMNet, or an ensemble of `cfg.members`."""
+    return LSTMNet(cfg) if cfg.members == 1 else EnsembleNet(cfg)
+
+
 def _context_kind(name: str) -> str:
     if name.startswith("lag_") or name.startswith("roll_mean_"):
         return "level"
@@ -110,9 +128,9 @@ def _context_kind(name: str) -> str:
 class Forecaster:
     """The network plus the preprocessing that turns feature rows into its tensors and back."""
 
-    def __init__(self, cfg: ForecasterConfig, net: LSTMNet | None = None):
+    def __init__(self, cfg: ForecasterConfig, net: nn.Module | None = None):
         self.cfg = cfg
-        self.net = net or LSTMNet(cfg)
+        self.net = net or build_net(cfg)
         kinds = [_context_kind(n) for n in cfg.context_names]
         self._level = np.array([k == "level" for k in kinds], dtype=bool)
         self._spread = np.array([k == "spread" for k in kinds], dtype=bool)
@@ -279,7 +297,7 @@ class Forecaster:
     @classmethod
     def load(cls, folder: Path) -> Forecaster:
         cfg = ForecasterConfig(**json.loads((folder / "config.json").read_text()))
-        net = LSTMNet(cfg)
+        net = build_net(cfg)
         net.load_state_dict(torch.load(folder / "weights.pt", weights_only=True))
         net.eval()
         return cls(cfg, net)

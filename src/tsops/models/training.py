@@ -5,19 +5,21 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import numpy as np
 import torch
 from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from tsops.console import progress as progress_display
 from tsops.errors import ModelError
 from tsops.features.definitions import FeatureSet
 from tsops.models.baselines import level_adjusted_naive, seasonal_naive
 from tsops.models.dataset import Examples, TrainingData
-from tsops.models.lstm import Forecaster, ForecasterConfig, level_adjusted_lags
+from tsops.models.lstm import EnsembleNet, Forecaster, ForecasterConfig, level_adjusted_lags
 from tsops.settings import ModelSettings
 
 EpochCallback = Callable[[int, float, float], None]  # epoch, train loss, validation MAE
@@ -83,9 +85,10 @@ def _fit_on_base(
     show_progress: bool,
     init: Forecaster | None,
 ) -> TrainResult:
-    torch.manual_seed(model.seed)
+    """`model.ensemble` networks on one base, each from its own seed (`model.seed` + i) with its
+    own early stopping; the forecaster averages their corrections. The epochs of the members
+    are reported one after the other (the epoch count runs on)."""
     torch.set_num_threads(model.threads)
-    rng = np.random.default_rng(model.seed)
     last = data.train.features["lag_0"].to_numpy()
     spread = float(np.std(data.train.labels - last[:, None]))
     season, adjusted, seasons, steps = base_choice
@@ -107,8 +110,51 @@ def _fit_on_base(
         base_steps=steps if adjusted else 1,
         scale=spread if spread > 0 else 1.0,
         residual_scale=residual if residual > 0 else 1.0,
+        members=model.ensemble,
     )
-    forecaster = Forecaster(cfg) if init is None else warm_start(init, cfg)
+    starts: list[nn.Module | None] = [None] * model.ensemble  # fresh: made after seeding
+    if init is not None:  # its scales are kept, so its weights keep their meaning
+        warm = warm_start(init, cfg)
+        cfg = warm.cfg
+        starts = list(warm.net.members) if isinstance(warm.net, EnsembleNet) else [warm.net]
+    one = replace(cfg, members=1)
+    results: list[TrainResult] = []
+    for i, start in enumerate(starts):
+        offset = sum(r.epochs_run for r in results)
+        results.append(
+            _train_network(one, start, data, model, model.seed + i, quick, on_epoch, show_progress, offset)
+        )
+    if len(results) == 1:
+        return results[0]
+    forecaster = Forecaster(cfg, EnsembleNet(cfg, [r.forecaster.net for r in results]))
+    forecaster.net.eval()
+    return TrainResult(
+        forecaster,
+        sum(r.epochs_run for r in results),
+        results[0].best_epoch,
+        [x for r in results for x in r.train_loss],
+        [x for r in results for x in r.val_mae],
+        validation_mae(forecaster, data.val),
+    )
+
+
+def _train_network(
+    cfg: ForecasterConfig,
+    init_net: nn.Module | None,
+    data: TrainingData,
+    model: ModelSettings,
+    seed: int,
+    quick: bool,
+    on_epoch: EpochCallback | None,
+    show_progress: bool,
+    epoch_offset: int,
+) -> TrainResult:
+    """Train one network (fresh from `seed`, or `init_net` fine-tuned) with early stopping on
+    the validation origins; it ends at its best epoch."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    warm = init_net is not None
+    forecaster = Forecaster(cfg, init_net)
     seq, ctx, base = forecaster.tensors(data.train.features)
     target = forecaster.targets(data.train.labels, base)
     optimizer = torch.optim.Adam(forecaster.net.parameters(), lr=model.learning_rate)
@@ -118,8 +164,16 @@ def _fit_on_base(
     result = TrainResult(forecaster, 0, 0)
     # The untrained network is exactly the base forecast: it stays the answer unless an epoch
     # beats it on the validation origins. A warm start keeps its best epoch, as before.
-    best_mae, stale = (validation_mae(forecaster, data.val) if init is None else math.inf), 0
+    best_mae, stale = (validation_mae(forecaster, data.val) if not warm else math.inf), 0
     best_state = copy.deepcopy(forecaster.net.state_dict())
+    # What validation scores and what is kept: the network, or the running average of its
+    # weights after every step (model.weight_average), which the noise of single steps moves less
+    averaged = (
+        AveragedModel(forecaster.net, multi_avg_fn=get_ema_multi_avg_fn(model.weight_average))
+        if model.weight_average
+        else None
+    )
+    scored = forecaster if averaged is None else Forecaster(forecaster.cfg, averaged.module)
     n = len(target)
     with progress_display(
         TextColumn("training LSTM"),
@@ -146,17 +200,19 @@ def _fit_on_base(
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(forecaster.net.parameters(), 1.0)
                 optimizer.step()
+                if averaged is not None:
+                    averaged.update_parameters(forecaster.net)
                 total += loss.item() * len(batch)
             scheduler.step()
             train_loss = total / n
-            val_mae = validation_mae(forecaster, data.val)
+            val_mae = validation_mae(scored, data.val)
             result.train_loss.append(train_loss)
             result.val_mae.append(val_mae)
             result.epochs_run = epoch
             if on_epoch:
-                on_epoch(epoch, train_loss, val_mae)
+                on_epoch(epoch_offset + epoch, train_loss, val_mae)
             if val_mae < best_mae - 1e-9:
-                best_mae, best_state, stale = val_mae, copy.deepcopy(forecaster.net.state_dict()), 0
+                best_mae, best_state, stale = val_mae, copy.deepcopy(scored.net.state_dict()), 0
                 result.best_epoch = epoch
             else:
                 stale += 1
@@ -225,6 +281,7 @@ def warm_start(init: Forecaster, cfg: ForecasterConfig) -> Forecaster:
         "level_adjusted",
         "base_seasons",
         "base_steps",
+        "members",
     )
     changed = [f for f in fields if getattr(init.cfg, f) != getattr(cfg, f)]
     if changed:

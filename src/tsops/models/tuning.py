@@ -235,7 +235,7 @@ def _work(
             trial.set_user_attr(studies.REASON_ATTR, reason)
             _end_run(client, run_id, TrialState.FAIL, "FAILED", started, reason)
             raise
-        value = min(result.val_mae)
+        value = result.best_val_mae  # of the model training returns (an ensemble's, not a member's)
         client.log_batch(
             run_id,
             metrics=[
