@@ -210,32 +210,16 @@ def monitor_steady(entities: int, horizon: int, batch: int = 5000) -> dict[str, 
 
 
 def start_server(project: Project, env: dict[str, str], logfile: Path, stack: ExitStack) -> int:
+    """`tsops serve` on a free port, started and awaited as benchmarks/serving.py does."""
+    from serving import start  # benchmarks/serving.py: its folder is this script's sys.path[0]
+
     port = free_port()
     code = (
         "import sys; from pathlib import Path; from tsops.serving.command import serve; "
         "serve(Path(sys.argv[1]), port=int(sys.argv[2]))"
     )
-    handle = logfile.open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, str(project.root), str(port)],
-        env={**os.environ, **env},
-        stdout=handle,
-        stderr=subprocess.STDOUT,
-    )
-    stack.callback(lambda: (proc.terminate(), proc.wait(60), handle.close()))
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"tsops serve exited:\n{logfile.read_text()[-3000:]}")
-        try:
-            conn = http.client.HTTPConnection(HOST, port, timeout=2)
-            conn.request("GET", "/ping")
-            if conn.getresponse().status == 200:
-                return port
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"tsops serve did not start:\n{logfile.read_text()[-3000:]}")
+    start([sys.executable, "-c", code, str(project.root), str(port)], env, logfile, port, stack)
+    return port
 
 
 def getter(port: int, timeout: float = 600) -> Callable[[str], tuple[int, bytes]]:
