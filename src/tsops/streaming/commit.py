@@ -89,8 +89,8 @@ class CommitPipeline:
 
     `commit_offsets` receives the last record of each partition in a finished checkpoint
     (None: the engine commits its own, as Spark does). `interval_ms` 0 writes every batch
-    before `commit` returns; `pipelined` emits each batch (sinks → dead letters → monitor) on
-    a thread of its own.
+    before `commit` returns; `pipelined` emits a batch of `PIPELINE_FROM` predictions or more
+    (sinks → dead letters → monitor) on a thread of its own.
     """
 
     def __init__(
