@@ -437,3 +437,27 @@ def test_tsops_monitor_says_what_each_figure_rests_on_and_flags_too_few(stream_p
     last_event = max(e["timestamp"] for e in events)[:19].replace("T", " ")
     assert last_event in text.replace("T", " ")  # the data's event time, labelled as such
     assert "snapshot taken at" in text and "(wall clock, UTC)" in text
+
+
+def test_workers_starting_together_on_a_fresh_monitoring_database_all_start(tmp_path) -> None:
+    """Two stream workers started at once both create the history tables: neither may fail
+    with "table already exists" (it once ended a worker of a pair at start-up)."""
+    import threading
+
+    def open_history(url: str, start: threading.Barrier, failures: list[str]) -> None:
+        start.wait()
+        try:
+            MonitorHistory(url)
+        except Exception as e:  # every failure is the finding
+            failures.append(str(e).splitlines()[0])
+
+    for round_ in range(4):
+        url = f"sqlite:///{tmp_path / f'monitoring-{round_}.db'}"
+        start, failures = threading.Barrier(6), []
+        threads = [threading.Thread(target=open_history, args=(url, start, failures)) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert failures == []
+        assert MonitorHistory(url).accuracy() == []

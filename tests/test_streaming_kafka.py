@@ -52,7 +52,11 @@ def count_lines(path: Path) -> int:
     return sum(1 for _ in path.open()) if path.exists() else 0
 
 
-def wait_for_keys(project, expected: set[str], workers, timeout: float) -> None:  # type: ignore[no-untyped-def]
+def wait_for_keys(  # type: ignore[no-untyped-def]
+    project, expected: set[str], workers, timeout: float, log: Path | None = None
+) -> None:
+    """Until every key has a prediction; a worker that exits first fails the test with the tail
+    of its log (`log`: where the workers write their stderr)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if predictions_file(project).exists():
@@ -60,7 +64,9 @@ def wait_for_keys(project, expected: set[str], workers, timeout: float) -> None:
             if expected <= seen:
                 return
         for w in workers:
-            assert w.poll() is None, f"worker exited early with {w.returncode}"
+            if w.poll() is not None:
+                tail = log.read_text()[-4000:] if log is not None and log.exists() else ""
+                raise AssertionError(f"worker exited early with {w.returncode}:\n{tail}")
         time.sleep(0.5)
     raise AssertionError(f"not every event got a prediction within {timeout} s")
 
@@ -127,7 +133,7 @@ def test_replay_after_crash_changes_nothing(stream_project, kafka_broker, tmp_pa
     kill_at_random_points(project, 20, log, seed=7)
     final = start_worker(project, log)
     expected = {f"{e['entity_id']}|{e['timestamp']}" for e in events}
-    wait_for_keys(project, expected, [final], timeout=300)
+    wait_for_keys(project, expected, [final], timeout=300, log=log)
     summary = stop_gracefully(final)
     duplicates = assert_every_event_predicted_once_or_identically(project, events)
     assert_stream_equals_batch(project, events)
@@ -152,7 +158,7 @@ def test_crash_safety_on_a_redis_online_store(stream_project, kafka_broker, redi
     log = tmp_path / "workers.log"
     kill_at_random_points(project, 4, log, seed=11)
     final = start_worker(project, log)
-    wait_for_keys(project, {f"{e['entity_id']}|{e['timestamp']}" for e in events}, [final], 300)
+    wait_for_keys(project, {f"{e['entity_id']}|{e['timestamp']}" for e in events}, [final], 300, log)
     stop_gracefully(final)
     assert_every_event_predicted_once_or_identically(project, events)
     assert_stream_equals_batch(project, events)  # read back from Redis
@@ -176,7 +182,7 @@ def test_two_workers_share_partitions_and_survive_one_leaving(stream_project, ka
     summary_a = stop_gracefully(a)  # SIGTERM mid-run: flush, commit, exit 0
     assert summary_a["processed"] > 0
     producer.join()
-    wait_for_keys(project, {f"{e['entity_id']}|{e['timestamp']}" for e in events}, [b], 300)
+    wait_for_keys(project, {f"{e['entity_id']}|{e['timestamp']}" for e in events}, [b], 300, log)
     summary_b = stop_gracefully(b)
     assert summary_b["processed"] > 0
     assert summary_a["processed"] + summary_b["processed"] == len(events)
@@ -200,7 +206,7 @@ def test_a_ten_second_broker_outage_loses_nothing(stream_project, kafka_broker, 
     time.sleep(10)
     kafka_broker.resume()
     producer.join()
-    wait_for_keys(project, {f"{e['entity_id']}|{e['timestamp']}" for e in events}, [worker], 300)
+    wait_for_keys(project, {f"{e['entity_id']}|{e['timestamp']}" for e in events}, [worker], 300, log)
     summary = stop_gracefully(worker)
     assert summary["processed"] == len(events) and summary["dead_letters"] == {}
     assert_every_event_predicted_once_or_identically(project, events)

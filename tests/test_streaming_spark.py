@@ -298,7 +298,7 @@ def test_spark_engine_killed_at_random_points_loses_nothing(stream_project, kafk
     assert count_lines(predictions) < len(events), "the kills came too late to test anything"
     final = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log.open("a"), text=True)
     try:
-        wait_for_keys(project, {f"{e['entity_id']}|{e['timestamp']}" for e in events}, [final], 300)
+        wait_for_keys(project, {f"{e['entity_id']}|{e['timestamp']}" for e in events}, [final], 300, log)
         final.send_signal(signal.SIGTERM)
         final.communicate(timeout=120)
     finally:

@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from tsops.errors import StoreError
 from tsops.secrets import resolve_url
 from tsops.settings import Project
+from tsops.sqltables import create_tables
 
 ALL_STEPS = 0  # the `step` of the mean over all horizon steps
 
@@ -120,7 +121,7 @@ class MonitorHistory:
             if self.engine.dialect.name == "sqlite":
                 # WAL: the dashboard and `tsops monitor` read while the stream writes.
                 sa.event.listen(self.engine, "connect", _sqlite_wal)
-            _meta.create_all(self.engine)
+            create_tables(_meta, self.engine)
         except sa.exc.SQLAlchemyError as e:
             raise StoreError(f"cannot use the monitoring database: {e}", "monitoring.database") from None
 

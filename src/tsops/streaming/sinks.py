@@ -139,6 +139,8 @@ class SqlSink:
     def __init__(self, project: Project, cfg: SinkSettings):
         import sqlalchemy as sa
 
+        from tsops.sqltables import create_tables
+
         assert cfg.url and cfg.table
         self.engine = sa.create_engine(resolve_url(cfg.url, "stream sink url"))
         meta = sa.MetaData()
@@ -151,7 +153,7 @@ class SqlSink:
             sa.Column("kind", sa.String(64)),
             sa.Column("record", sa.Text),
         )
-        meta.create_all(self.engine)
+        create_tables(meta, self.engine)
 
     def write(self, records: Sequence[Mapping[str, Any]]) -> None:
         if not records:
