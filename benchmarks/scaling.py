@@ -167,9 +167,10 @@ def run_worker(project: Project, events: Path, count: int, logfile: Path) -> dic
 
 
 def monitor_steady(entities: int, horizon: int, batch: int = 5000) -> dict[str, float]:
-    """The monitor's accuracy join in steady state: every entity has its 2·horizon + 1 pending
-    forecasts (two interval levels); µs per event of the last steps' micro-batches (actuals
-    joined, forecasts added, expired ones dropped) and the pending arrays' bytes per entity."""
+    """The monitor's accuracy join in steady state: every entity has its horizon pending
+    forecasts (two interval levels) and horizon + 1 done ones; µs per event of the last steps'
+    micro-batches (actuals joined, forecasts added, done and expired ones dropped) and the
+    pending arrays' bytes per entity (capacity, key index and done keys included)."""
     import pandas as pd
 
     from tsops.data.synthetic import entity_ids

@@ -218,8 +218,8 @@ def test_pending_forecasts_stay_bounded_and_unjoined_steps_expire(tmp_path) -> N
 
 
 def test_replays_join_nothing_twice_while_pending_forecasts_are_dropped_and_squeezed_out(tmp_path) -> None:
-    # One step per micro-batch, each batch replayed once: the pending arrays grow, drop expired
-    # forecasts and squeeze them out many times; every (forecast, step) still joins exactly once.
+    # One step per micro-batch, each batch replayed once: the pending arrays grow, drop done
+    # forecasts and reuse their rows many times; every (forecast, step) still joins exactly once.
     project = bare_project(tmp_path / "p")
     monitor = StreamMonitor(project, persist=False, reference_loader=lambda v: None)
     entities, steps = ("a", "b", "c", "d"), 12 * H
@@ -235,10 +235,31 @@ def test_replays_join_nothing_twice_while_pending_forecasts_are_dropped_and_sque
     joinable = sum(min(H, steps - 1 - origin) for origin in range(steps))
     assert counts["joined"] == len(entities) * joinable
     assert counts["expired_steps"] == 0
-    assert counts["pending_forecasts"] == len(entities) * (2 * H + 1)
+    # The last H forecasts of each entity wait for actuals; the H + 1 before them are done
+    # (every step joined) and kept as keys only, so that their replays are told apart.
+    assert counts["pending_forecasts"] == len(entities) * H
+    assert len(monitor.accuracy.pending[1].done_keys) == len(entities) * (H + 1)
     figure = monitor.snapshot()["accuracy"][0]
     assert figure["mae_by_step"] == [float(h) for h in range(1, H + 1)]
     assert counts["unmatched"]["duplicate"] == steps * len(entities)
+
+
+def test_a_replayed_window_of_done_forecasts_joins_nothing_again(tmp_path) -> None:
+    # A worker restarted from an older checkpoint replays forecasts whose every step has
+    # joined (their values are gone, their keys kept) and their actuals: nothing joins twice.
+    project = bare_project(tmp_path / "p")
+    monitor = StreamMonitor(project, persist=False, reference_loader=lambda v: None)
+    events, records = persistence_batch(project, "a", 0, 5 * H)
+    monitor.on_batch(events, [], records)
+    before = monitor.snapshot()["counts"]
+    assert before["joined"] == sum(min(H, 5 * H - 1 - origin) for origin in range(5 * H))
+    replayed = slice(3 * H, 4 * H)  # done forecasts (not yet expired) and their actuals
+    monitor.on_batch(events[replayed], [], records[replayed])
+    after = monitor.snapshot()["counts"]
+    assert after["joined"] == before["joined"]
+    assert after["pending_forecasts"] == before["pending_forecasts"] == H
+    assert after["unmatched"]["out_of_order"] == H
+    assert monitor.snapshot()["accuracy"][0]["mae_by_step"] == [float(h) for h in range(1, H + 1)]
 
 
 def test_prometheus_metrics_carry_the_rolling_mae_by_version_and_step(tmp_path) -> None:
@@ -461,3 +482,74 @@ def test_workers_starting_together_on_a_fresh_monitoring_database_all_start(tmp_
             t.join()
         assert failures == []
         assert MonitorHistory(url).accuracy() == []
+
+
+def test_the_join_equals_a_plain_dictionary_join_on_a_shuffled_replayed_stream() -> None:
+    """The columnar tracker (reused rows, done forecasts kept as keys, expiry) against the
+    rule written plainly: per micro-batch, forecasts first (a known key is skipped), then each
+    actual in order joins every not yet joined (forecast, step) whose target it is; a forecast
+    with every step joined is kept as its key only; both are forgotten a horizon after their
+    last target. Random order within batches, gaps, duplicates, replayed batches, two versions."""
+    from tsops.monitoring.accuracy import AccuracyTracker
+
+    horizon, window, t0 = 4, 7, pd.Timestamp("2024-06-01")
+    rng = np.random.default_rng(3)
+    tracker = AccuracyTracker(horizon, pd.Timedelta("1h"), window)
+    pending: dict[tuple[int, str, int], tuple[np.ndarray, np.ndarray]] = {}
+    done: set[tuple[int, str, int]] = set()
+    latest: dict[str, int] = {}
+    errors: dict[tuple[int, int], list[float]] = defaultdict(list)
+    joined = expired = 0
+    batches: list[tuple[list[Event], list[dict]]] = []
+    for k in range(0, 400, 4):
+        events, records = [], []
+        for entity in ("a", "b", "c"):
+            for step in range(k, k + 4):
+                value = float(rng.normal(step, 3))
+                if rng.random() > 0.1:  # a gap: never observed
+                    events.append(Event(entity, t0 + pd.Timedelta(hours=step), value))
+                records.append(
+                    {"entity": entity, "event_time": (t0 + pd.Timedelta(hours=step)).isoformat(),
+                     "model_version": 1 + (k // 40) % 2, "values": list(rng.normal(step, 3, horizon))}
+                )  # fmt: skip
+        shuffled = rng.permutation(len(events))
+        events = [events[i] for i in shuffled]
+        if rng.random() < 0.2:
+            events.append(events[0])  # a duplicate in the batch
+        batches.append((events, records))
+        replay = rng.random() < 0.25 and len(batches) > 3
+        for events, records in [batches[-1], *([batches[-1 - int(rng.integers(1, 4))]] if replay else [])]:
+            tracker.add_forecasts(records)  # type: ignore[arg-type]
+            tracker.add_actuals(events)
+            for r in records:  # the rule, plainly
+                step = int((pd.Timestamp(r["event_time"]) - t0) / pd.Timedelta("1h"))
+                key = (r["model_version"], r["entity"], step)
+                if key not in pending and key not in done:
+                    pending[key] = (np.array(r["values"]), np.zeros(horizon, bool))
+            for e in events:
+                step = int((e.time - t0) / pd.Timedelta("1h"))
+                for version in (1, 2):
+                    for h in range(1, horizon + 1):
+                        found = pending.get((version, e.entity, step - h))
+                        if found is not None and not found[1][h - 1]:
+                            found[1][h - 1] = True
+                            errors[(version, h)].append(abs(found[0][h - 1] - e.value))
+                            joined += 1
+            for key in [key for key, (_, flags) in pending.items() if flags.all()]:
+                del pending[key]
+                done.add(key)
+            for e in events:
+                latest[e.entity] = max(
+                    latest.get(e.entity, -(2**40)), int((e.time - t0) / pd.Timedelta("1h"))
+                )
+            for key in [key for key in pending if key[2] < latest.get(key[1], -(2**40)) - 2 * horizon]:
+                expired += int((~pending.pop(key)[1]).sum())
+            done = {key for key in done if key[2] >= latest.get(key[1], -(2**40)) - 2 * horizon}
+    assert tracker.counts.joined == joined > 0
+    assert tracker.counts.expired_steps == expired > 0
+    assert tracker.pending_count == len(pending)
+    assert sum(len(p.done_keys) for p in tracker.pending.values()) == len(done)
+    for figure in tracker.figures():
+        version = figure["model_version"]
+        expected = [np.mean(errors[(version, h)][-window:]) for h in range(1, horizon + 1)]
+        assert np.allclose(figure["mae_by_step"], expected, rtol=0, atol=1e-12)

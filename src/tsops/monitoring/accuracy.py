@@ -7,9 +7,10 @@ pair is one absolute error of that forecast's model version at horizon step `h =
 The rolling MAE per model version and step averages the last `monitoring.accuracy_window`
 errors.
 
-Pending forecasts stay bounded: a forecast is dropped once all its targets are older than the
-entity's latest actual minus the horizon (its unjoined steps are counted as expired). Each
-(forecast, step) joins at most one actual, so duplicates and replays change nothing. An actual
+Pending forecasts stay bounded: a forecast whose every step has joined its actual keeps only
+its key (to tell a replay of it), and any forecast is forgotten once all its targets are older
+than the entity's latest actual minus the horizon (its unjoined steps are counted as expired).
+Each (forecast, step) joins at most one actual, so duplicates and replays change nothing. An actual
 that joins nothing is counted and logged with its reason: `no_forecast`, `duplicate` (the same
 time as the entity's latest actual) or `out_of_order` (older than it).
 
@@ -141,19 +142,26 @@ class _Pending:
     """The pending forecasts of one model version, columnar.
 
     The arrays grow by a quarter when full, so an append copies its own rows, not every
-    pending forecast's; an expired row is dropped by giving it a key no actual asks for (its
-    negative position) and the dropped rows are squeezed out once they are a quarter of the
-    rows. A micro-batch used to copy every pending forecast (about 1 KB each, with two
-    interval levels) on each append and each expiry: O(entities) per batch (issue 18).
+    pending forecast's. A dropped row (expired or done) gets a key no actual asks for (its
+    negative position) and its slot is reused by the next appends; the arrays shrink only when
+    less than half of them is in use (entities gone). A micro-batch used to copy every pending
+    forecast (about 1 KB each, with two interval levels) on each append and each expiry:
+    O(entities) per batch (issue 18).
+
+    A forecast whose every step has joined is done: its row is dropped and only its key is
+    kept (`_done`, sorted) until it expires, so that a replay of its record is not taken for a
+    new forecast. In an ordered stream an entity then holds H forecasts with their values and
+    H + 1 keys, instead of 2·H + 1 forecasts with their values (issue 18: worker memory per
+    entity).
     """
 
-    GROWTH = 1.25  # capacity × this when full; also the most dropped rows kept (1 / 4)
+    GROWTH = 1.25  # capacity × this when full
 
     def __init__(self, horizon: int, levels: Sequence[str] = ()):
         self.horizon = horizon
         self.levels = list(levels)
         self.size = 0  # rows in use, dropped ones included
-        self.dropped = 0
+        self._free = np.zeros(0, np.int64)  # the dropped rows below `size`: reused first
         self._keys = np.zeros(0, np.int64)
         self._codes = np.zeros(0, np.int64)
         self._origins = np.zeros(0, np.int64)  # in steps
@@ -165,6 +173,7 @@ class _Pending:
         # drop moves 16 bytes per pending forecast instead of rehashing every key.
         self._sorted = np.zeros(0, np.int64)
         self._rows = np.zeros(0, np.int64)
+        self._done = np.zeros(0, np.int64)  # keys of the done forecasts, sorted
 
     @property
     def keys(self) -> np.ndarray:
@@ -196,13 +205,40 @@ class _Pending:
 
     @property
     def live(self) -> int:
-        return self.size - self.dropped
+        return self.size - len(self._free)
 
     @property
     def nbytes(self) -> int:
         """The bytes the arrays hold (capacity included)."""
         arrays = [self._keys, self._codes, self._origins, self._values, self._joined]
-        return sum(a.nbytes for a in [*arrays, *self._lower.values(), *self._upper.values()])
+        index = [self._sorted, self._rows, self._free, self._done]
+        held = [*arrays, *self._lower.values(), *self._upper.values(), *index]
+        return sum(a.nbytes for a in held)
+
+    def known(self, keys: np.ndarray) -> np.ndarray:
+        """Whether each of `keys` is a live or a done forecast."""
+        known = self.find(keys) >= 0
+        if len(self._done):
+            at = np.minimum(np.searchsorted(self._done, keys), len(self._done) - 1)
+            known |= self._done[at] == keys
+        return known
+
+    def finish(self, rows: np.ndarray) -> None:
+        """Drop the forecasts at `rows` (live ones, every step joined), keeping their keys."""
+        if not len(rows):
+            return
+        keys = np.sort(self._keys[rows])
+        self._done = np.insert(self._done, np.searchsorted(self._done, keys), keys)
+        self.drop(rows)
+
+    def forget_done(self, stale: np.ndarray) -> None:
+        """Forget the done forecasts' keys where `stale` (a mask over `done_keys`) is set."""
+        if stale.any():
+            self._done = self._done[~stale]
+
+    @property
+    def done_keys(self) -> np.ndarray:
+        return self._done
 
     def find(self, keys: np.ndarray) -> np.ndarray:
         """The row of each live forecast with one of `keys`, -1 where there is none."""
@@ -245,34 +281,33 @@ class _Pending:
         n = len(keys)
         if not n:
             return
-        start, end = self.size, self.size + n
+        reused, self._free = self._free[:n], self._free[n:]
+        start, end = self.size, self.size + n - len(reused)
         if end > len(self._keys):
             self._resize(max(64, end, int(len(self._keys) * self.GROWTH)), slice(0, start))
-        self._keys[start:end], self._codes[start:end], self._origins[start:end] = keys, codes, origins
-        self._values[start:end], self._joined[start:end] = values, False
+        at = np.concatenate([reused, np.arange(start, end)])
+        self._keys[at], self._codes[at], self._origins[at] = keys, codes, origins
+        self._values[at], self._joined[at] = values, False
         for level in self.levels:
-            self._lower[level][start:end], self._upper[level][start:end] = bounds[level]
+            self._lower[level][at], self._upper[level][at] = bounds[level]
         self.size = end
         order = np.argsort(keys, kind="stable")
-        at = np.searchsorted(self._sorted, keys[order])
-        self._sorted = np.insert(self._sorted, at, keys[order])
-        self._rows = np.insert(self._rows, at, start + order)
+        where = np.searchsorted(self._sorted, keys[order])
+        self._sorted = np.insert(self._sorted, where, keys[order])
+        self._rows = np.insert(self._rows, where, at[order])
 
     def drop(self, rows: np.ndarray) -> None:
-        """Forget the forecasts at positions `rows` (live ones)."""
+        """Forget the forecasts at positions `rows` (live ones): their slots are reused."""
         if not len(rows):
             return
         gone = np.searchsorted(self._sorted, self._keys[rows])
         self._sorted, self._rows = np.delete(self._sorted, gone), np.delete(self._rows, gone)
         self._keys[rows] = -(rows + 1)  # unique, and no actual's key is negative
-        self.dropped += len(rows)
-        if self.dropped * 4 > self.size:
+        self._free = np.concatenate([self._free, rows])
+        if self.live * 2 < len(self._keys) and len(self._keys) > 64:  # give memory back
             live = np.flatnonzero(self.keys >= 0)
-            capacity = len(self._keys)
-            if len(live) * 2 < capacity:  # give memory back after a shrink (entities gone)
-                capacity = max(64, int(len(live) * self.GROWTH))
-            self._resize(capacity, live)
-            self.size, self.dropped = len(live), 0
+            self._resize(max(64, int(len(live) * self.GROWTH)), live)
+            self.size, self._free = len(live), np.zeros(0, np.int64)
             self._reindex()
 
 
@@ -370,7 +405,7 @@ class AccuracyTracker:
             rows = np.flatnonzero(version_arr == version)
             _, first = np.unique(keys[rows], return_index=True)  # a record replayed in one batch
             rows = rows[np.sort(first)]
-            rows = rows[pending.find(keys[rows]) < 0]  # ... or in an earlier one
+            rows = rows[~pending.known(keys[rows])]  # ... or in an earlier one (pending or done)
             pending.append(
                 keys[rows],
                 code_arr[rows],
@@ -457,6 +492,8 @@ class AccuracyTracker:
             self._add_coverage(version, pending, hit, col, actual[row])
             joined += np.bincount(row, minlength=n)
             updated.add(version)
+            touched = np.unique(hit)
+            pending.finish(touched[pending.joined[touched].all(axis=1)])
         self.counts.joined += int(joined.sum())
         self._account_unmatched(events, joined == 0, steps, previous, seen)
         np.maximum.at(self.latest, codes, steps)
@@ -495,8 +532,13 @@ class AccuracyTracker:
         self._log_unmatched(unmatched)
 
     def _expire(self) -> None:
-        """Drop forecasts whose every target is older than the latest actual minus the horizon."""
+        """Drop forecasts whose every target is older than the latest actual minus the horizon,
+        and the keys of done forecasts as old."""
         for pending in self.pending.values():
+            done = pending.done_keys
+            if len(done) and self.base is not None:  # a done forecast's entity has a latest actual
+                codes, origins = done // _KEY_SHIFT, done % _KEY_SHIFT - 2**31 + self.base
+                pending.forget_done(origins < self.latest[codes] - 2 * self.horizon)
             if not pending.live:
                 continue
             latest = self.latest[pending.codes]
