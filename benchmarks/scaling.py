@@ -453,7 +453,7 @@ def main() -> None:
         type=int,
         default=20_000,
         help="largest size to hold the monitor's steady state for (about 1 KB per pending forecast, "
-        "2·horizon + 1 of them per entity: 5 GB at 100,000 entities)",
+        "horizon of them per entity: 3 GB at 100,000 entities)",
     )
     parser.add_argument("--champion", type=Path, help="a champion project this benchmark trained (--keep)")
     parser.add_argument("--keep", action="store_true", help="keep the projects (the folder is printed)")

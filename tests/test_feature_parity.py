@@ -48,6 +48,21 @@ def test_state_round_trips_through_its_stored_form() -> None:
     assert update(fs, restored, t, 1.5) == update(fs, state, t, 1.5)
 
 
+def test_a_state_holds_its_last_lookback_values_in_order_and_copies_apart() -> None:
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=40)
+    state = EntityState(7)
+    for i, v in enumerate(values):
+        state.push(pd.Timestamp("2024-01-01") + pd.Timedelta(hours=i), v)
+        assert state.array().tolist() == values[max(0, i - 6) : i + 1].tolist()
+        assert state.last_value == v and len(state) == min(i + 1, 7)
+    snapshot = state.copy()
+    state.push(pd.Timestamp("2025-01-01"), 99.0)
+    assert snapshot.array().tolist() == values[-7:].tolist()  # the snapshot did not move
+    assert EntityState(3, values).array().tolist() == values[-3:].tolist()
+    assert EntityState.from_dict(7, state.to_dict()).array().tolist() == [*values[-6:], 99.0]
+
+
 def test_feature_names_follow_the_settings() -> None:
     fs = FeatureSet(FeatureSettings(window=24, lags=[2, 168], rolling=[6], calendar=["hour"]))
     assert fs.window_names == [f"lag_{k}" for k in range(24)]

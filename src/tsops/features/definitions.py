@@ -9,8 +9,8 @@ import copy
 import hashlib
 import json
 import math
-from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 import numpy as np
@@ -19,40 +19,78 @@ import pandas as pd
 from tsops.settings import FeatureSettings
 
 
-@dataclass
 class EntityState:
-    """What the incremental engine keeps per entity: the last `lookback` values, oldest first."""
+    """What the incremental engine keeps per entity: the last `lookback` values, oldest first.
 
-    lookback: int
-    values: deque[float] = field(default_factory=deque)
-    last_time: pd.Timestamp | None = None
-    # Engine bookkeeping that is not a feature (the stream's open aggregation bars), persisted
-    # with the state so a restarted worker resumes exactly.
-    pending: dict[str, Any] = field(default_factory=dict)
+    The values live in a float64 ring of `lookback` slots: 8 bytes a value, where a deque of
+    Python floats took about 32 (a stream worker holds one state per entity: 6.1 → 1.8 KB at a
+    lookback of 170, issue 18)."""
 
-    def __post_init__(self) -> None:
-        self.values = deque(self.values, maxlen=self.lookback)
+    __slots__ = ("_array", "_count", "_next", "_ring", "last_time", "lookback", "pending")
+
+    def __init__(
+        self,
+        lookback: int,
+        values: Iterable[float] = (),
+        last_time: pd.Timestamp | None = None,
+        pending: dict[str, Any] | None = None,
+    ):
+        self.lookback = lookback
+        kept = np.asarray(list(values) if not isinstance(values, np.ndarray) else values, dtype=np.float64)
+        kept = kept[max(len(kept) - lookback, 0) :]
+        self._ring = np.empty(lookback, np.float64)
+        self._ring[: len(kept)] = kept
+        self._count = len(kept)  # values held (≤ lookback)
+        self._next = len(kept) % lookback  # the slot the next value goes to (the oldest when full)
+        self.last_time = last_time
+        # Engine bookkeeping that is not a feature (the stream's open aggregation bars), persisted
+        # with the state so a restarted worker resumes exactly.
+        self.pending: dict[str, Any] = {} if pending is None else pending
         self._array: np.ndarray | None = None
 
+    def __len__(self) -> int:
+        return self._count
+
     def push(self, time: pd.Timestamp, value: float) -> None:
-        self.values.append(float(value))
+        at = self._next
+        self._ring[at] = value
+        at += 1
+        self._next = 0 if at == self.lookback else at
+        if self._count < self.lookback:
+            self._count += 1
         self.last_time = time
         self._array = None
 
+    @property
+    def values(self) -> np.ndarray:
+        """The values, oldest first (as `array()`)."""
+        return self.array()
+
+    @property
+    def last_value(self) -> float:
+        """The latest value (the state must hold one)."""
+        if not self._count:
+            raise IndexError("the state holds no value")
+        return float(self._ring[self._next - 1])
+
     def array(self) -> np.ndarray:
-        """The values as an array, oldest first (built once per push)."""
+        """The values as an array, oldest first (built once per push; do not modify it)."""
         cached = self._array
         if cached is None:
-            cached = self._array = np.fromiter(self.values, float, len(self.values))
+            if self._count < self.lookback:
+                cached = self._ring[: self._count].copy()
+            else:
+                cached = np.concatenate((self._ring[self._next :], self._ring[: self._next]))
+            self._array = cached
         return cached
 
     def copy(self) -> EntityState:
         """An independent snapshot (the stream's checkpoint writes it while the state moves on)."""
-        return EntityState(self.lookback, deque(self.values), self.last_time, copy.deepcopy(self.pending))
+        return EntityState(self.lookback, self.array(), self.last_time, copy.deepcopy(self.pending))
 
     def to_dict(self) -> dict[str, object]:
         return {
-            "values": list(self.values),
+            "values": self.array().tolist(),
             "last_time": None if self.last_time is None else self.last_time.isoformat(),
             **({"pending": self.pending} if self.pending else {}),
         }
@@ -62,7 +100,7 @@ class EntityState:
         last = raw.get("last_time")
         values = cast(list[float], raw.get("values") or [])
         pending = cast(dict[str, Any], raw.get("pending") or {})
-        return cls(lookback, deque(values), None if last is None else pd.Timestamp(str(last)), pending)
+        return cls(lookback, values, None if last is None else pd.Timestamp(str(last)), pending)
 
 
 class Feature(Protocol):

@@ -33,7 +33,7 @@ def plan_points(
         if gap > 1:
             if series.gaps == "refuse" or gap - 1 > stream.max_gap_steps:
                 raise EventError("gap", f"{gap - 1} missing step(s) before {ev.time}", series.time)
-            last = state.values[-1]
+            last = state.last_value
             fills = [
                 (
                     state.last_time + step * k,
