@@ -553,3 +553,22 @@ def test_the_join_equals_a_plain_dictionary_join_on_a_shuffled_replayed_stream()
         version = figure["model_version"]
         expected = [np.mean(errors[(version, h)][-window:]) for h in range(1, horizon + 1)]
         assert np.allclose(figure["mae_by_step"], expected, rtol=0, atol=1e-12)
+
+
+def test_interval_bounds_kept_as_float32_always_hold_the_forecasts_interval() -> None:
+    """The pending bounds are float32 rounded outward: never inside the float64 bound, at
+    most one float32 step away; beyond float32's range a bound becomes the largest float32
+    on the outward side or an infinity, never a narrower interval."""
+    from tsops.monitoring.accuracy import _outward
+
+    rng = np.random.default_rng(5)
+    bounds = np.concatenate([rng.normal(0, 1, 10_000) * 10.0 ** rng.integers(-30, 30, 10_000),
+                             [0.0, np.nan, 1e39, -1e39, 5e-324]])  # fmt: skip
+    lower, upper = _outward(bounds, -1), _outward(bounds, 1)
+    assert lower.dtype == upper.dtype == np.float32
+    finite = np.isfinite(bounds)
+    assert (lower[finite] <= bounds[finite]).all() and (upper[finite] >= bounds[finite]).all()
+    assert np.isnan(lower[~finite]).all() and np.isnan(upper[~finite]).all()
+    small = finite & (np.abs(bounds) < 1e38)
+    step = np.spacing(np.abs(bounds[small]).astype(np.float32))
+    assert (bounds[small] - lower[small] <= step).all() and (upper[small] - bounds[small] <= step).all()
