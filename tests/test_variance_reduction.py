@@ -127,3 +127,15 @@ def test_each_step_keeps_the_share_of_the_correction_validation_prefers(tmp_path
     np.testing.assert_allclose(shrunk.predict(data.val.features), base + correction * shares, rtol=1e-9)
     loaded = Forecaster.load(shrunk.save(tmp_path / "forecaster"))
     np.testing.assert_array_equal(loaded.predict(data.val.features), shrunk.predict(data.val.features))
+
+
+def test_by_default_training_keeps_the_moving_average_of_the_weights() -> None:
+    data = _data()
+    defaults = ModelSettings(
+        name="m", horizon=H, season=12, hidden_size=8, epochs=3, threads=1, base="seasonal"
+    )
+    kept = fit(data, FEATURES, defaults, show_progress=False).forecaster  # type: ignore[arg-type]
+    averaged = _fit(data, weight_average=0.99)
+    plain = _fit(data, weight_average=0.0)
+    np.testing.assert_array_equal(kept.predict(data.test.features), averaged.predict(data.test.features))
+    assert not np.allclose(kept.predict(data.test.features), plain.predict(data.test.features), atol=1e-4)
