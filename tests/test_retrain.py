@@ -64,8 +64,13 @@ def test_warm_retrain_fine_tunes_the_champions_weights_and_records_the_decision(
     assert {"backtest_mae", "gate_challenger_mae", "gate_champion_mae", "epochs"} <= set(d.figures)
     _, tuned = registry.load_forecaster(project, version=d.version)
     # Fine-tuned from the champion's weights (one epoch at a tiny rate), with its scales kept;
-    # its prediction intervals are calibrated afresh on the new validation origins.
-    fresh = {"interval_quantiles": start.cfg.interval_quantiles, "interval_floor": start.cfg.interval_floor}
+    # its prediction intervals and the shares of its correction are chosen afresh on the new
+    # validation origins.
+    fresh = {
+        "interval_quantiles": start.cfg.interval_quantiles,
+        "interval_floor": start.cfg.interval_floor,
+        "correction_weights": start.cfg.correction_weights,
+    }
     assert replace(tuned.cfg, **fresh) == start.cfg
     moved = max(
         float((a - b).abs().max())

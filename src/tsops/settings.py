@@ -233,7 +233,7 @@ class ModelSettings(Strict):
     threads: int = Field(2, ge=1)
     seed: int = 0
     weight_average: float = Field(
-        0.0,
+        0.99,
         ge=0.0,
         lt=1.0,
         description="decay of an exponential moving average of the weights after every step, which "

@@ -64,6 +64,9 @@ class ForecasterConfig:
     base_steps: int = 1
     # networks trained alike from different seeds; the correction is their mean (model.ensemble)
     members: int = 1
+    # the share of the network's correction kept at each forecast step, chosen on the validation
+    # origins after training (models.training.correction_weights); empty: all of it
+    correction_weights: list[float] = field(default_factory=list)
 
     @property
     def input_names(self) -> list[str]:
@@ -226,7 +229,10 @@ class Forecaster:
             for i in range(0, len(seq), batch_size):
                 outs.append(self.net(seq[i : i + batch_size], ctx[i : i + batch_size]).numpy())
         delta = np.concatenate(outs) if outs else np.zeros((0, self.cfg.horizon), np.float32)
-        return base + delta.astype(np.float64) * self.cfg.residual_scale
+        correction = delta.astype(np.float64) * self.cfg.residual_scale
+        if self.cfg.correction_weights:
+            correction *= np.asarray(self.cfg.correction_weights)
+        return base + correction
 
     def calibrated(self, features: pd.DataFrame, labels: np.ndarray, levels: list[float]) -> Forecaster:
         """This forecaster with conformal intervals calibrated on `features`/`labels` (rows the
