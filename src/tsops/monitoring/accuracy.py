@@ -219,11 +219,7 @@ class _Pending:
 
     def known(self, keys: np.ndarray) -> np.ndarray:
         """Whether each of `keys` is a live or a done forecast."""
-        known = self.find(keys) >= 0
-        if len(self._done):
-            at = np.minimum(np.searchsorted(self._done, keys), len(self._done) - 1)
-            known |= self._done[at] == keys
-        return known
+        return _search(self._sorted, keys)[1] | _search(self._done, keys)[1]
 
     def finish(self, rows: np.ndarray) -> None:
         """Drop the forecasts at `rows` (live ones, every step joined), keeping their keys."""
@@ -244,10 +240,8 @@ class _Pending:
 
     def find(self, keys: np.ndarray) -> np.ndarray:
         """The row of each live forecast with one of `keys`, -1 where there is none."""
-        if not len(self._sorted):
-            return np.full(len(keys), -1, np.int64)
-        at = np.minimum(np.searchsorted(self._sorted, keys), len(self._sorted) - 1)
-        return np.where(self._sorted[at] == keys, self._rows[at], -1)
+        at, found = _search(self._sorted, keys)
+        return np.where(found, self._rows[at], -1) if len(self._sorted) else at
 
     def _reindex(self) -> None:
         live = np.flatnonzero(self.keys >= 0)
@@ -314,6 +308,15 @@ class _Pending:
             self._reindex()
 
 
+def _search(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(position in `sorted_keys`, whether it is there) of each of `keys`; positions are -1
+    when `sorted_keys` is empty."""
+    if not len(sorted_keys):
+        return np.full(len(keys), -1, np.int64), np.zeros(len(keys), bool)
+    at = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+    return at, sorted_keys[at] == keys
+
+
 def _outward(bounds: np.ndarray, direction: int) -> np.ndarray:
     """Interval bounds as float32, each rounded away from the interval's inside (`direction`
     -1: a lower bound, down; 1: an upper bound, up): half the bytes of a pending forecast's
@@ -358,6 +361,11 @@ class AccuracyTracker:
         if self.base is None:
             self.base = int(steps.min())
         return codes * _KEY_SHIFT + (steps - self.base + 2**31)
+
+    def _unkey(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(codes, steps) of keys `_keys` made."""
+        assert self.base is not None
+        return keys // _KEY_SHIFT, keys % _KEY_SHIFT - 2**31 + self.base
 
     # -- forecasts ------------------------------------------------------------------------
 
@@ -554,7 +562,7 @@ class AccuracyTracker:
         for pending in self.pending.values():
             done = pending.done_keys
             if len(done) and self.base is not None:  # a done forecast's entity has a latest actual
-                codes, origins = done // _KEY_SHIFT, done % _KEY_SHIFT - 2**31 + self.base
+                codes, origins = self._unkey(done)
                 pending.forget_done(origins < self.latest[codes] - 2 * self.horizon)
             if not pending.live:
                 continue
