@@ -62,6 +62,21 @@ def test_defaults_follow_the_frequency(freq, seasons, horizon, lags, calendar) -
     }
 
 
+@pytest.mark.parametrize("freq", ["15min", "30min", "1h", "1D", "7D"])
+def test_backtest_origins_start_at_every_phase_of_the_main_cycle(freq: str) -> None:
+    """A stride of the main season itself starts every origin at the same time of day (or
+    weekday): the backtest would measure forecasts from that phase only."""
+    d = _derive(freq)
+    main, positions = d.main_season, d.holdout - d.horizon + 1
+    origins = -(-positions // d.stride)
+    phases = sorted({(k * d.stride) % main for k in range(origins)})
+    gaps = np.diff([*phases, phases[0] + main])
+    assert d.stride % main != 0
+    assert len(phases) >= min(main, origins) // 3
+    assert gaps.max() <= max(2, 2 * -(-main // origins)), (d.stride, phases)
+    assert "phase" in d.reasons["stride"] or d.stride < main
+
+
 def test_hourly_holdout_is_thirty_days_and_daily_one_year() -> None:
     assert _derive("1h").holdout == 720
     assert _derive("1D").holdout == 365

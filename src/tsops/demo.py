@@ -43,7 +43,7 @@ log = logging.getLogger("tsops.demo")
 DEMO_SETTINGS: dict[str, Any] = {
     "model": {"quick_epochs": 6, "epochs": 6, "hidden_size": 32},
     # the live loop retrains often: the statistical baselines (tens of seconds) are left out
-    "backtest": {"holdout": 168, "stride": 12, "baselines": []},
+    "backtest": {"holdout": 168, "stride": 11, "baselines": []},
     "serving": {"reload_interval_s": 1.0},
     "stream": {"reload_interval_s": 1.0, "checkpoint_interval_ms": 500, "batch_size": 500},
     "monitoring": {"accuracy_window": 400, "drift_window": 240, "snapshot_interval_s": 2.0},

@@ -225,10 +225,14 @@ def derive(
         + f" ({share:.0%} of the shortest series)"
     )
     positions = holdout - horizon + 1
-    stride = max(1, min(main, positions // TARGET_ORIGINS))
+    most = max(1, min(main, positions // TARGET_ORIGINS))
+    stride = spread_stride(positions, most, main)
     origins = -(-positions // stride)
-    reasons["stride"] = (
-        f"{stride}: {origins} forecast origins per entity (aim ≥ {TARGET_ORIGINS}, ≤ one per cycle)"
+    reasons["stride"] = f"{stride}: {origins} forecast origins per entity (aim ≥ {TARGET_ORIGINS}, " + (
+        "≤ one per cycle)"
+        if stride == most
+        else f"spread over the phases of the {main}-step cycle; {most} would start "
+        + ("every origin at the same phase)" if most == main else "fewer of them at other phases)")
     )
     longest = max(long_seasons, default=main)
     available = shortest - holdout
@@ -252,6 +256,25 @@ def derive(
         baseline_window=baseline_window,
         reasons=reasons,
     )
+
+
+def spread_stride(positions: int, most: int, main: int) -> int:
+    """The backtest stride at most `most` (and at least 4/5 of it: at most a quarter more
+    origins) whose origins fall most evenly over the phases of the main cycle: the smallest
+    largest gap between the phases the origins visit, then the most phases visited, then the
+    longer stride. A stride
+    of the main season itself puts every origin at the same time of day (or weekday), and the
+    backtest then measures forecasts made from that phase only: on half-hourly demand, the
+    seasonal base's MAE from 23:30 alone is 352 and from every phase 386."""
+    if main < 2:
+        return most
+
+    def spread(stride: int) -> tuple[int, int, int]:
+        phases = sorted({(k * stride) % main for k in range(-(-positions // stride))})
+        gaps = [b - a for a, b in zip(phases, phases[1:], strict=False)]
+        return max([*gaps, phases[0] + main - phases[-1]]), -len(phases), -stride
+
+    return min(range(most, max(1, -(-4 * most // 5)) - 1, -1), key=spread)
 
 
 def calendar_terms(step: pd.Timedelta, span: pd.Timedelta) -> list[str]:

@@ -296,7 +296,7 @@ StatisticalBaseline = Literal["autoets", "autotheta", "mstl"]
 
 class BacktestSettings(Strict):
     holdout: int = Field(24 * 30, ge=1, description="steps per entity held out at the tail")
-    stride: int = Field(24, ge=1, description="steps between rolling forecast origins")
+    stride: int = Field(23, ge=1, description="steps between rolling forecast origins")
     validation: float = Field(0.1, gt=0.0, lt=0.5, description="share of training origins for early stopping")
     baselines: list[StatisticalBaseline] = Field(
         default_factory=lambda: cast(list[StatisticalBaseline], ["autoets", "autotheta", "mstl"]),
