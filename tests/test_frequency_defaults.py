@@ -53,6 +53,7 @@ def test_defaults_follow_the_frequency(freq, seasons, horizon, lags, calendar) -
         "season",
         "horizon",
         "window",
+        "input_window",
         "lags",
         "rolling",
         "calendar",
@@ -75,6 +76,18 @@ def test_backtest_origins_start_at_every_phase_of_the_main_cycle(freq: str) -> N
     assert len(phases) >= min(main, origins) // 3
     assert gaps.max() <= max(2, 2 * -(-main // origins)), (d.stride, phases)
     assert "phase" in d.reasons["stride"] or d.stride < main
+
+
+def test_the_lstm_reads_one_main_cycle_where_the_window_holds_two() -> None:
+    """The network's input is the last main cycle (half the forward of two, as accurate on the
+    forecast-quality data); the rest of the window stays in the features, for the base and the
+    intervals' scale. Below a main season of 24 steps it reads the whole window."""
+    for freq, main in (("30min", 48), ("1h", 24), ("7D", 52)):
+        d = _derive(freq)
+        assert d.window == 2 * main and d.input_window == main
+        assert d.settings()["model"]["input_window"] == main
+    daily = _derive("1D")
+    assert daily.input_window is None and "input_window" not in daily.settings()["model"]
 
 
 def test_hourly_holdout_is_thirty_days_and_daily_one_year() -> None:

@@ -70,3 +70,39 @@ def test_intervals_cover_the_stated_share_of_later_data_with_known_noise(tmp_pat
 def test_a_forecaster_without_calibration_has_no_intervals() -> None:
     holdout, _ = _rows(200, seed=3)
     assert _seasonal_naive_forecaster().predict_intervals(holdout)[1] == {}
+
+
+def test_the_intervals_scale_reads_the_whole_window_when_the_network_reads_less() -> None:
+    """With `model.input_window` one cycle, the network reads lag_0..lag_23 and the intervals'
+    local scale still the whole window (seasonal differences over two cycles): the input window
+    does not change how wide the intervals are."""
+    calibration, calibration_labels = _rows(1000, seed=4)
+    holdout, _ = _rows(200, seed=5)
+    whole = _seasonal_naive_forecaster()
+    short = Forecaster(
+        ForecasterConfig(
+            **{
+                **whole.cfg.__dict__,
+                "window_names": [f"lag_{k}" for k in range(SEASON)],
+                "scale_window": [f"lag_{k}" for k in range(WINDOW)],
+            }
+        ),
+        whole.net,
+    )
+    a = whole.calibrated(calibration, calibration_labels, [80.0])
+    b = short.calibrated(calibration, calibration_labels, [80.0])
+    assert b.cfg.interval_quantiles == a.cfg.interval_quantiles
+    yhat, bounds = b.predict_intervals(holdout)
+    expected = intervals.local_scale(holdout.to_numpy(np.float64), SEASON)
+    np.testing.assert_allclose(
+        bounds["80"][1] - yhat, expected[:, None] * np.asarray(b.cfg.interval_quantiles[0])
+    )
+    # a value the network does not read, inside the whole window: the forecast stays, the width moves
+    moved = holdout.copy()
+    moved["lag_30"] += 25.0
+    yhat2, bounds2 = b.predict_intervals(moved)
+    np.testing.assert_allclose(yhat2, yhat)
+    assert np.all(bounds2["80"][1] - yhat2 > bounds["80"][1] - yhat)
+    columns = tuple(holdout.columns)
+    matrix_bounds = b.interval_bounds(moved.to_numpy(np.float64), columns, yhat2)
+    np.testing.assert_allclose(matrix_bounds["80"][1], bounds2["80"][1])

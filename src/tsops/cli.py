@@ -123,7 +123,7 @@ def init(
         str | None, typer.Option(help="--data: seasonal period(s) in steps, main first, e.g. 24,168")
     ] = None,
     horizon: Annotated[int | None, typer.Option(min=1, help="--data: steps to forecast")] = None,
-    window: Annotated[int | None, typer.Option(min=2, help="--data: model input window in steps")] = None,
+    window: Annotated[int | None, typer.Option(min=2, help="--data: feature window in steps")] = None,
     holdout: Annotated[int | None, typer.Option(min=1, help="--data: backtest steps held out")] = None,
 ) -> None:
     """Write a ready project: an example, or one for your own data."""

@@ -1,4 +1,4 @@
-"""Naive forecasters every model must beat. Both read the model's input window (`lag_k`)."""
+"""Naive forecasters every model must beat. Both read the feature window's lags (`lag_k`)."""
 
 from __future__ import annotations
 

@@ -67,10 +67,17 @@ class ForecasterConfig:
     # the share of the network's correction kept at each forecast step, chosen on the validation
     # origins after training (models.training.correction_weights); empty: all of it
     correction_weights: list[float] = field(default_factory=list)
+    # the window the intervals' local scale reads: the features' whole window, which may be
+    # longer than the network's input (model.input_window); empty: window_names (older models)
+    scale_window: list[str] = field(default_factory=list)
 
     @property
     def input_names(self) -> list[str]:
         return [*self.window_names, *self.context_names]
+
+    @property
+    def scale_names(self) -> list[str]:
+        return self.scale_window or self.window_names
 
 
 # Rows per forward call. The LSTM's per-step state of a chunk stays in the CPU's cache: on this
@@ -142,21 +149,23 @@ class Forecaster:
         else:  # the seasonal-naive forecast's lags
             backs = [cfg.season * -(-h // cfg.season) - h for h in range(1, cfg.horizon + 1)]
             self._base_names = [f"lag_{b}" for b in backs]
-        self._plans: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._plans: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
 
-    def plan(self, columns: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Column indices (window, context, seasonal-naive lags) of a matrix with `columns`,
-        computed once per column layout."""
+    def plan(self, columns: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Column indices (window, context, base lags, the intervals' scale window) of a matrix
+        with `columns`, computed once per column layout."""
         plan = self._plans.get(columns)
         if plan is None:
             at = {c: i for i, c in enumerate(columns)}
-            missing = [c for c in (*self.cfg.input_names, *self._base_names) if c not in at]
+            needed = (*self.cfg.input_names, *self._base_names, *self.cfg.scale_names)
+            missing = list(dict.fromkeys(c for c in needed if c not in at))
             if missing:
                 raise ModelError(f"input lacks feature column(s) {missing[:5]}", "input")
             plan = self._plans[columns] = (
                 np.array([at[c] for c in self.cfg.window_names], dtype=np.intp),
                 np.array([at[c] for c in self.cfg.context_names], dtype=np.intp),
                 np.array([at[c] for c in self._base_names], dtype=np.intp),
+                np.array([at[c] for c in self.cfg.scale_names], dtype=np.intp),
             )
         return plan
 
@@ -165,7 +174,7 @@ class Forecaster:
     ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
         """(sequence, context, base forecast) for a finite float64 matrix of feature rows: the
         window runs oldest → newest, scaled around its latest value."""
-        window_at, context_at, base_at = self.plan(columns)
+        window_at, context_at, base_at, _ = self.plan(columns)
         window = matrix[:, window_at]
         context = matrix[:, context_at]  # fancy indexing: a copy, safe to scale in place
         anchor = window[:, 0].copy()
@@ -195,7 +204,7 @@ class Forecaster:
         missing = [c for c in self.cfg.input_names if c not in features.columns]
         if missing:
             raise ModelError(f"input lacks feature column(s) {missing[:5]}", "input")
-        columns = tuple(dict.fromkeys([*self.cfg.input_names, *self._base_names]))
+        columns = tuple(dict.fromkeys([*self.cfg.input_names, *self._base_names, *self.cfg.scale_names]))
         matrix = features[list(columns)].to_numpy(dtype=np.float64)
         inputs = matrix[:, : len(self.cfg.input_names)]
         bad = ~np.isfinite(inputs).all(axis=1)
@@ -241,7 +250,7 @@ class Forecaster:
 
         seq, ctx, base = self.tensors(features)
         yhat = self._forecast(seq, ctx, base, FORWARD_ROWS)
-        scale = self._scale(features[self.cfg.window_names].to_numpy(dtype=np.float64))
+        scale = self._scale(features[self.cfg.scale_names].to_numpy(dtype=np.float64))
         floor = max(float(np.median(scale)) * intervals.FLOOR_SHARE, 1e-12)
         scores = np.abs(labels - yhat) / np.maximum(scale, floor)[:, None]
         cfg = replace(
@@ -264,7 +273,7 @@ class Forecaster:
         `matrix` (columns `columns`); empty when the model has no calibrated intervals."""
         if not self.cfg.interval_levels:
             return {}
-        return self._bounds(matrix[:, self.plan(columns)[0]], yhat)
+        return self._bounds(matrix[:, self.plan(columns)[3]], yhat)
 
     def _bounds(self, window: np.ndarray, yhat: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         from tsops.models import intervals
@@ -285,14 +294,14 @@ class Forecaster:
         """`interval_bounds` for a DataFrame of feature rows (empty without intervals)."""
         if not self.cfg.interval_levels:
             return {}
-        return self._bounds(features[self.cfg.window_names].to_numpy(np.float64), yhat)
+        return self._bounds(features[self.cfg.scale_names].to_numpy(np.float64), yhat)
 
     def predict_intervals(
         self, features: pd.DataFrame
     ) -> tuple[np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]]]:
         """Forecasts and their interval bounds for a DataFrame of feature rows."""
         yhat = self.predict(features)
-        return yhat, self._bounds(features[self.cfg.window_names].to_numpy(np.float64), yhat)
+        return yhat, self._bounds(features[self.cfg.scale_names].to_numpy(np.float64), yhat)
 
     def save(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)

@@ -101,6 +101,7 @@ def _fit_on_base(
     residual = float(np.std(data.train.labels - base))
     cfg = ForecasterConfig(
         window_names=features.window_names[: model.input_window],  # the most recent N steps
+        scale_window=features.window_names,
         context_names=features.context_names,
         horizon=model.horizon,
         hidden_size=model.hidden_size,
