@@ -281,10 +281,9 @@ def spread_stride(positions: int, most: int, main: int) -> int:
     """The backtest stride at most `most` (and at least 4/5 of it: at most a quarter more
     origins) whose origins fall most evenly over the phases of the main cycle: the smallest
     largest gap between the phases the origins visit, then the most phases visited, then the
-    longer stride. A stride
-    of the main season itself puts every origin at the same time of day (or weekday), and the
-    backtest then measures forecasts made from that phase only: on half-hourly demand, the
-    seasonal base's MAE from 23:30 alone is 352 and from every phase 386."""
+    longer stride. A stride of the main season itself puts every origin at the same time of day
+    (or weekday), and the backtest then measures forecasts made from that phase only: on
+    half-hourly demand, the seasonal base's MAE from 23:30 alone is 352 and from every phase 386."""
     if main < 2:
         return most
 

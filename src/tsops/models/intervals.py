@@ -2,9 +2,9 @@
 
 Calibration: on the validation origins (never trained on; they only pick the epoch) the score
 of each forecast step is |actual - forecast| divided by the row's local scale, the mean
-absolute seasonal difference over the features' whole window (even where the network reads only
-its last cycle, model.input_window). The interval at level L for step h
-is forecast ± q_h(L) · scale, q_h(L) the ⌈(n+1)·L⌉/n empirical quantile of step h's scores.
+absolute seasonal difference over the features' whole window (even where the network reads
+less of it: model.input_window). The interval at level L for step h is forecast ± q_h(L) ·
+scale, q_h(L) the ⌈(n+1)·L⌉/n empirical quantile of step h's scores.
 Scaling by the window makes one calibration serve entities of different levels and spreads
 (and calm and volatile stretches of one entity); coverage is then measured on the holdout.
 """
