@@ -52,17 +52,43 @@ def count_lines(path: Path) -> int:
     return sum(1 for _ in path.open()) if path.exists() else 0
 
 
+def size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
+class PredictedKeys:
+    """The `entity|time` keys that have a prediction in a project's predictions file, read
+    incrementally: the crash test's file grows to hundreds of MB, and parsing all of it on
+    every poll took a core from the worker it waits for."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.read_up_to = 0  # bytes: the complete lines already parsed
+        self.keys: set[str] = set()
+
+    def update(self) -> set[str]:
+        if self.path.exists():
+            with self.path.open("rb") as f:
+                f.seek(self.read_up_to)
+                new = f.read()
+            complete = new.rfind(b"\n") + 1  # a line still being written is read next time
+            for line in new[:complete].splitlines():
+                if line.strip():
+                    self.keys.add(json.loads(line)["key"].rsplit("|", 1)[0])
+            self.read_up_to += complete
+        return self.keys
+
+
 def wait_for_keys(  # type: ignore[no-untyped-def]
     project, expected: set[str], workers, timeout: float, log: Path | None = None
 ) -> None:
     """Until every key has a prediction; a worker that exits first fails the test with the tail
     of its log (`log`: where the workers write their stderr)."""
+    predicted = PredictedKeys(predictions_file(project))
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if predictions_file(project).exists():
-            seen = {p["key"].rsplit("|", 1)[0] for p in read_jsonl(predictions_file(project))}
-            if expected <= seen:
-                return
+        if expected <= predicted.update():
+            return
         for w in workers:
             if w.poll() is not None:
                 tail = log.read_text()[-4000:] if log is not None and log.exists() else ""
@@ -112,10 +138,12 @@ def kill_at_random_points(project, kills: int, log: Path, seed: int) -> None:  #
     """Start a worker, SIGKILL it at a random point once it writes predictions; `kills` times."""
     rng = np.random.default_rng(seed)
     for _ in range(kills):
-        before = count_lines(predictions_file(project))
+        # The file's size, not its lines: counting them every 50 ms (hundreds of MB by the
+        # last kills) took a core from the starting worker.
+        before = size(predictions_file(project))
         worker = start_worker(project, log)
         deadline = time.time() + 120
-        while count_lines(predictions_file(project)) <= before and time.time() < deadline:
+        while size(predictions_file(project)) <= before and time.time() < deadline:
             assert worker.poll() is None, log.read_text()[-3000:]
             time.sleep(0.05)
         time.sleep(rng.uniform(0.0, 1.2))  # a random point while it processes
