@@ -97,6 +97,29 @@ def wait_for_keys(  # type: ignore[no-untyped-def]
     raise AssertionError(f"not every event got a prediction within {timeout} s")
 
 
+def wait_until_committed(project, published: int, worker, timeout: float, log: Path) -> None:  # type: ignore[no-untyped-def]
+    """Until the group's committed offsets cover all `published` events: what a last worker
+    after the crashes must reach before it is stopped. Every key having a prediction is not
+    enough: a killed worker may have written them all and committed none."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    kafka = project.settings.stream.kafka
+    # Not a member of the group (no subscribe): it only reads the group's committed offsets.
+    consumer = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": kafka.group_id})
+    partitions = [TopicPartition(kafka.events_topic, p) for p in range(PARTITIONS)]
+    deadline = time.time() + timeout
+    try:
+        while sum(max(tp.offset, 0) for tp in consumer.committed(partitions, timeout=10)) < published:
+            if worker.poll() is not None:
+                raise AssertionError(
+                    f"worker exited early with {worker.returncode}:\n{log.read_text()[-4000:]}"
+                )
+            assert time.time() < deadline, f"the events were not all committed within {timeout} s"
+            time.sleep(0.5)
+    finally:
+        consumer.close()
+
+
 def wait_until_processing(metrics_port: int, worker: subprocess.Popen[str], timeout: float) -> None:
     """Until the worker's own metrics say it has applied events."""
     deadline = time.time() + timeout
@@ -160,8 +183,7 @@ def test_replay_after_crash_changes_nothing(stream_project, kafka_broker, tmp_pa
     started = time.time()
     kill_at_random_points(project, 20, log, seed=7)
     final = start_worker(project, log)
-    expected = {f"{e['entity_id']}|{e['timestamp']}" for e in events}
-    wait_for_keys(project, expected, [final], timeout=300, log=log)
+    wait_until_committed(project, len(events), final, timeout=300, log=log)
     summary = stop_gracefully(final)
     duplicates = assert_every_event_predicted_once_or_identically(project, events)
     assert_stream_equals_batch(project, events)
@@ -186,7 +208,7 @@ def test_crash_safety_on_a_redis_online_store(stream_project, kafka_broker, redi
     log = tmp_path / "workers.log"
     kill_at_random_points(project, 4, log, seed=11)
     final = start_worker(project, log)
-    wait_for_keys(project, {f"{e['entity_id']}|{e['timestamp']}" for e in events}, [final], 300, log)
+    wait_until_committed(project, len(events), final, timeout=300, log=log)
     stop_gracefully(final)
     assert_every_event_predicted_once_or_identically(project, events)
     assert_stream_equals_batch(project, events)  # read back from Redis
