@@ -388,31 +388,60 @@ class KafkaBroker(EmbeddedBroker):
     def read_all(self, topic: str, *, expected: int, timeout: float = 60) -> list[bytes]:
         """Every message of a topic, polling until `expected` arrived (never trusting
         the broker's possibly stale high watermarks)."""
+        with self.reader(topic) as reader:
+            deadline = time.time() + timeout
+            while len(reader.messages) < expected and time.time() < deadline:
+                reader.poll()
+            return reader.messages
+
+    def reader(self, topic: str) -> TopicReader:
+        """A topic's messages from its beginning, read as they arrive (`TopicReader`)."""
+        return TopicReader(self.bootstrap, topic)
+
+
+class TopicReader:
+    """`poll()` adds a topic's new messages to `messages` (all of them since the topic's
+    beginning) and returns them: one consumer for as long as the reader lives, so a test that
+    waits on a topic neither joins a new group nor reads the whole topic again each time."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
         import uuid
 
         from confluent_kafka import Consumer
 
-        consumer = Consumer(
+        self.messages: list[bytes] = []
+        self._consumer = Consumer(
             {
-                "bootstrap.servers": self.bootstrap,
+                "bootstrap.servers": bootstrap,
                 "group.id": uuid.uuid4().hex,
                 "auto.offset.reset": "earliest",
                 "enable.auto.commit": False,
                 "session.timeout.ms": 2000,
                 "heartbeat.interval.ms": 400,
                 "topic.metadata.refresh.interval.ms": 1000,
+                # A test may not poll for minutes (a retrain job runs): staying in the group
+                # keeps its position, where rejoining would read the topic again from the start.
+                "max.poll.interval.ms": 3_600_000,
             }
         )
-        consumer.subscribe([topic])
-        out: list[bytes] = []
-        deadline = time.time() + timeout
-        while len(out) < expected and time.time() < deadline:
-            for m in consumer.consume(500, 0.5):
-                value = m.value()
-                if m.error() is None and value is not None:
-                    out.append(value)
-        consumer.close()
-        return out
+        self._consumer.subscribe([topic])
+
+    def poll(self, timeout: float = 0.5) -> list[bytes]:
+        """Wait up to `timeout` s for new messages; every message read so far."""
+        for m in self._consumer.consume(500, timeout):
+            value = m.value()
+            if m.error() is None and value is not None:
+                self.messages.append(value)
+        return self.messages
+
+    def close(self) -> None:
+        self._consumer.close()
+
+    def __enter__(self) -> TopicReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class PrometheusServer(_Launched):

@@ -29,7 +29,7 @@ from conftest import (
     synthetic_events,
     write_synthetic_project,
 )
-from servers import wait_for_http
+from servers import TopicReader, wait_for_http
 from tsops.features.store import FeatureStoreClient
 from tsops.settings import Project
 
@@ -100,18 +100,20 @@ def _write_events(path: Path, events: list[dict], poison: list[str] | None = Non
     return path
 
 
-def _wait_for_predictions(broker, topic: str, keys: set[str], workers, timeout: float = 240) -> list[dict]:
+def _wait_for_predictions(
+    predictions: TopicReader, keys: set[str], workers, timeout: float = 240
+) -> list[dict]:
     """Every prediction record on the topic once all `keys` (entity|time) have one."""
     deadline = time.time() + timeout
+    records: list[dict] = []
     while True:
-        records = [json.loads(v) for v in broker.read_all(topic, expected=10**9, timeout=3)]
+        records += [json.loads(v) for v in predictions.poll()[len(records) :]]
         seen = {r["key"].rsplit("|", 1)[0] for r in records}
         if keys <= seen:
             return records
         for worker in workers:
             assert worker.poll() is None, f"a worker exited with {worker.returncode}"
         assert time.time() < deadline, f"{len(keys - seen)} events without a prediction"
-        time.sleep(1)
 
 
 def _forecast(url: str, entity: str) -> dict:
@@ -132,6 +134,13 @@ def _wait_for_dashboard(url: str, predictions: int, dead: int, timeout: float = 
         if done or time.time() > deadline:
             return overview
         time.sleep(1)
+
+
+def _wait_for_origin(urls: list[str], entity: str, origin: pd.Timestamp, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while any(pd.Timestamp(_forecast(u, entity)["origin"]).tz_localize(None) != origin for u in urls):
+        assert time.time() < deadline, f"a serve replica does not forecast {entity} from {origin}"
+        time.sleep(0.5)
 
 
 def _wait_for_version(urls: list[str], entity: str, version: int, timeout: float = 60) -> None:
@@ -182,6 +191,9 @@ def test_the_cluster_in_miniature(
     config["serving"] = {"reload_interval_s": 1, "admin_token": "${TSOPS_ADMIN_TOKEN}"}
     config["monitoring"] = {"database": db("mini_monitoring"), "snapshot_interval_s": 1}
     config["retrain"] = {"holdout": 48, "warm_window": 300, "warm_epochs": 2, "rollback": {"enabled": False}}
+    # The statistical baselines are in-process fits that no service sees (and no promotion here
+    # asks for them): without them the train and retrain jobs skip most of their work.
+    config["backtest"]["baselines"] = []
     env = {
         "PATH": "/usr/bin:/bin",
         "HOME": str(tmp_path),
@@ -193,6 +205,7 @@ def test_the_cluster_in_miniature(
     history_rows = len(pd.read_parquet(history))
     monkeypatch.setenv(SECRET_ENV, pg.password)  # for this test's own reads of the stores
     project = Project.load(template.root, environ={})  # for the synthetic series' continuation
+    predictions = kafka_broker.reader(predictions_topic)  # the workers' sink creates the topic
     try:
         # Jobs: ingest; train (a deliberately weak first model, by a per-role override) + promote.
         ingest = roles.folder("ingest", {str(history.relative_to(template.root)): history})
@@ -222,7 +235,7 @@ def test_the_cluster_in_miniature(
             replay, "replay", str(_write_events(replay / "first.jsonl", first, _poison())), "--to", "kafka"
         )
         keys = {f"{e['entity_id']}|{e['timestamp']}" for e in first}
-        _wait_for_predictions(kafka_broker, predictions_topic, keys, workers)
+        _wait_for_predictions(predictions, keys, workers)
         dead = [json.loads(v) for v in kafka_broker.read_all(dead_topic, expected=len(_poison()), timeout=60)]
         assert len(dead) == len(_poison()) and all(d["error"] and d["detail"] for d in dead)
 
@@ -232,7 +245,7 @@ def test_the_cluster_in_miniature(
         second = synthetic_events(project, 16, start=project.settings.data.synthetic.periods + 16)
         roles.run(replay, "replay", str(_write_events(replay / "second.jsonl", second)), "--to", "kafka")
         keys |= {f"{e['entity_id']}|{e['timestamp']}" for e in second}
-        records = _wait_for_predictions(kafka_broker, predictions_topic, keys, workers[1:])
+        records = _wait_for_predictions(predictions, keys, workers[1:])
         by_key: dict[str, list] = {}
         for r in records:  # a repeat (after the rebalance) is identical, by its idempotency key
             assert np.allclose(by_key.setdefault(r["key"], r["values"]), r["values"], atol=1e-9)
@@ -253,11 +266,13 @@ def test_the_cluster_in_miniature(
                 service.resume()
             keys |= {f"{e['entity_id']}|{e['timestamp']}" for e in batch}
             second += batch
-            _wait_for_predictions(kafka_broker, predictions_topic, keys, workers)
+            _wait_for_predictions(predictions, keys, workers)
 
-        # Both replicas answer with the same numbers, from the features the workers wrote.
+        # Both replicas answer with the same numbers, from the features the workers wrote (at
+        # their checkpoint after the predictions: each replica is given until it sees them).
         entities = sorted({e["entity_id"] for e in first})
         for entity in entities:
+            _wait_for_origin(serve_urls, entity, pd.Timestamp(second[-1]["timestamp"]))
             a, b = (_forecast(u, entity) for u in serve_urls)
             assert a["version"] == b["version"] == 1
             assert a == b
@@ -287,7 +302,7 @@ def test_the_cluster_in_miniature(
         third = synthetic_events(project, 8, start=start + 12)
         roles.run(replay, "replay", str(_write_events(replay / "third.jsonl", third)), "--to", "kafka")
         third_keys = {f"{e['entity_id']}|{e['timestamp']}" for e in third}
-        records = _wait_for_predictions(kafka_broker, predictions_topic, keys | third_keys, workers)
+        records = _wait_for_predictions(predictions, keys | third_keys, workers)
         assert {r["model_version"] for r in records if r["key"].rsplit("|", 1)[0] in third_keys} == {new}
         summaries = []
         for worker in workers:
@@ -331,6 +346,7 @@ def test_the_cluster_in_miniature(
             assert np.isclose(yhat_1, _forecast(serve_urls[0], entity)["forecast"][0]["value"], atol=1e-6)
     finally:
         roles.stop_all()
+        predictions.close()
 
     # The offline table holds every observation once (replays after the kill and the outages
     # included), with the batch engine's features.
