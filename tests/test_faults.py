@@ -340,7 +340,9 @@ def test_training_leaves_out_an_entity_with_non_finite_features_and_says_why(
     from tsops.streaming.runner import run_stream
 
     project = stream_project(schema={"outlier_spread": None})
-    events = synthetic_events(project, 30)  # origins after the value see its overflowed statistics
+    # 60 steps per entity: the backtest's last origins (every backtest.stride steps, the last one
+    # H to H + stride steps before the end) come after the value and see its overflowed statistics
+    events = synthetic_events(project, 60)
     events[2 * 5 + 1]["value"] = 1e308
     poisoned = events[2 * 5 + 1]["entity_id"]
     summary = run_stream(
