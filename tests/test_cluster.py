@@ -13,6 +13,7 @@ import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -136,17 +137,11 @@ def _wait_for_dashboard(url: str, predictions: int, dead: int, timeout: float = 
         time.sleep(1)
 
 
-def _wait_for_origin(urls: list[str], entity: str, origin: pd.Timestamp, timeout: float = 60) -> None:
-    deadline = time.time() + timeout
-    while any(pd.Timestamp(_forecast(u, entity)["origin"]).tz_localize(None) != origin for u in urls):
-        assert time.time() < deadline, f"a serve replica does not forecast {entity} from {origin}"
-        time.sleep(0.5)
-
-
-def _wait_for_version(urls: list[str], entity: str, version: int, timeout: float = 60) -> None:
-    deadline = time.time() + timeout
-    while any(_forecast(u, entity)["version"] != version for u in urls):
-        assert time.time() < deadline, "a serve replica did not pick up the new champion"
+def _wait_for_forecasts(urls: list[str], entity: str, wanted: Callable[[dict], bool], what: str) -> None:
+    """Poll every serve replica's forecast for `entity` until each satisfies `wanted`."""
+    deadline = time.time() + 60
+    while not all(wanted(_forecast(u, entity)) for u in urls):
+        assert time.time() < deadline, f"a serve replica does not {what}"
         time.sleep(0.5)
 
 
@@ -271,12 +266,18 @@ def test_the_cluster_in_miniature(
         # Both replicas answer with the same numbers, from the features the workers wrote (at
         # their checkpoint after the predictions: each replica is given until it sees them).
         entities = sorted({e["entity_id"] for e in first})
+        origin = pd.Timestamp(second[-1]["timestamp"])
         for entity in entities:
-            _wait_for_origin(serve_urls, entity, pd.Timestamp(second[-1]["timestamp"]))
+            _wait_for_forecasts(
+                serve_urls,
+                entity,
+                lambda f: pd.Timestamp(f["origin"]).tz_localize(None) == origin,
+                f"forecast {entity} from {origin}",
+            )
             a, b = (_forecast(u, entity) for u in serve_urls)
             assert a["version"] == b["version"] == 1
             assert a == b
-            assert pd.Timestamp(a["origin"]).tz_localize(None) == pd.Timestamp(second[-1]["timestamp"])
+            assert pd.Timestamp(a["origin"]).tz_localize(None) == origin
 
         # The dashboard of a replica reads what the stream wrote where it wrote it: forecasts and
         # dead letters from their topics, actuals from the PostgreSQL offline store, online
@@ -299,7 +300,9 @@ def test_the_cluster_in_miniature(
         if decided["outcome"] == "rejected":  # the gate kept v1: move the alias by hand instead
             roles.run(trainer, "promote", "--version", str(decided["version"]), "--force")
         new = int(decided["version"])
-        _wait_for_version(serve_urls, entities[0], new)
+        _wait_for_forecasts(
+            serve_urls, entities[0], lambda f: f["version"] == new, "pick up the new champion"
+        )
         time.sleep(3)  # the workers check the champion every second
         third = synthetic_events(project, 8, start=start + 12)
         roles.run(replay, "replay", str(_write_events(replay / "third.jsonl", third)), "--to", "kafka")
