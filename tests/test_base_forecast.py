@@ -15,9 +15,10 @@ from tsops.settings import ModelSettings
 H = 6
 
 
-def _data(values: np.ndarray) -> TrainingData:
-    origins = np.arange(200, len(values) - H)
-    lags = {f"lag_{k}": values[origins - k] for k in [*range(51), *range(162, 169)]}
+def _data(values: np.ndarray, lags_: list[int] | None = None) -> TrainingData:
+    keys = lags_ if lags_ is not None else [*range(51), *range(162, 169)]
+    origins = np.arange(max(200, max(keys)), len(values) - H)
+    lags = {f"lag_{k}": values[origins - k] for k in keys}
     features = pd.DataFrame(lags)
     labels = np.stack([values[origins + h] for h in range(1, H + 1)], axis=1)
     train = Examples(features, labels)
@@ -42,6 +43,20 @@ def test_a_wandering_level_adds_the_level_adjusted_base() -> None:
     [chosen] = base_candidates(_data(values), _settings())
     assert (chosen.season, chosen.adjusted) == (24, True)  # the lowest training MAE
     assert base_candidates(_data(values), _settings(base="seasonal")) == [Base(24, False)]
+
+
+def test_noisy_weeks_whose_level_wanders_take_two_weeks_moved_by_the_last_days_level() -> None:
+    """Averaging two weeks' profiles halves their noise; the level difference over the last
+    day (the main cycle) is steadier than over the last steps. That form needs the lags of two
+    weeks and a day (features.base_lags); without them the choice is among the others."""
+    rng = np.random.default_rng(3)
+    t = np.arange(4000)
+    weekly = np.where((t // 24) % 7 < 5, 10.0, 2.0) * np.sin(2 * np.pi * t / 24) ** 2
+    level = np.repeat(rng.normal(0, 1.0, len(t) // 24 + 1).cumsum(), 24)[: len(t)] * 0.5
+    values = weekly + level + rng.normal(0, 1.0, len(t))
+    assert base_candidates(_data(values, list(range(360))), _settings()) == [Base(168, True, 2, 24)]
+    [without] = base_candidates(_data(values, list(range(169))), _settings())
+    assert without.steps in (1, 3)
 
 
 def test_the_two_season_base_averages_level_adjusted_profiles() -> None:

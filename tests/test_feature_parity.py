@@ -70,6 +70,21 @@ def test_feature_names_follow_the_settings() -> None:
     assert fs.lookback == 169
 
 
+def test_base_lags_lengthen_the_lookback_but_are_not_the_networks_input() -> None:
+    plain = FeatureSet(FeatureSettings(window=24, lags=[168], rolling=[6], calendar=[]))
+    fs = FeatureSet(
+        FeatureSettings(window=24, lags=[168], base_lags=[168, 169, 340], rolling=[6], calendar=[])
+    )
+    assert fs.names[24:] == ["lag_168", "lag_169", "lag_340", "roll_mean_6", "roll_std_6"]
+    assert fs.context_names == plain.context_names == ["lag_168", "roll_mean_6", "roll_std_6"]
+    assert fs.lookback == 341
+    # a project without base lags keeps the hash it had before they existed (its models' lineage)
+    assert plain.definition_hash() != fs.definition_hash()
+    assert FeatureSet(FeatureSettings(window=48, lags=[168], rolling=[24, 168])).definition_hash() == (
+        "a85c69e58369799a"
+    )
+
+
 def test_micro_batch_of_many_entities_equals_the_incremental_engine() -> None:
     """The stream's micro-batch path (`features_after_many`: many entities' new rows in one
     pass) equals `update` row by row, for entities with no history, a short one and a full one."""

@@ -11,7 +11,9 @@ import pytest
 
 from conftest import run_cli
 from tsops.errors import DataError
+from tsops.features.definitions import FeatureSet
 from tsops.frequency import derive
+from tsops.scaffold import init_from_data
 from tsops.settings import Project
 
 LONG = 12_000  # steps: long enough that no default is shortened by the history
@@ -23,27 +25,53 @@ def _derive(freq: str, shortest: int = LONG):
 
 
 @pytest.mark.parametrize(
-    ("freq", "seasons", "horizon", "lags", "calendar"),
+    ("freq", "seasons", "horizon", "lags", "base_lags", "calendar"),
     [
         (
             "15min",
             [96, 672],
             96,
             [192, 193, 194, *range(576, 673)],
+            [*range(673, 768), *range(1248, 1440)],
             ["minuteofday", "dayofweek"],
         ),  # 125 days: no year
-        ("30min", [48, 336], 48, [96, 97, 98, *range(288, 337)], ["minuteofday", "dayofweek"]),
-        ("1h", [24, 168], 24, [48, 49, 50, *range(144, 169)], ["hour", "dayofweek", "dayofyear"]),
-        ("1D", [7, 365.25], 7, list(range(358, 366)), ["dayofweek", "dayofyear"]),
-        ("7D", [52.18], 52, [104, 105, 106], ["dayofyear"]),
+        (
+            "30min",
+            [48, 336],
+            48,
+            [96, 97, 98, *range(288, 337)],
+            [*range(337, 384), *range(624, 720)],
+            ["minuteofday", "dayofweek"],
+        ),
+        (
+            "1h",
+            [24, 168],
+            24,
+            [48, 49, 50, *range(144, 169)],
+            [*range(169, 192), *range(312, 360)],
+            ["hour", "dayofweek", "dayofyear"],
+        ),
+        (
+            "1D",
+            [7, 365.25],
+            7,
+            list(range(358, 366)),
+            [*range(366, 372), *range(723, 737)],
+            ["dayofweek", "dayofyear"],
+        ),
+        ("7D", [52.18], 52, [104, 105, 106], [], ["dayofyear"]),
     ],
 )
-def test_defaults_follow_the_frequency(freq, seasons, horizon, lags, calendar) -> None:
+def test_defaults_follow_the_frequency(freq, seasons, horizon, lags, base_lags, calendar) -> None:
     d = _derive(freq)
     assert d.seasons == seasons
     assert d.horizon == horizon == d.main_season
     assert d.window >= d.main_season
     assert d.lags == lags
+    # for the season beyond the window: its two cycles before each forecast step and before the
+    # last main cycle (the two-season base moved by the last cycle's level), not in the network
+    assert d.base_lags == base_lags
+    assert d.settings()["features"].get("base_lags", []) == base_lags
     assert d.rolling == sorted({round(s) for s in seasons})
     assert d.calendar == calendar
     # the holdout is a calendar span, with enough origins and never most of the history
@@ -55,6 +83,7 @@ def test_defaults_follow_the_frequency(freq, seasons, horizon, lags, calendar) -
         "window",
         "input_window",
         "lags",
+        "base_lags",
         "rolling",
         "calendar",
         "holdout",
@@ -100,9 +129,12 @@ def test_short_series_get_defaults_that_fit_them() -> None:
     d = _derive("1h", shortest=300)  # 12.5 days: a weekly season does not fit twice with the rest
     assert d.seasons == [24]
     assert d.lags == [48, 49, 50] and d.rolling == [24]  # the two-day base's lags fit
+    assert d.base_lags == [] and "no season beyond" in d.reasons["base_lags"]
     assert d.holdout <= 75
     assert 300 - max(d.window, d.lags[-1] + 1) - d.horizon - d.holdout >= 10
     assert "dropped" in d.reasons["season"]
+    d = _derive("1h", shortest=520)  # the week fits, two weeks and a day before the holdout do not
+    assert d.seasons == [24, 168] and d.base_lags == [] and "too short" in d.reasons["base_lags"]
 
 
 def test_too_short_series_are_refused_naming_the_main_season() -> None:
@@ -163,3 +195,33 @@ def test_irregular_timestamps_are_refused_with_the_reason(tmp_path: Path) -> Non
     assert result.returncode == 2
     assert "irregular" in result.stderr and "--freq" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _hourly_csv(path: Path, values: np.ndarray) -> Path:
+    times = pd.date_range("2024-01-01", periods=len(values), freq="h")
+    pd.DataFrame({"t": times, "y": values}).to_csv(path, index=False)
+    return path
+
+
+def test_init_keeps_the_base_only_lags_where_their_base_fits_the_history_best(tmp_path: Path) -> None:
+    """Two weeks' profiles moved by the last day's level beat every other base on noisy weeks
+    whose level wanders from day to day: init keeps their lags and says why. Where the daily
+    profile grows from week to week, yesterday's profile does better, and the lags (a longer
+    state, a wider online row) are left out."""
+    rng = np.random.default_rng(3)
+    t = np.arange(24 * 120)
+    weekly = np.where((t // 24) % 7 < 5, 10.0, 2.0) * np.sin(2 * np.pi * t / 24) ** 2
+    daily_level = np.repeat(rng.normal(0, 0.5, len(t) // 24 + 1).cumsum(), 24)[: len(t)]
+    noisy_weeks = _hourly_csv(tmp_path / "w.csv", weekly + daily_level + rng.normal(0, 1.0, len(t)))
+    kept = init_from_data(tmp_path / "kept", noisy_weeks, time="t", target="y", on_defaults=lambda d: None)
+    assert kept.settings.features.base_lags == [*range(169, 192), *range(312, 360)]
+    header = (tmp_path / "kept" / "tsops.yaml").read_text()
+    assert "that base fits the history before the holdout best (MAE" in header
+    assert "lag_169" not in FeatureSet(kept.settings.features).context_names
+
+    growing = _hourly_csv(tmp_path / "g.csv", np.linspace(1, 5, len(t)) * np.sin(2 * np.pi * t / 24))
+    left = init_from_data(tmp_path / "left", growing, time="t", target="y", on_defaults=lambda d: None)
+    assert left.settings.features.base_lags == []
+    assert "base_lags: []: the base they would serve fits the history before the holdout less well" in (
+        (tmp_path / "left" / "tsops.yaml").read_text()
+    )

@@ -62,6 +62,7 @@ class FrequencyDefaults:
     window: int
     input_window: int | None  # the LSTM's input: the last N window steps (None: all of them)
     lags: list[int]
+    base_lags: list[int]  # read by the LSTM's base only, not by its network
     rolling: list[int]
     calendar: list[str]
     horizon: int
@@ -82,6 +83,7 @@ class FrequencyDefaults:
             "features": {
                 "window": self.window,
                 "lags": self.lags,
+                **({"base_lags": self.base_lags} if self.base_lags else {}),
                 "rolling": self.rolling,
                 "calendar": self.calendar,
             },
@@ -228,6 +230,24 @@ def derive(
         lag_set |= wanted
     lags = sorted(lag_set)
     reasons["lags"] = "; ".join(parts) if parts else "[]: every season lies in the window"
+    # For a season beyond the window, the base may instead average two seasons' profiles, each
+    # moved by the level difference over the last main cycle: on half-hourly demand that base
+    # alone scores 343 where last week's moved by the last steps' difference scores 386 (MAE from
+    # every phase of the day, docs/benchmarks.md). Its lags would only add noise to the network's
+    # input (hourly temperatures: 2.07 with them, 1.99 without), so the network does not read them.
+    base_set: set[int] = set()
+    for r in (r for r in beyond if r > main):
+        if shortest - (2 * r + main) - horizon - holdout < MIN_TRAIN_ORIGINS:
+            continue
+        base_set |= {k for k in range(2 * r - min(horizon, r), 2 * r + main) if k >= window}
+        base_set |= {k for k in range(r, r + main)}
+    base_lags = sorted(k for k in base_set if k >= window and k not in lag_set)
+    reasons["base_lags"] = (
+        f"{_runs(base_lags)}: two cycles of {', '.join(str(r) for r in beyond if r > main)} before each "
+        f"forecast step and before the last {main} steps, for the base only (not the network)"
+        if base_lags
+        else "[]: " + ("no season beyond the window" if not beyond else "the history is too short for them")
+    )
     rolling = sorted({r for r in long_seasons if r >= 2})
     reasons["rolling"] = f"{rolling}: mean and std over each season" if rolling else "[]: no season"
     calendar = calendar_terms(step, span)
@@ -267,6 +287,7 @@ def derive(
         window=window,
         input_window=input_window,
         lags=lags,
+        base_lags=base_lags,
         rolling=rolling,
         calendar=calendar,
         horizon=horizon,
@@ -319,6 +340,17 @@ def _holdout_span(step: pd.Timedelta) -> pd.Timedelta:
     if step < WEEK:
         return pd.Timedelta("365D")
     return pd.Timedelta("730D")
+
+
+def _runs(steps: list[int]) -> str:
+    """Sorted step counts as runs: [1, 2, 3, 7] → "1..3, 7"."""
+    runs: list[list[int]] = []
+    for k in steps:
+        if runs and k == runs[-1][1] + 1:
+            runs[-1][1] = k
+        else:
+            runs.append([k, k])
+    return ", ".join(f"{a}..{b}" if b > a else str(a) for a, b in runs)
 
 
 def _fmt(season: float) -> str:

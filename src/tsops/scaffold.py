@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import replace
+from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 import yaml
 
 from tsops import frequency
-from tsops.data.history import infer_freq, read_table, series_extent
+from tsops.data.history import clean_history, infer_freq, read_table, series_extent
 from tsops.errors import ConfigError, DataError
 from tsops.frequency import FrequencyDefaults
-from tsops.settings import CONFIG_FILE, Project, validate
+from tsops.settings import CONFIG_FILE, ModelSettings, Project, SeriesSettings, validate
+
+if TYPE_CHECKING:
+    from tsops.models.training import Base
 
 EXAMPLES = ("weather", "synthetic")
 
@@ -41,11 +48,76 @@ def _base(
 
 
 def _defaults(
-    frame: pd.DataFrame, time: str, entity: str | None, freq: str, **overrides: Any
+    frame: pd.DataFrame, time: str, entity: str | None, freq: str, target: str, **overrides: Any
 ) -> FrequencyDefaults:
     step = pd.Timedelta(pd.tseries.frequencies.to_offset(freq))
     shortest, span = series_extent(frame, time, entity, step)
-    return frequency.derive(step, shortest=shortest, span=span, **overrides)
+    defaults = frequency.derive(step, shortest=shortest, span=span, **overrides)
+    return _fit_base_lags(defaults, frame, SeriesSettings(entity=entity, time=time, target=target, freq=freq))
+
+
+# The base check reads at most this many entities, and origins per entity (evenly spaced).
+BASE_CHECK_ENTITIES = 20
+BASE_CHECK_ORIGINS = 1000
+
+
+def _fit_base_lags(
+    defaults: FrequencyDefaults, frame: pd.DataFrame, series: SeriesSettings
+) -> FrequencyDefaults:
+    """Keep `features.base_lags` only where the base they serve (two long cycles' profiles moved
+    by the last main cycle's level) fits the history before the holdout better than every base
+    without them, by training's own choice (`score_bases`) on origins there; otherwise they
+    would lengthen every entity's state and online row for a base training never picks (hourly
+    temperatures: yesterday's profile wins)."""
+    if not defaults.base_lags:
+        return defaults
+    from tsops.models.lstm import level_adjusted_lags  # torch: only when there is a choice to make
+    from tsops.models.training import best_base, score_bases
+
+    history, _ = clean_history(frame, series, "data")
+    lags = np.array(sorted({*range(defaults.window), *defaults.lags, *defaults.base_lags}))
+    steps = np.arange(1, defaults.horizon + 1)
+    rows, labels = [], []
+    for _, group in islice(history.groupby(series.entity_col, sort=True), BASE_CHECK_ENTITIES):
+        y = group[series.target].to_numpy(dtype=float)
+        origins = np.arange(lags[-1], len(y) - defaults.holdout - defaults.horizon)
+        if len(origins):
+            origins = np.unique(origins[np.linspace(0, len(origins) - 1, BASE_CHECK_ORIGINS).astype(int)])
+            rows.append(y[origins[:, None] - lags[None, :]])
+            labels.append(y[origins[:, None] + steps[None, :]])
+    model = ModelSettings(name="base_check", horizon=defaults.horizon, season=defaults.seasons)
+    if not rows:  # derive leaves room for training origins; a history of gaps may not
+        reasons = {**defaults.reasons, "base_lags": "[]: no origin before the holdout to check them on"}
+        return replace(defaults, base_lags=[], reasons=reasons)
+    features = pd.DataFrame(np.concatenate(rows), columns=[f"lag_{k}" for k in lags])
+    scored = score_bases(features, np.concatenate(labels), model)
+    only = {f"lag_{k}" for k in defaults.base_lags}
+    uses = {
+        b
+        for b in scored
+        if b.adjusted and only & set(level_adjusted_lags(model.horizon, b.season, b.seasons, b.steps))
+    }
+    with_them = min((scored[b] for b in uses), default=math.inf)
+    without = min((v for b, v in scored.items() if b not in uses), default=math.inf)
+    reasons = dict(defaults.reasons)
+    if with_them < without:
+        fit = f"MAE {with_them:.4g} against {without:.4g}"
+        reasons["base_lags"] += f"; that base fits the history before the holdout best ({fit})"
+        return replace(defaults, reasons=reasons)
+    best = _describe(best_base(scored, model))
+    reasons["base_lags"] = (
+        f"[]: the base they would serve fits the history before the holdout less well than {best} "
+        f"(MAE {with_them:.4g} against {without:.4g})"
+    )
+    return replace(defaults, base_lags=[], reasons=reasons)
+
+
+def _describe(base: Base) -> str:
+    if not base.adjusted:
+        return f"the seasonal naive at {base.season}"
+    cycles = "the last cycle" if base.seasons == 1 else f"the last {base.seasons} cycles"
+    steps = "step's" if base.steps == 1 else f"{base.steps} steps'"
+    return f"{cycles} of {base.season} moved by the last {steps} level"
 
 
 def _write(
@@ -89,7 +161,7 @@ def init_example(
 
         history = load_weather()
         history.to_parquet(root / "data" / "history.parquet", index=False)
-        defaults = _defaults(history, "date", "city", "1h")
+        defaults = _defaults(history, "date", "city", "1h", "temp")
         raw = _base(
             "weather",
             "data/history.parquet",
@@ -104,7 +176,7 @@ def init_example(
     spec = SyntheticSpec(entities=entities, seed=seed)
     history = generate(spec)
     history.to_parquet(root / "data" / "history.parquet", index=False)
-    defaults = _defaults(history, "timestamp", "entity_id", "1h")
+    defaults = _defaults(history, "timestamp", "entity_id", "1h", "value")
     raw = _base(
         "synthetic",
         "data/history.parquet",
@@ -143,7 +215,7 @@ def init_from_data(
         raise DataError(f"missing column(s) {missing}; the file has {list(frame.columns)}", str(data))
     freq = freq or infer_freq(frame, time, entity)
     defaults = _defaults(
-        frame, time, entity, freq, season=season, horizon=horizon, window=window, holdout=holdout
+        frame, time, entity, freq, target, season=season, horizon=horizon, window=window, holdout=holdout
     )
     _prepare(root)
     name = "".join(c if c.isalnum() else "_" for c in root.resolve().name.lower()).strip("_") or "project"

@@ -190,6 +190,11 @@ class FeatureSettings(Strict):
 
     window: int = Field(48, ge=2, le=1024, description="model input: the last W observations")
     lags: list[int] = Field(default_factory=lambda: [168], description="extra lags beyond the window")
+    base_lags: list[int] = Field(
+        default_factory=list,
+        description="lags only the LSTM's base reads (two seasons' profiles and their levels), not its "
+        "network: they lengthen the lookback without widening the network's input",
+    )
     rolling: list[int] = Field(default_factory=lambda: [24, 168], description="rolling mean/std sizes")
     calendar: list[CalendarTerm] = Field(
         default_factory=lambda: cast(list[CalendarTerm], ["hour", "dayofweek"])
@@ -198,7 +203,7 @@ class FeatureSettings(Strict):
         2, ge=1, description="historical joins use a feature row at most this many steps old"
     )
 
-    @field_validator("lags", "rolling")
+    @field_validator("lags", "base_lags", "rolling")
     @classmethod
     def _positive(cls, v: list[int]) -> list[int]:
         bad = [x for x in v if x < 1]
@@ -254,7 +259,8 @@ class ModelSettings(Strict):
         "auto",
         description="what the LSTM corrects: the seasonal naive at the best season, plain or moved to "
         "the current level (one or two seasons' profiles, each moved by the level difference over "
-        "the last 1 or 3 steps); auto keeps the one with the lowest training MAE",
+        "the last 1 or 3 steps, or over the last main cycle for a longer season); auto keeps the one "
+        "with the lowest training MAE",
     )
     interval_levels: list[float] = Field(
         default_factory=lambda: [80.0, 95.0],

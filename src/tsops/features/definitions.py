@@ -243,7 +243,7 @@ class FeatureSet:
 
     def __init__(self, settings: FeatureSettings):
         self.settings = settings
-        extra = tuple(k for k in settings.lags if k >= settings.window)
+        extra = tuple(sorted(k for k in {*settings.lags, *settings.base_lags} if k >= settings.window))
         self.features: list[Feature] = [
             Lags(tuple(range(settings.window))),
             *([Lags(extra)] if extra else []),
@@ -252,12 +252,19 @@ class FeatureSet:
         ]
         self.names: list[str] = [n for f in self.features for n in f.names]
         self.window_names: list[str] = [f"lag_{k}" for k in range(settings.window)]
-        self.context_names: list[str] = [n for n in self.names if n not in set(self.window_names)]
+        # the network's extra inputs: every column but the window and the lags only the base reads
+        not_context = {
+            *self.window_names,
+            *(f"lag_{k}" for k in set(settings.base_lags) - set(settings.lags)),
+        }
+        self.context_names: list[str] = [n for n in self.names if n not in not_context]
         self.lookback: int = max(f.lookback for f in self.features)
 
     def definition_hash(self) -> str:
         """Changes exactly when the feature definition changes (a lineage tag on every model)."""
-        spec = json.dumps({"names": self.names, "settings": self.settings.model_dump()}, sort_keys=True)
+        # without base lags, the dump of the settings before they existed: older hashes still match
+        dumped = self.settings.model_dump(exclude=set() if self.settings.base_lags else {"base_lags"})
+        spec = json.dumps({"names": self.names, "settings": dumped}, sort_keys=True)
         return hashlib.sha256(spec.encode()).hexdigest()[:16]
 
     def new_state(self) -> EntityState:

@@ -388,10 +388,9 @@ class FeatureStoreClient:
         query["event_timestamp"] = pd.to_datetime(query["event_timestamp"], utc=True)
         result = self.store.get_historical_features(entity_df=query, features=self.refs).to_df()
         result = result.sort_values("_row").set_index("_row")
-        out = pd.DataFrame({ent: entity_df[ent].to_numpy(), time: entity_df[time].to_numpy()})
-        for name in self.features.names:
-            out[name] = result[name].to_numpy(dtype=float)
-        return out
+        columns = {ent: entity_df[ent].to_numpy(), time: entity_df[time].to_numpy()}
+        columns.update({name: result[name].to_numpy(dtype=float) for name in self.features.names})
+        return pd.DataFrame(columns)  # at once: hundreds of inserted columns fragment the frame
 
     def online(self, entity_ids: list[str]) -> pd.DataFrame:
         """Current features of entities from the online store (NaN rows for unknown ids)."""
