@@ -59,6 +59,12 @@ def test_noisy_weeks_whose_level_wanders_take_two_weeks_moved_by_the_last_days_l
     assert without.steps in (1, 3)
 
 
+def test_a_base_says_what_it_is() -> None:
+    assert Base(24, False).describe() == "the seasonal naive at 24"
+    assert Base(168, True).describe() == "the last cycle of 168 moved by the last step's level"
+    assert Base(336, True, 2, 48).describe() == "the last 2 cycles of 336 moved by the last 48 steps' level"
+
+
 def test_the_two_season_base_averages_level_adjusted_profiles() -> None:
     rng = np.random.default_rng(2)
     values = rng.normal(size=600).cumsum()

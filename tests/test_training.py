@@ -34,6 +34,12 @@ def test_training_run_is_tracked_with_lineage(weather_project, trained_weather) 
     for baseline in ("autoets", "autotheta", "mstl"):  # statsforecast, beside the LSTM
         assert run.data.metrics[f"{baseline}_mae"] > 0 and run.data.metrics[f"{baseline}_fit_seconds"] > 0
     best = run.data.tags["tsops.best_baseline"]
+    # what the network corrects, and that forecast alone on the same origins (a tag: every
+    # `<name>_mae` metric is a row of the backtest table)
+    assert run.data.tags["tsops.lstm_base"] == trained_weather.base
+    assert trained_weather.base.startswith(("the seasonal naive at ", "the last "))
+    assert float(run.data.tags["tsops.lstm_base_mae"]) == trained_weather.base_mae > 0
+    assert "lstm_base_mae" not in run.data.metrics
     ratio = run.data.metrics["lstm_mae"] / run.data.metrics[f"{best}_mae"]
     assert run.data.metrics["lstm_vs_best_baseline"] == ratio
     losses = client.get_metric_history(run.info.run_id, "train_loss")

@@ -263,6 +263,11 @@ def train(
     console.print(
         f"the LSTM {verdict} the best baseline ({best_baseline}, MAE {best_mae:.4f}): ratio {ratio:.3f}"
     )
+    console.print(
+        f"the network corrects {outcome.base}: MAE {outcome.base_mae:.4f} alone, "
+        f"{report.overall['lstm']['mae']:.4f} corrected",
+        highlight=False,
+    )
     for failure in report.failures:
         console.print(f"[yellow]baseline:[/] {failure}", highlight=False)
     _print_left_out(outcome.left_out)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -18,9 +18,6 @@ from tsops.data.history import clean_history, infer_freq, read_table, series_ext
 from tsops.errors import ConfigError, DataError
 from tsops.frequency import FrequencyDefaults
 from tsops.settings import CONFIG_FILE, ModelSettings, Project, SeriesSettings, validate
-
-if TYPE_CHECKING:
-    from tsops.models.training import Base
 
 EXAMPLES = ("weather", "synthetic")
 
@@ -104,20 +101,12 @@ def _fit_base_lags(
         fit = f"MAE {with_them:.4g} against {without:.4g}"
         reasons["base_lags"] += f"; that base fits the history before the holdout best ({fit})"
         return replace(defaults, reasons=reasons)
-    best = _describe(best_base(scored, model))
+    best = best_base(scored, model).describe()
     reasons["base_lags"] = (
         f"[]: the base they would serve fits the history before the holdout less well than {best} "
         f"(MAE {with_them:.4g} against {without:.4g})"
     )
     return replace(defaults, base_lags=[], reasons=reasons)
-
-
-def _describe(base: Base) -> str:
-    if not base.adjusted:
-        return f"the seasonal naive at {base.season}"
-    cycles = "the last cycle" if base.seasons == 1 else f"the last {base.seasons} cycles"
-    steps = "step's" if base.steps == 1 else f"{base.steps} steps'"
-    return f"{cycles} of {base.season} moved by the last {steps} level"
 
 
 def _write(

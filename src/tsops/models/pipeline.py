@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import pandas as pd
 
 from tsops import leftovers, registry
@@ -32,6 +33,8 @@ class TrainOutcome:
     epochs_run: int
     left_out: dict[str, str]  # entity → why it was not trained on
     lstm_seconds: float = 0.0  # the LSTM's training alone (the rest: data, baselines, logging)
+    base: str = ""  # what the network corrects, in words (training.Base.describe)
+    base_mae: float = float("nan")  # that base alone on the backtest's origins
 
 
 MAX_LEFT_OUT_LISTED = 50  # MLflow tag values are bounded: list the first ones, count them all
@@ -129,6 +132,10 @@ def train(
             intervals={"lstm": forecaster.predict_intervals(data.test.features)[1], **stats.intervals},
         )
         drift.log_reference(project, data.train.features)  # what the stream monitor scores against
+        base = training.Base.of(forecaster.cfg).describe()
+        base_mae = float(np.mean(np.abs(forecaster.tensors(data.test.features)[2] - data.test.labels)))
+        # tags, not metrics: every `<name>_mae` metric is a row of the backtest table
+        mlflow.set_tags({"tsops.lstm_base": base, "tsops.lstm_base_mae": repr(base_mae)})
         for name, values in report.overall.items():
             mlflow.log_metrics({f"{name}_{metric}": v for metric, v in values.items()})
         mlflow.log_metrics(
@@ -190,4 +197,6 @@ def train(
         result.epochs_run,
         data.left_out,
         lstm_seconds,
+        base,
+        base_mae,
     )

@@ -39,6 +39,19 @@ class Base(NamedTuple):
     seasons: int = 1  # level-adjusted only: the seasons averaged (K)
     steps: int = 1  # level-adjusted only: the steps the level difference is averaged over (k)
 
+    @classmethod
+    def of(cls, cfg: ForecasterConfig) -> Base:
+        return cls(cfg.season, cfg.level_adjusted, cfg.base_seasons, cfg.base_steps)
+
+    def describe(self) -> str:
+        """In words: "the seasonal naive at 24", "the last 2 cycles of 336 moved by the last 48
+        steps' level"."""
+        if not self.adjusted:
+            return f"the seasonal naive at {self.season}"
+        cycles = "the last cycle" if self.seasons == 1 else f"the last {self.seasons} cycles"
+        steps = "step's" if self.steps == 1 else f"{self.steps} steps'"
+        return f"{cycles} of {self.season} moved by the last {steps} level"
+
 
 @dataclass
 class TrainResult:
