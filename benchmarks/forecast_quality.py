@@ -124,6 +124,8 @@ def run_one(
         "train_seconds_total": total,
         "best_baseline": best,
         "best_statistical": best_stat,
+        "lstm_base": outcome.base,
+        "lstm_base_mae": outcome.base_mae,
         "failures": report.failures,
         "models": rows,
     }
@@ -144,6 +146,7 @@ def markdown(result: dict) -> str:
             f"| {r['model']} | {r['mae']:.4g} | {r['rmse']:.4g} | {r['mase']:.3f} | "
             f"{r['ratio_to_best_statistical']:.3f} | {cov[0]} | {cov[1]} | {r['seconds']:.1f} |"
         )
+    out.append(f"\nThe network corrects {result['lstm_base']}: MAE {result['lstm_base_mae']:.4g} alone.")
     for f in result["failures"]:
         out.append(f"\n- {f}")
     return "\n".join(out)
