@@ -1,7 +1,7 @@
 """Forecast quality benchmark: the default `tsops train` against the field's statistical models
-on real data of three frequencies, on tsops' own rolling-origin backtest, in one run.
+on real data of four frequencies, on tsops' own rolling-origin backtest, in one run.
 
-    .venv/bin/python benchmarks/forecast_quality.py [--datasets taylor,tmy,co2] [--quick]
+    .venv/bin/python benchmarks/forecast_quality.py [--datasets taylor,tmy,seattle,co2] [--quick]
                                                     [--threads 1] [--out results.json]
 
 Each dataset ships inside a pip package (nothing is downloaded):
@@ -10,6 +10,8 @@ Each dataset ships inside a pip package (nothing is downloaded):
   and Wales, 2000-06-05 .. 08-27 (4,032 steps).
 - tmy: `pvlib.iotools.read_tmy3`/`read_tmy2` on pvlib's bundled TMY files, 1 h, 3 entities:
   typical-year air temperature at Sand Point AK, Greensboro NC and Miami FL (8,760 steps each).
+- seattle: `vega_datasets` `seattle-weather`, 1 day, 1 entity: daily maximum temperature at
+  Seattle, 2012-01-01 .. 2015-12-31 (1,461 days; not the weather example's hourly 2010 series).
 - co2: `statsmodels.datasets.co2`, 1 week, 1 entity: Mauna Loa CO2 1958-2001 (2,284 weeks, 59
   of them missing: gaps that `ingest` interpolates).
 
@@ -63,9 +65,17 @@ def co2() -> pd.DataFrame:
     return pd.DataFrame({"time": data.index, "co2": data["co2"].to_numpy()})
 
 
+def seattle() -> pd.DataFrame:
+    from vega_datasets import data
+
+    frame = data.seattle_weather()
+    return pd.DataFrame({"time": pd.to_datetime(frame["date"]), "temp_max": frame["temp_max"].astype(float)})
+
+
 DATASETS: dict[str, tuple[Callable[[], pd.DataFrame], str, str | None]] = {
     "taylor": (taylor, "demand", None),
     "tmy": (tmy, "temp", "site"),
+    "seattle": (seattle, "temp_max", None),
     "co2": (co2, "co2", None),
 }
 

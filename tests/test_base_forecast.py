@@ -42,7 +42,20 @@ def test_a_wandering_level_adds_the_level_adjusted_base() -> None:
     values = np.sin(2 * np.pi * t / 24) + np.cumsum(rng.normal(0, 0.3, len(t)))  # a random-walk level
     [chosen] = base_candidates(_data(values), _settings())
     assert (chosen.season, chosen.adjusted) == (24, True)  # the lowest training MAE
-    assert base_candidates(_data(values), _settings(base="seasonal")) == [Base(24, False)]
+    # without level adjustment, the last value (a season of one step) beats yesterday's profile
+    assert base_candidates(_data(values), _settings(base="seasonal")) == [Base(1, False)]
+
+
+def test_where_no_season_repeats_the_base_is_the_last_value() -> None:
+    """A random walk: persistence is the best base, and it is a candidate though 1 is not
+    one of the seasons; the untrained network forecasts it exactly."""
+    rng = np.random.default_rng(4)
+    values = rng.normal(size=3000).cumsum()
+    data = _data(values)
+    assert base_candidates(data, _settings()) == [Base(1, False)]
+    cfg = ForecasterConfig([f"lag_{k}" for k in range(48)], ["lag_168"], H, 8, 1, 0.0, 1, 1.0, 1.0)
+    expected = np.repeat(data.train.features["lag_0"].to_numpy()[:, None], H, axis=1)
+    np.testing.assert_allclose(Forecaster(cfg).predict(data.train.features), expected)
 
 
 def test_noisy_weeks_whose_level_wanders_take_two_weeks_moved_by_the_last_days_level() -> None:
@@ -61,6 +74,7 @@ def test_noisy_weeks_whose_level_wanders_take_two_weeks_moved_by_the_last_days_l
 
 def test_a_base_says_what_it_is() -> None:
     assert Base(24, False).describe() == "the seasonal naive at 24"
+    assert Base(1, False).describe() == "the last value (persistence)"
     assert Base(168, True).describe() == "the last cycle of 168 moved by the last step's level"
     assert Base(336, True, 2, 48).describe() == "the last 2 cycles of 336 moved by the last 48 steps' level"
 

@@ -257,7 +257,8 @@ class ModelSettings(Strict):
 
     base: Literal["auto", "seasonal", "level_adjusted"] = Field(
         "auto",
-        description="what the LSTM corrects: the seasonal naive at the best season, plain or moved to "
+        description="what the LSTM corrects: the seasonal naive at the best season (the last value "
+        "among them: a season of one step), plain or moved to "
         "the current level (one or two seasons' profiles, each moved by the level difference over "
         "the last 1 or 3 steps, or over the last main cycle for a longer season); auto keeps the one "
         "with the lowest training MAE",

@@ -47,7 +47,9 @@ class Base(NamedTuple):
         """In words: "the seasonal naive at 24", "the last 2 cycles of 336 moved by the last 48
         steps' level"."""
         if not self.adjusted:
-            return f"the seasonal naive at {self.season}"
+            return (
+                "the last value (persistence)" if self.season == 1 else f"the seasonal naive at {self.season}"
+            )
         cycles = "the last cycle" if self.seasons == 1 else f"the last {self.seasons} cycles"
         steps = "step's" if self.steps == 1 else f"{self.steps} steps'"
         return f"{cycles} of {self.season} moved by the last {steps} level"
@@ -265,12 +267,15 @@ def score_bases(features: pd.DataFrame, labels: np.ndarray, model: ModelSettings
     """MAE against `labels` of every base `model.base` allows whose lags `features` hold."""
     scored: dict[Base, float] = {}
     columns = set(features.columns)
-    for period in dict.fromkeys(round(s) for s in model.seasons):
+    # persistence (a season of one step) too: where no season repeats (daily maximum
+    # temperatures), the last value is the better thing to correct than last week's
+    declared = [round(s) for s in model.seasons]
+    for period in dict.fromkeys([*declared, *([1] if model.base != "level_adjusted" else [])]):
         needed = {f"lag_{period * -(-h // period) - h}" for h in range(1, model.horizon + 1)}
         if period < 1 or not needed <= columns:
             continue
         options = [Base(period, False)] if model.base != "level_adjusted" else []
-        if model.base != "seasonal":
+        if model.base != "seasonal" and period in declared:
             # a season longer than the main one may also move its profiles by the level
             # difference over the last main cycle (features.base_lags)
             longer = ((1, model.main_season), (2, model.main_season)) if period > model.main_season else ()
