@@ -45,12 +45,19 @@ def _base(
 
 
 def _defaults(
-    frame: pd.DataFrame, time: str, entity: str | None, freq: str, target: str, **overrides: Any
+    frame: pd.DataFrame,
+    time: str,
+    entity: str | None,
+    freq: str,
+    target: str,
+    source: str = "history",
+    **overrides: Any,
 ) -> FrequencyDefaults:
     step = pd.Timedelta(pd.tseries.frequencies.to_offset(freq))
     shortest, span = series_extent(frame, time, entity, step)
     defaults = frequency.derive(step, shortest=shortest, span=span, **overrides)
-    return _fit_base_lags(defaults, frame, SeriesSettings(entity=entity, time=time, target=target, freq=freq))
+    series = SeriesSettings(entity=entity, time=time, target=target, freq=freq)
+    return _fit_base_lags(defaults, frame, series, source)
 
 
 # The base check reads at most this many entities, and origins per entity (evenly spaced).
@@ -59,7 +66,7 @@ BASE_CHECK_ORIGINS = 1000
 
 
 def _fit_base_lags(
-    defaults: FrequencyDefaults, frame: pd.DataFrame, series: SeriesSettings
+    defaults: FrequencyDefaults, frame: pd.DataFrame, series: SeriesSettings, source: str
 ) -> FrequencyDefaults:
     """Keep `features.base_lags` only where the base they serve (two long cycles' profiles moved
     by the last main cycle's level) fits the history before the holdout better than every base
@@ -71,7 +78,7 @@ def _fit_base_lags(
     from tsops.models.lstm import level_adjusted_lags  # torch: only when there is a choice to make
     from tsops.models.training import best_base, score_bases
 
-    history, _ = clean_history(frame, series, "data")
+    history, _ = clean_history(frame, series, source)  # refuses what ingest would, naming the file
     lags = np.array(sorted({*range(defaults.window), *defaults.lags, *defaults.base_lags}))
     steps = np.arange(1, defaults.horizon + 1)
     rows, labels = [], []
@@ -204,7 +211,16 @@ def init_from_data(
         raise DataError(f"missing column(s) {missing}; the file has {list(frame.columns)}", str(data))
     freq = freq or infer_freq(frame, time, entity)
     defaults = _defaults(
-        frame, time, entity, freq, target, season=season, horizon=horizon, window=window, holdout=holdout
+        frame,
+        time,
+        entity,
+        freq,
+        target,
+        str(data),
+        season=season,
+        horizon=horizon,
+        window=window,
+        holdout=holdout,
     )
     _prepare(root)
     name = "".join(c if c.isalnum() else "_" for c in root.resolve().name.lower()).strip("_") or "project"
