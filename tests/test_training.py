@@ -132,6 +132,9 @@ def test_status_json_lists_models_schema_entities_and_online_rows(weather_projec
     assert first["best_baseline"] in {"persistence", "seasonal_naive", "autoets", "autotheta", "mstl"}
     assert first["beats_best_baseline"] == (first["lstm_vs_best_baseline"] < 1)
     assert ("does NOT beat" in first["verdict"]) != first["beats_best_baseline"]
+    assert first["lstm_base"] == trained_weather.base and first["lstm_base_mae"] == trained_weather.base_mae
+    text = run_cli("status", "--project", str(weather_project.root)).stdout
+    assert f"its network corrects {trained_weather.base}: MAE {trained_weather.base_mae:.4f} alone" in text
 
 
 def test_tracking_on_postgresql(postgres_server, tmp_path) -> None:

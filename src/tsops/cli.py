@@ -508,6 +508,11 @@ def status(
     if champion and "verdict" in champion:
         colour = "green" if champion["beats_best_baseline"] else "red"
         console.print(f"champion v{champion['version']}: [{colour}]{champion['verdict']}[/]")
+        if champion.get("lstm_base"):
+            console.print(
+                f"  its network corrects {champion['lstm_base']}: MAE {champion['lstm_base_mae']:.4f} alone",
+                highlight=False,
+            )
     for m in info["models"]:
         if m.get("online"):
             console.print(f"v{m['version']} online: {_online_line(m)}", highlight=False, markup=False)

@@ -28,8 +28,12 @@ def backtest_figures(metrics: dict[str, float], tags: dict[str, str]) -> dict[st
     it beats the best of them (`tsops status` and the dashboard)."""
     shown = {k: v for k, v in metrics.items() if k.endswith(_SHOWN_SUFFIXES) and k not in _HIDDEN}
     baselines = sorted({k.rsplit("_", 1)[0] for k in shown if k.endswith("_mae")} - {"lstm"})
+    base = {  # what the network corrects, and that forecast alone (versions trained since session 10)
+        "lstm_base": tags.get("tsops.lstm_base"),
+        "lstm_base_mae": float(tags["tsops.lstm_base_mae"]) if "tsops.lstm_base_mae" in tags else None,
+    }
     if "lstm_mae" not in metrics or not baselines:
-        return {"metrics": shown}
+        return {"metrics": shown, **base}
     best = min(baselines, key=lambda b: metrics[f"{b}_mae"])
     ratio = metrics["lstm_mae"] / metrics[f"{best}_mae"] if metrics[f"{best}_mae"] > 0 else float("inf")
     return {
@@ -43,6 +47,7 @@ def backtest_figures(metrics: dict[str, float], tags: dict[str, str]) -> dict[st
             else f"the LSTM does NOT beat the best baseline ({best}): MAE ratio {ratio:.3f}"
         ),
         "baseline_failures": int(tags.get("tsops.baseline_failures", "0") or 0),
+        **base,
     }
 
 

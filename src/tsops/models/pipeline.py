@@ -188,6 +188,8 @@ def train(
             model.name, str(version), "tsops.backtest_mae", repr(report.overall["lstm"]["mae"])
         )
         client.set_model_version_tag(model.name, str(version), "tsops.best_baseline", best)
+        client.set_model_version_tag(model.name, str(version), "tsops.lstm_base", base)
+        client.set_model_version_tag(model.name, str(version), "tsops.lstm_base_mae", repr(base_mae))
         registry.set_challenger(client, model.name, version)
     return TrainOutcome(
         version,
