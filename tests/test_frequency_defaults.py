@@ -129,7 +129,7 @@ def test_short_series_get_defaults_that_fit_them() -> None:
     d = _derive("1h", shortest=300)  # 12.5 days: a weekly season does not fit twice with the rest
     assert d.seasons == [24]
     assert d.lags == [48, 49, 50] and d.rolling == [24]  # the two-day base's lags fit
-    assert d.base_lags == [] and "no season beyond" in d.reasons["base_lags"]
+    assert d.base_lags == [] and "no season longer than the main one" in d.reasons["base_lags"]
     assert d.holdout <= 75
     assert 300 - max(d.window, d.lags[-1] + 1) - d.horizon - d.holdout >= 10
     assert "dropped" in d.reasons["season"]
@@ -147,6 +147,10 @@ def test_overrides_are_kept_and_checked() -> None:
     step = pd.Timedelta("1h")
     d = derive(step, shortest=LONG, season=[12.0], horizon=6, window=36, holdout=100)
     assert (d.seasons, d.horizon, d.window, d.holdout) == ([12.0], 6, 36, 100)
+    main_only = derive(step, shortest=LONG, season=[24.0], window=24)  # the main season ends the window
+    assert (
+        main_only.base_lags == [] and "no season longer than the main one" in main_only.reasons["base_lags"]
+    )
     with pytest.raises(DataError, match="shorter than the main season"):
         derive(step, shortest=LONG, season=[48.0], window=24)
 

@@ -246,7 +246,12 @@ def derive(
         f"{_runs(base_lags)}: two cycles of {', '.join(str(r) for r in beyond if r > main)} before each "
         f"forecast step and before the last {main} steps, for the base only (not the network)"
         if base_lags
-        else "[]: " + ("no season beyond the window" if not beyond else "the history is too short for them")
+        else "[]: "
+        + (
+            "the history is too short for them"
+            if any(r > main for r in beyond)
+            else "no season longer than the main one beyond the window"
+        )
     )
     rolling = sorted({r for r in long_seasons if r >= 2})
     reasons["rolling"] = f"{rolling}: mean and std over each season" if rolling else "[]: no season"

@@ -28,7 +28,7 @@ def backtest_figures(metrics: dict[str, float], tags: dict[str, str]) -> dict[st
     it beats the best of them (`tsops status` and the dashboard)."""
     shown = {k: v for k, v in metrics.items() if k.endswith(_SHOWN_SUFFIXES) and k not in _HIDDEN}
     baselines = sorted({k.rsplit("_", 1)[0] for k in shown if k.endswith("_mae")} - {"lstm"})
-    base = {  # what the network corrects, and that forecast alone (versions trained since session 10)
+    base = {  # what the network corrects, and that forecast alone (None on versions older than the tags)
         "lstm_base": tags.get("tsops.lstm_base"),
         "lstm_base_mae": float(tags["tsops.lstm_base_mae"]) if "tsops.lstm_base_mae" in tags else None,
     }
