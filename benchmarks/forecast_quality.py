@@ -118,7 +118,9 @@ def run_one(
                 "model": model,
                 **m,
                 "ratio_to_best_statistical": m["mae"] / report.overall[best_stat]["mae"],
+                "ratio_interval": report.ratio_interval(model, best_stat),
                 **{f"coverage_{k}": v for k, v in report.coverage.get(model, {}).items()},
+                **{f"coverage_{k}_interval": v for k, v in report.coverage_interval.get(model, {}).items()},
                 "seconds": report.fit_seconds.get(model, outcome.lstm_seconds if model == "lstm" else 0.0),
             }
         )
@@ -137,6 +139,8 @@ def run_one(
         "lstm_base": outcome.base,
         "lstm_base_mae": outcome.base_mae,
         "failures": report.failures,
+        "resampled": report.draws is not None,
+        "stretches": report.stretches,
         "models": rows,
     }
 
@@ -152,10 +156,21 @@ def markdown(result: dict) -> str:
     ]
     for r in result["models"]:
         cov = [f"{r[k]:.1%}" if k in r else "" for k in ("coverage_80", "coverage_95")]
+        if r.get("coverage_80_interval"):
+            cov[0] += " ({:.0%}–{:.0%})".format(*r["coverage_80_interval"])
+        spread = r.get("ratio_interval")
+        ratio = f"{r['ratio_to_best_statistical']:.3f}" + (
+            f" ({spread[0]:.3f}–{spread[1]:.3f})" if spread and spread[1] > spread[0] else ""
+        )
         out.append(
             f"| {r['model']} | {r['mae']:.4g} | {r['rmse']:.4g} | {r['mase']:.3f} | "
-            f"{r['ratio_to_best_statistical']:.3f} | {cov[0]} | {cov[1]} | {r['seconds']:.1f} |"
+            f"{ratio} | {cov[0]} | {cov[1]} | {r['seconds']:.1f} |"
         )
+    out.append(
+        "\nIn brackets: the central 90% over resampled origins (blocks of the origins one horizon spans)."
+        if result["resampled"]
+        else f"\nNo range: the origins span {result['stretches']} horizon(s), too few to resample."
+    )
     out.append(f"\nThe network corrects {result['lstm_base']}: MAE {result['lstm_base_mae']:.4g} alone.")
     for f in result["failures"]:
         out.append(f"\n- {f}")
@@ -190,11 +205,20 @@ def main() -> None:
             print(flush=True)
     if args.out:
         args.out.write_text(json.dumps(results, indent=1, default=float))
-    print("| dataset | LSTM MAE / best statistical baseline |")
-    print("|---|---:|")
+    print(
+        "| dataset | LSTM MAE / best statistical baseline | 90% over resampled origins | LSTM 80% coverage |"
+    )
+    print("|---|---:|---:|---:|")
     for r in results:
         lstm = next(m for m in r["models"] if m["model"] == "lstm")
-        print(f"| {r['dataset']} | {lstm['ratio_to_best_statistical']:.3f} ({r['best_statistical']}) |")
+        spread = "{:.3f}–{:.3f}".format(*lstm["ratio_interval"]) if lstm["ratio_interval"] else "–"
+        cov = f"{lstm['coverage_80']:.1%}" if "coverage_80" in lstm else "–"
+        if lstm.get("coverage_80_interval"):
+            cov += " ({:.0%}–{:.0%})".format(*lstm["coverage_80_interval"])
+        print(
+            f"| {r['dataset']} | {lstm['ratio_to_best_statistical']:.3f} ({r['best_statistical']}) | "
+            f"{spread} | {cov} |"
+        )
     np.set_printoptions()
 
 

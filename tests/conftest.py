@@ -192,7 +192,10 @@ def stream_model(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-u
     from tsops.lifecycle.promotion import promote
     from tsops.models.pipeline import train
 
-    project = write_synthetic_project(tmp_path_factory.mktemp("stream-model") / "proj")
+    # 13 origins half a day apart span six horizons: enough to resample (the backtest's ranges)
+    project = write_synthetic_project(
+        tmp_path_factory.mktemp("stream-model") / "proj", extra={"backtest": {"stride": 12}}
+    )
     ingest(project, quiet=True)
     train(project, quick=True, show_progress=False)
     promote(project)

@@ -154,6 +154,7 @@ def test_chart_follows_stream_events_without_a_reload(served, dashboard_project,
     page.wait_for_selector("#backtest table")
     table = page.inner_text("#backtest")
     assert "lstm" in table and "seasonal_naive" in table and "mstl" in table and "best baseline" in table
+    assert "90% of resampled origins give" in table
 
     # the requests' latency is plotted (from the server's own metrics, over a 10 s window)
     page.wait_for_function("document.querySelectorAll('#latency-chart path').length > 0", timeout=15_000)
@@ -312,6 +313,9 @@ def test_backtest_table_shows_the_lstm_beside_every_baseline_with_the_ratio_to_t
     assert shown[best]["vs_best_baseline"] == 1.0
     assert champion["lstm_vs_best_baseline"] == pytest.approx(shown["lstm"]["vs_best_baseline"])
     assert champion["beats_best_baseline"] == (shown["lstm"]["vs_best_baseline"] < 1.0)
+    low, high = champion["lstm_vs_best_baseline_interval"]  # over resampled origins
+    assert [low, high] == [metrics["lstm_vs_best_baseline_low"], metrics["lstm_vs_best_baseline_high"]]
+    assert low <= champion["lstm_vs_best_baseline"] <= high
     feed.close()
 
 

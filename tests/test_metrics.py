@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tsops.models import backtest
+from tsops.models import backtest, metrics
 from tsops.models.dataset import Examples, TrainingData
 
 
@@ -63,3 +63,92 @@ def test_constant_entity_is_scaled_by_the_others_not_by_zero() -> None:
     data.train_history["B"] = np.full(6, 3.0)
     report = backtest.run(data, {}, horizon=2, season=3)
     assert report.overall["seasonal_naive"]["mase"] == pytest.approx((3 / 4 + 4 / 4 + 1 / 4 + 1 / 4) / 4)
+
+
+def _one_entity(origins: int, horizon: int = 4, seed: int = 0) -> tuple[TrainingData, np.ndarray]:
+    """`origins` hourly origins one step apart (so a horizon's forecasts overlap) of a series
+    whose actuals are noise around 100; also the actuals' noise, shape (origins, horizon)."""
+    rng = np.random.default_rng(seed)
+    times = pd.date_range("2024-01-01", periods=origins, freq="h")
+    noise = rng.normal(0.0, 1.0, size=(origins, horizon))
+    features = pd.DataFrame({"entity": "A", "time": times, "lag_0": 0.0, "lag_1": 0.0, "lag_2": 0.0})
+    labels = 100.0 + noise  # the lags are far off: the naive baselines are never the best
+    empty = Examples(features.iloc[:0], np.zeros((0, horizon)))
+    history = pd.DataFrame({"entity": "A", "time": times, "y": 100.0 + noise[:, 0]})
+    data = TrainingData(
+        train=empty,
+        val=empty,
+        test=Examples(features, labels),
+        train_history={"A": np.arange(10.0)},
+        history=history,
+        test_window=(times[0], times[-1]),
+        data_hash="x",
+    )
+    return data, noise
+
+
+@pytest.mark.parametrize("origins", [30, 600])
+def test_the_ratio_and_coverage_come_with_their_spread_over_resampled_origins(origins: int) -> None:
+    data, noise = _one_entity(origins)
+    truth = data.test.labels
+    rng = np.random.default_rng(1)
+    reference = truth + rng.normal(0.0, 1.0, size=truth.shape)  # errors |N(0, 1)|
+    model = truth + rng.normal(0.0, 0.8, size=truth.shape)  # errors |N(0, 0.8)|: ratio 0.8
+    z = 1.2815516  # the 90th percentile of N(0, 1): ± z·0.8 holds 80% of the model's errors
+    bounds = {"80": (model - z * 0.8, model + z * 0.8)}
+    report = backtest.run(
+        data,
+        {"model": lambda f: model, "same": lambda f: reference},
+        4,
+        3,
+        {"reference": reference},
+        intervals={"model": bounds},
+    )
+
+    assert report.best_baseline()[0] == "reference"
+    low, high = report.ratio_interval("model")
+    assert low < report.ratio_to_best_baseline("model") < high
+    assert report.ratio_interval("same") == pytest.approx((1.0, 1.0))  # the same errors: no spread
+    cov_low, cov_high = report.coverage_interval["model"]["80"]
+    assert cov_low < report.coverage["model"]["80"] < cov_high
+    if origins == 600:  # many origins pin both down around what the noise makes them
+        assert low < 0.8 < high and high - low < 0.1
+        assert cov_low < 0.8 < cov_high and cov_high - cov_low < 0.06
+    else:  # 30 origins, four steps each, cannot tell 0.8 from 0.9
+        assert high - low > 0.1 and high > 0.85
+
+
+def test_forecasts_from_overlapping_origins_are_resampled_together() -> None:
+    # one shared error per target time: the four forecasts that reach it all carry it, so
+    # resampling origins one at a time would understate how much the ratio can move
+    data, _ = _one_entity(200)
+    truth = data.test.labels
+    shared = np.random.default_rng(2).normal(0.0, 1.0, size=len(truth) + 4)
+    common = np.stack([shared[i + 1 : i + 5] for i in range(len(truth))])
+    model = truth + 2.0 * common
+    report = backtest.run(data, {"model": lambda f: model}, 4, 3, {"reference": truth + 1.0})
+
+    blocks = backtest._origin_times(data, 4)[1]
+    assert blocks == 4  # hourly origins, one step apart, forecasting four hours
+    row_time, picked = metrics.origin_draws(backtest.utc_ns(data.test.features["time"]), 1)
+    err = np.abs(model - truth).sum(axis=1)
+    singly = metrics.percentile_interval(
+        metrics.resampled_share(err, np.full(len(err), 4.0), row_time, picked)
+    )
+    low, high = report.ratio_interval("model")
+    assert high - low > singly[1] - singly[0]
+
+
+def test_a_holdout_of_few_horizons_gets_no_interval_rather_than_a_false_one() -> None:
+    # 14 hourly origins forecasting 4 hours hold 3 disjoint horizons: every draw would be
+    # nearly the holdout itself, and its spread would look far smaller than it is
+    data, _ = _one_entity(14)
+    truth = data.test.labels
+    model = truth + 1.0
+    bounds = {"80": (model - 1.5, model + 1.5)}
+    report = backtest.run(
+        data, {"model": lambda f: model}, 4, 3, {"ref": truth + 2.0}, intervals={"model": bounds}
+    )
+    assert report.stretches == 3 < metrics.MIN_STRETCHES
+    assert report.ratio_interval("model") is None and report.coverage_interval == {}
+    assert report.ratio_to_best_baseline("model") == pytest.approx(0.5)  # the figure itself stays

@@ -42,6 +42,11 @@ def test_training_run_is_tracked_with_lineage(weather_project, trained_weather) 
     assert "lstm_base_mae" not in run.data.metrics
     ratio = run.data.metrics["lstm_mae"] / run.data.metrics[f"{best}_mae"]
     assert run.data.metrics["lstm_vs_best_baseline"] == ratio
+    # the ratio's and the 80% coverage's central 90% over resampled origins
+    figures = run.data.metrics
+    assert figures["lstm_vs_best_baseline_low"] <= ratio <= figures["lstm_vs_best_baseline_high"]
+    coverage = figures["lstm_coverage_80"]
+    assert figures["lstm_coverage_80_low"] <= coverage <= figures["lstm_coverage_80_high"]
     losses = client.get_metric_history(run.info.run_id, "train_loss")
     assert [m.step for m in losses] == list(range(1, trained_weather.epochs_run + 1))
     tags = run.data.tags
@@ -132,6 +137,12 @@ def test_status_json_lists_models_schema_entities_and_online_rows(weather_projec
     assert first["best_baseline"] in {"persistence", "seasonal_naive", "autoets", "autotheta", "mstl"}
     assert first["beats_best_baseline"] == (first["lstm_vs_best_baseline"] < 1)
     assert ("does NOT beat" in first["verdict"]) != first["beats_best_baseline"]
+    low, high = first["lstm_vs_best_baseline_interval"]
+    assert low <= first["lstm_vs_best_baseline"] <= high
+    assert f"90% of resampled origins give {low:.3f}–{high:.3f}" in first["verdict"]
+    assert first["backtest_coverage"].keys() == first["backtest_coverage_interval"].keys() == {"80", "95"}
+    for level, (low, high) in first["backtest_coverage_interval"].items():
+        assert low <= first["backtest_coverage"][level] <= high
     assert first["lstm_base"] == trained_weather.base and first["lstm_base_mae"] == trained_weather.base_mae
     text = run_cli("status", "--project", str(weather_project.root)).stdout
     assert f"its network corrects {trained_weather.base}: MAE {trained_weather.base_mae:.4f} alone" in text

@@ -242,6 +242,8 @@ def train(
         outcome = run(loaded, params=best.params, lineage=lineage)
     else:
         outcome = run(loaded, quick=quick)
+    from tsops.status import spread_note
+
     report = outcome.report
     best_baseline, best_mae = report.best_baseline()
     table = Table(title=f"Backtest on the held-out tail ({report.origins} origins)")
@@ -262,6 +264,13 @@ def train(
     verdict = "beats" if ratio < 1 else "does [bold red]not[/] beat"
     console.print(
         f"the LSTM {verdict} the best baseline ({best_baseline}, MAE {best_mae:.4f}): ratio {ratio:.3f}"
+        + spread_note(*(report.ratio_interval("lstm") or (ratio, ratio)))
+        + (
+            f"; the origins span {report.stretches} horizon(s), too few to say how far this ratio can move"
+            if report.draws is None and report.origins > 1
+            else ""
+        ),
+        highlight=False,
     )
     console.print(
         f"the network corrects {outcome.base}: MAE {outcome.base_mae:.4f} alone, "

@@ -23,6 +23,14 @@ _SHOWN_SUFFIXES = ("_mae", "_rmse", "_mase", "_fit_seconds")
 _HIDDEN = ("val_mae", "lstm_mae_by_step")
 
 
+def spread_note(low: float, high: float) -> str:
+    """What the ratio's spread over resampled backtest origins says (empty without one)."""
+    if not (high > low):
+        return ""
+    note = f"; 90% of resampled origins give {low:.3f}–{high:.3f}"
+    return note + (", so this holdout cannot tell the two apart" if low < 1.0 < high else "")
+
+
 def backtest_figures(metrics: dict[str, float], tags: dict[str, str]) -> dict[str, Any]:
     """The LSTM beside every baseline (a version's run metrics and tags), and plainly whether
     it beats the best of them (`tsops status` and the dashboard)."""
@@ -36,16 +44,21 @@ def backtest_figures(metrics: dict[str, float], tags: dict[str, str]) -> dict[st
         return {"metrics": shown, **base}
     best = min(baselines, key=lambda b: metrics[f"{b}_mae"])
     ratio = metrics["lstm_mae"] / metrics[f"{best}_mae"] if metrics[f"{best}_mae"] > 0 else float("inf")
+    low, high = (metrics.get(f"lstm_vs_best_baseline_{end}") for end in ("low", "high"))
+    spread = [low, high] if low is not None and high is not None else None
     return {
         "metrics": shown,
         "best_baseline": best,
         "lstm_vs_best_baseline": ratio,
+        # its central 90% over resampled origins (None on versions older than these metrics)
+        "lstm_vs_best_baseline_interval": spread,
         "beats_best_baseline": ratio < 1.0,
         "verdict": (
             f"the LSTM beats the best baseline ({best}): MAE ratio {ratio:.3f}"
             if ratio < 1.0
             else f"the LSTM does NOT beat the best baseline ({best}): MAE ratio {ratio:.3f}"
-        ),
+        )
+        + (spread_note(*spread) if spread else ""),
         "baseline_failures": int(tags.get("tsops.baseline_failures", "0") or 0),
         **base,
     }
@@ -94,7 +107,15 @@ def collect(project: Project) -> dict[str, Any]:
             "promotion_reason": v.tags.get("tsops.promotion_reason"),
             "left_out": json.loads(v.tags.get(registry.LEFT_OUT_TAG, "{}")),
             "backtest_coverage": {
-                k.rsplit("_", 1)[1]: x for k, x in v.metrics.items() if k.startswith("lstm_coverage_")
+                k.rsplit("_", 1)[1]: x
+                for k, x in v.metrics.items()
+                if k.startswith("lstm_coverage_") and k.count("_") == 2
+            },
+            # each level's central 90% over resampled origins ("80": [low, high])
+            "backtest_coverage_interval": {
+                level: [v.metrics[f"lstm_coverage_{level}_low"], v.metrics[f"lstm_coverage_{level}_high"]]
+                for level in sorted({k.split("_")[2] for k in v.metrics if k.startswith("lstm_coverage_")})
+                if f"lstm_coverage_{level}_low" in v.metrics and f"lstm_coverage_{level}_high" in v.metrics
             },
             "online": figures.get(v.version),
         }

@@ -6,6 +6,7 @@ with the features known at that origin (a fixed-model rolling-origin evaluation)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ import pandas as pd
 
 from tsops.models import metrics
 from tsops.models.baselines import BASELINES
-from tsops.models.dataset import TrainingData
+from tsops.models.dataset import TrainingData, utc_ns
 from tsops.models.intervals import coverage as interval_coverage
 from tsops.records import target_times
 
@@ -32,6 +33,12 @@ class BacktestReport:
     fit_seconds: dict[str, float] = field(default_factory=dict)  # statistical baselines' time
     failures: list[str] = field(default_factory=list)  # baseline fits that fell back, and why
     coverage: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> level -> share
+    # the figures over resampled origins (metrics.origin_draws), so a reader sees what the
+    # holdout can and cannot tell apart: the actuals, each row's origin time and the draws
+    truth: np.ndarray | None = None
+    draws: tuple[np.ndarray, np.ndarray] | None = None  # None: too few stretches to resample
+    stretches: int = 0  # disjoint runs of the origins one horizon spans that the holdout holds
+    coverage_interval: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)  # central 90%
 
     def best_baseline(self) -> tuple[str, float]:
         """The baseline with the lowest MAE, and that MAE."""
@@ -42,6 +49,15 @@ class BacktestReport:
         """`model`'s MAE over the best baseline's (below 1: it beats every baseline)."""
         best = self.best_baseline()[1]
         return self.overall[model]["mae"] / best if best > 0 else float("inf")
+
+    def ratio_interval(self, model: str, reference: str | None = None) -> tuple[float, float] | None:
+        """The central 90% of `model`'s MAE over `reference`'s (default: the best baseline's) on
+        resampled origins; None where the holdout holds too few stretches to resample."""
+        if self.truth is None or self.draws is None:
+            return None
+        reference = reference or self.best_baseline()[0]
+        err = {n: np.abs(self.predictions[n] - self.truth).sum(axis=1) for n in (model, reference)}
+        return metrics.percentile_interval(metrics.resampled_share(err[model], err[reference], *self.draws))
 
     def table(self) -> pd.DataFrame:
         """One row per horizon step (and 'all'), one column per model and metric."""
@@ -76,7 +92,7 @@ def run(
     for name, baseline in BASELINES.items():
         predictions[name] = baseline(data.test.features, horizon, season)
     predictions.update(baselines or {})
-    return BacktestReport(
+    report = BacktestReport(
         overall={n: metrics.overall(truth, p, scale) for n, p in predictions.items()},
         by_step={n: metrics.per_step(truth, p, scale) for n, p in predictions.items()},
         predictions=predictions,
@@ -90,6 +106,46 @@ def run(
             if by_level
         },
     )
+    if len(truth):
+        _resample(report, data, intervals or {})
+    return report
+
+
+def _resample(
+    report: BacktestReport,
+    data: TrainingData,
+    intervals: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]],
+) -> None:
+    """Draw the report's resampled origins, in blocks of the origins one horizon spans (their
+    forecasts share actuals), and each interval's coverage over them."""
+    truth = data.test.labels
+    times, block = _origin_times(data, truth.shape[1])
+    report.stretches = len(np.unique(times)) // block
+    if report.stretches < metrics.MIN_STRETCHES:  # one horizon spans most of the holdout
+        return
+    row_time, picked = report.draws = metrics.origin_draws(times, block)
+    report.truth = truth
+    for name, by_level in intervals.items():
+        for level, (lo, hi) in by_level.items():
+            finite = np.isfinite(lo) & np.isfinite(hi)
+            inside = (truth >= lo) & (truth <= hi) & finite
+            report.coverage_interval.setdefault(name, {})[level] = metrics.percentile_interval(
+                metrics.resampled_share(inside.sum(axis=1), finite.sum(axis=1), row_time, picked)
+            )
+
+
+def _origin_times(data: TrainingData, horizon: int) -> tuple[np.ndarray, int]:
+    """Each test row's origin time (ns) and how many consecutive origin times one horizon spans."""
+    entity_col, time_col = data.history.columns[:2]
+    origins = utc_ns(data.test.features[time_col])
+    unique = np.unique(origins)
+    if len(unique) < 2:
+        return origins, 1
+    one = data.history[data.history[entity_col] == data.history[entity_col].iloc[0]]
+    steps = np.diff(utc_ns(one[time_col]))
+    step = int(steps[steps > 0].min()) if (steps > 0).any() else 1
+    gap = float(np.median(np.diff(unique)))
+    return origins, max(1, math.ceil(horizon * step / gap))
 
 
 def plot(

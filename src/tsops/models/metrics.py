@@ -44,3 +44,42 @@ def overall(y_true: np.ndarray, y_pred: np.ndarray, scale: np.ndarray) -> dict[s
     mae = float(np.mean(np.abs(err)))
     mase = float(np.mean(np.abs(err) / np.asarray(scale, float)[:, None]))
     return {"mae": mae, "rmse": float(np.sqrt(np.mean(err**2))), "mase": mase}
+
+
+# Resampling the backtest's origins: how far the holdout's figures can be trusted. Forecasts from
+# nearby origins share actuals and weather, so origins are resampled in blocks of consecutive
+# origin times (a moving-block bootstrap, Künsch 1989), all entities of a time together.
+DRAWS = 2000
+LEVEL = 90.0
+# Fewer disjoint blocks than this, and the draws barely differ from the holdout itself (two
+# years of weekly origins forecasting a year ahead hold two): no interval is given then.
+MIN_STRETCHES = 5
+
+
+def origin_draws(
+    times: np.ndarray, block: int, *, draws: int = DRAWS, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """(which origin time each row belongs to, shape (rows,); resampled origin-time indices,
+    shape (draws, ≈ T)), for rows at `times` and blocks of `block` consecutive origin times."""
+    unique, row_time = np.unique(times, return_inverse=True)
+    count = len(unique)
+    block = max(1, min(int(block), count))
+    starts = np.random.default_rng(seed).integers(0, count - block + 1, size=(draws, -(-count // block)))
+    picked = (starts[:, :, None] + np.arange(block)[None, None, :]).reshape(draws, -1)[:, :count]
+    return row_time, picked
+
+
+def resampled_share(
+    numerator: np.ndarray, denominator: np.ndarray, row_time: np.ndarray, picked: np.ndarray
+) -> np.ndarray:
+    """Σ numerator / Σ denominator over each draw's origins (rows summed per origin time first):
+    one figure per draw."""
+    top, bottom = np.bincount(row_time, weights=numerator), np.bincount(row_time, weights=denominator)
+    return top[picked].sum(axis=1) / bottom[picked].sum(axis=1)
+
+
+def percentile_interval(figures: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+    """The central `level`% of the resampled figures."""
+    tail = (100.0 - level) / 2
+    low, high = np.nanpercentile(figures, [tail, 100.0 - tail])
+    return float(low), float(high)

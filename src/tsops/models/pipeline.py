@@ -146,8 +146,14 @@ def train(
         )
         best, _ = report.best_baseline()
         mlflow.log_metric("lstm_vs_best_baseline", report.ratio_to_best_baseline("lstm"))
+        spread = report.ratio_interval("lstm")
+        if spread:
+            low, high = spread
+            mlflow.log_metrics({"lstm_vs_best_baseline_low": low, "lstm_vs_best_baseline_high": high})
         for name, by_level in report.coverage.items():
             mlflow.log_metrics({f"{name}_coverage_{level}": v for level, v in by_level.items()})
+        for level, (low, high) in report.coverage_interval.get("lstm", {}).items():
+            mlflow.log_metrics({f"lstm_coverage_{level}_low": low, f"lstm_coverage_{level}_high": high})
         mlflow.set_tags({"tsops.best_baseline": best, "tsops.baseline_failures": str(len(report.failures))})
         for h, mae in enumerate(report.by_step["lstm"]["mae"], start=1):
             mlflow.log_metric("lstm_mae_by_step", float(mae), step=h)

@@ -17,10 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from tsops.models.baselines import seasonal_naive
-from tsops.models.dataset import TrainingData
+from tsops.models.dataset import TrainingData, utc_ns
 from tsops.models.intervals import label
 
 STATISTICAL = ("autoets", "autotheta", "mstl")
@@ -100,14 +99,14 @@ def run(
             for n in names
         },
     )
-    origin_ns = _ns(features[time_col])
+    origin_ns = utc_ns(features[time_col])
     done, total = 0, len(features) * len(names)
     for entity, group in data.history.groupby(data.history[entity_col].astype(str), sort=False):
         rows = rows_by_entity.get(str(entity))
         if rows is None:
             continue
         values = group[target_col].to_numpy(dtype=float)
-        times = _ns(group[time_col])
+        times = utc_ns(group[time_col])
         positions = np.minimum(np.searchsorted(times, origin_ns[rows]), len(times) - 1)
         if not np.array_equal(times[positions], origin_ns[rows]):
             raise ValueError(f"entity {entity!r}: a backtest origin is not in its history")
@@ -159,9 +158,3 @@ def forecast_one(
         if f"lo-{key}" in out:
             bounds[label(lv)] = (np.asarray(out[f"lo-{key}"], float), np.asarray(out[f"hi-{key}"], float))
     return mean, bounds
-
-
-def _ns(times: pd.Series) -> np.ndarray:
-    """Timestamps as UTC nanoseconds, whether they came tz-aware (Feast) or naive (Parquet)."""
-    parsed = pd.to_datetime(times, utc=True)
-    return parsed.dt.tz_localize(None).to_numpy().astype("datetime64[ns]").astype(np.int64)

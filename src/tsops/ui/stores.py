@@ -135,6 +135,7 @@ def baselines(metrics: dict[str, float], tags: dict[str, str]) -> dict[str, Any]
         "backtest": sorted(rows, key=lambda r: r["mae"]),
         "best_baseline": best,
         "lstm_vs_best_baseline": figures.get("lstm_vs_best_baseline"),
+        "lstm_vs_best_baseline_interval": figures.get("lstm_vs_best_baseline_interval"),
         "beats_best_baseline": figures.get("beats_best_baseline"),
     }
 
