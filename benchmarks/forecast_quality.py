@@ -140,6 +140,9 @@ def run_one(
         "lstm_base_mae": outcome.base_mae,
         "failures": report.failures,
         "resampled": report.draws is not None,
+        "baselines_wall_seconds": outcome.baselines_seconds,
+        "baseline_processes": outcome.baseline_processes,
+        "lstm_seconds": outcome.lstm_seconds,
         "stretches": report.stretches,
         "models": rows,
     }
@@ -172,6 +175,11 @@ def markdown(result: dict) -> str:
         else f"\nNo range: the origins span {result['stretches']} horizon(s), too few to resample."
     )
     out.append(f"\nThe network corrects {result['lstm_base']}: MAE {result['lstm_base_mae']:.4g} alone.")
+    fits = sum(r["seconds"] for r in result["models"] if r["model"] in ("autoets", "autotheta", "mstl"))
+    out.append(
+        f"\nStatistical baselines: {fits:.1f} s of fits took {result['baselines_wall_seconds']:.1f} s in "
+        f"{result['baseline_processes']} process(es); the LSTM trained in {result['lstm_seconds']:.1f} s."
+    )
     for f in result["failures"]:
         out.append(f"\n- {f}")
     return "\n".join(out)

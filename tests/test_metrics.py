@@ -10,6 +10,7 @@ import pytest
 
 from tsops.models import backtest, metrics
 from tsops.models.dataset import Examples, TrainingData
+from tsops.records import utc_ns
 
 
 def _two_entities() -> TrainingData:
@@ -130,7 +131,7 @@ def test_forecasts_from_overlapping_origins_are_resampled_together() -> None:
 
     blocks = backtest._origin_times(data, 4)[1]
     assert blocks == 4  # hourly origins, one step apart, forecasting four hours
-    row_time, picked = metrics.origin_draws(backtest.utc_ns(data.test.features["time"]), 1)
+    row_time, picked = metrics.origin_draws(utc_ns(data.test.features["time"]), 1)
     err = np.abs(model - truth).sum(axis=1)
     singly = metrics.percentile_interval(
         metrics.resampled_share(err, np.full(len(err), 4.0), row_time, picked)
@@ -152,3 +153,32 @@ def test_a_holdout_of_few_horizons_gets_no_interval_rather_than_a_false_one() ->
     assert report.stretches == 3 < metrics.MIN_STRETCHES
     assert report.ratio_interval("model") is None and report.coverage_interval == {}
     assert report.ratio_to_best_baseline("model") == pytest.approx(0.5)  # the figure itself stays
+
+
+def test_entities_in_other_time_zones_are_resampled_origin_by_origin() -> None:
+    # three sites whose local origins sit 0, 1 and 2 hours apart in UTC, 31 origins each 23
+    # hours apart forecasting 24: in UTC their origins interleave an hour apart, yet one
+    # horizon spans two origins of each site, so the holdout holds 15 stretches to resample
+    horizon, rng = 24, np.random.default_rng(4)
+    starts = pd.Timestamp("2024-01-02") + pd.to_timedelta(np.arange(31) * 23, unit="h")
+    frames, labels, history = [], [], []
+    for offset, site in enumerate("ABC"):
+        times = starts + pd.Timedelta(hours=offset)
+        frames.append(pd.DataFrame({"entity": site, "time": times, "lag_0": 0.0, "lag_1": 0.0, "lag_2": 0.0}))
+        labels.append(100.0 + rng.normal(0.0, 1.0, size=(31, horizon)))
+        hourly = pd.date_range(times[0] - pd.Timedelta("24h"), times[-1] + pd.Timedelta("24h"), freq="h")
+        history.append(pd.DataFrame({"entity": site, "time": hourly, "y": 100.0}))
+    features, truth = pd.concat(frames, ignore_index=True), np.concatenate(labels)
+    empty = Examples(features.iloc[:0], np.zeros((0, horizon)))
+    data = TrainingData(
+        train=empty,
+        val=empty,
+        test=Examples(features, truth),
+        train_history={site: np.arange(30.0) for site in "ABC"},
+        history=pd.concat(history, ignore_index=True),
+        test_window=(features["time"].min(), features["time"].max()),
+        data_hash="x",
+    )
+    report = backtest.run(data, {"model": lambda f: truth + 1.0}, horizon, 3, {"ref": truth - 2.0})
+    assert backtest._origin_times(data, horizon)[1] == 2
+    assert report.stretches == 15 and report.ratio_interval("model") is not None

@@ -83,3 +83,18 @@ def test_a_failed_fit_is_reported_with_its_entity_and_falls_back_to_seasonal_nai
     best, mae = report.best_baseline()
     assert mae == min(report.overall[b]["mae"] for b in report.baselines)
     assert report.ratio_to_best_baseline(best) == 1.0
+
+
+def test_fitting_processes_give_what_one_process_gives() -> None:
+    data = _data()  # 2 entities × 8 origins × 3 models: 48 fits, enough to start processes for
+    kwargs = {"seasons": SEASONS, "horizon": HORIZON, "window": WINDOW, "levels": [80.0]}
+    alone = statistical.run(data, statistical.STATISTICAL, jobs=1, **kwargs)
+    shared = statistical.run(data, statistical.STATISTICAL, jobs=2, **kwargs)
+    assert (alone.processes, shared.processes) == (1, 2)
+    for name in statistical.STATISTICAL:
+        np.testing.assert_array_equal(shared.predictions[name], alone.predictions[name])
+        np.testing.assert_array_equal(shared.intervals[name]["80"][0], alone.intervals[name]["80"][0])
+        np.testing.assert_array_equal(shared.intervals[name]["80"][1], alone.intervals[name]["80"][1])
+    assert shared.fits == alone.fits
+    assert [str(f) for f in shared.failures] == [str(f) for f in alone.failures] != []  # the flat entity
+    assert all(shared.seconds[n] > 0 for n in statistical.STATISTICAL) and shared.wall_seconds > 0

@@ -277,6 +277,12 @@ def train(
         f"{report.overall['lstm']['mae']:.4f} corrected",
         highlight=False,
     )
+    if report.fit_seconds:
+        console.print(
+            f"statistical baselines: {sum(report.fit_seconds.values()):.1f} s of fits took "
+            f"{outcome.baselines_seconds:.1f} s (processes: {outcome.baseline_processes})",
+            highlight=False,
+        )
     for failure in report.failures:
         console.print(f"[yellow]baseline:[/] {failure}", highlight=False)
     _print_left_out(outcome.left_out)

@@ -66,3 +66,9 @@ def payload_text(raw: bytes) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return INVALID_UTF8 + raw.decode("utf-8", errors="backslashreplace")
+
+
+def utc_ns(times: pd.Series) -> np.ndarray:
+    """Timestamps as UTC nanoseconds, whether they came tz-aware (Feast) or naive (Parquet)."""
+    parsed = pd.to_datetime(times, utc=True)
+    return parsed.dt.tz_localize(None).to_numpy().astype("datetime64[ns]").astype(np.int64)

@@ -312,6 +312,11 @@ class BacktestSettings(Strict):
     baseline_window: int = Field(
         360, ge=4, description="steps of history each statistical baseline refits on at every origin"
     )
+    baseline_jobs: int = Field(
+        0,
+        ge=0,
+        description="processes fitting the statistical baselines (0: one per core; 1: in training's own)",
+    )
 
 
 def _within_model_bounds(param: str, value: float, what: str) -> None:

@@ -16,9 +16,9 @@ import pandas as pd
 
 from tsops.models import metrics
 from tsops.models.baselines import BASELINES
-from tsops.models.dataset import TrainingData, utc_ns
+from tsops.models.dataset import TrainingData
 from tsops.models.intervals import coverage as interval_coverage
-from tsops.records import target_times
+from tsops.records import target_times, utc_ns
 
 Predictor = Callable[[pd.DataFrame], np.ndarray]
 
@@ -135,17 +135,24 @@ def _resample(
 
 
 def _origin_times(data: TrainingData, horizon: int) -> tuple[np.ndarray, int]:
-    """Each test row's origin time (ns) and how many consecutive origin times one horizon spans."""
+    """Each test row's origin: its rank among its entity's origins (entities in other time zones
+    or with other calendars are resampled rank by rank), and how many consecutive origins one
+    horizon spans."""
     entity_col, time_col = data.history.columns[:2]
-    origins = utc_ns(data.test.features[time_col])
-    unique = np.unique(origins)
-    if len(unique) < 2:
-        return origins, 1
+    rows = pd.DataFrame(
+        {
+            "entity": data.test.features[entity_col].astype(str).to_numpy(),
+            "t": utc_ns(data.test.features[time_col]),
+        }
+    )
+    rank = rows.groupby("entity")["t"].rank(method="dense").to_numpy(dtype=np.int64) - 1
+    gaps = rows.sort_values(["entity", "t"]).groupby("entity")["t"].diff().dropna().to_numpy()
+    if not len(gaps) or not (gaps > 0).any():
+        return rank, 1
     one = data.history[data.history[entity_col] == data.history[entity_col].iloc[0]]
     steps = np.diff(utc_ns(one[time_col]))
     step = int(steps[steps > 0].min()) if (steps > 0).any() else 1
-    gap = float(np.median(np.diff(unique)))
-    return origins, max(1, math.ceil(horizon * step / gap))
+    return rank, max(1, math.ceil(horizon * step / float(np.median(gaps[gaps > 0]))))
 
 
 def plot(

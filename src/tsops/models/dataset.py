@@ -44,12 +44,6 @@ class TrainingData:
     left_out: dict[str, str] = field(default_factory=dict)  # entity → why it was left out
 
 
-def utc_ns(times: pd.Series) -> np.ndarray:
-    """Timestamps as UTC nanoseconds, whether they came tz-aware (Feast) or naive (Parquet)."""
-    parsed = pd.to_datetime(times, utc=True)
-    return parsed.dt.tz_localize(None).to_numpy().astype("datetime64[ns]").astype(np.int64)
-
-
 def data_snapshot_hash(history: pd.DataFrame) -> str:
     digest = hashlib.sha256(pd.util.hash_pandas_object(history, index=False).to_numpy().tobytes())
     return digest.hexdigest()[:16]

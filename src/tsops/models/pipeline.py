@@ -35,6 +35,8 @@ class TrainOutcome:
     lstm_seconds: float = 0.0  # the LSTM's training alone (the rest: data, baselines, logging)
     base: str = ""  # what the network corrects, in words (training.Base.describe)
     base_mae: float = float("nan")  # that base alone on the backtest's origins
+    baselines_seconds: float = 0.0  # fitting the statistical baselines, start to end
+    baseline_processes: int = 1  # the processes that fitted them
 
 
 MAX_LEFT_OUT_LISTED = 50  # MLflow tag values are bounded: list the first ones, count them all
@@ -120,6 +122,7 @@ def train(
             horizon=model.horizon,
             window=settings.backtest.baseline_window,
             levels=model.interval_levels,
+            jobs=settings.backtest.baseline_jobs,
         )
         report = backtest.run(
             data,
@@ -141,6 +144,7 @@ def train(
         mlflow.log_metrics(
             {
                 "lstm_fit_seconds": lstm_seconds,
+                "baselines_wall_seconds": stats.wall_seconds,
                 **{f"{n}_fit_seconds": v for n, v in report.fit_seconds.items()},
             }
         )
@@ -207,4 +211,6 @@ def train(
         lstm_seconds,
         base,
         base_mae,
+        stats.wall_seconds,
+        stats.processes,
     )
