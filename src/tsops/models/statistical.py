@@ -196,7 +196,9 @@ def _workers(jobs: int, fits: int) -> int:
     return min(wanted, math.ceil(fits / CHUNK))
 
 
-FitResult = tuple[list[tuple[np.ndarray | None, dict[str, tuple[np.ndarray, np.ndarray]], str | None]], float]
+# One origin's fit: (forecast, bounds per level, None), or (None, {}, the reason it failed).
+Fit = tuple[np.ndarray | None, dict[str, tuple[np.ndarray, np.ndarray]], str | None]
+FitResult = tuple[list[Fit], float]  # a chunk's fits, and the seconds they took
 
 
 def _fitted(fit: Callable[[_Chunk], FitResult], chunks: list[_Chunk], workers: int) -> Iterator[FitResult]:
@@ -218,10 +220,9 @@ def _fitted(fit: Callable[[_Chunk], FitResult], chunks: list[_Chunk], workers: i
 
 
 def _fit_chunk(chunk: _Chunk, *, seasons: list[float], horizon: int, levels: list[float]) -> FitResult:
-    """One task, in a fitting process or here: per origin (forecast, bounds, None) or (None,
-    {}, the reason it failed); and the seconds the fits took."""
+    """One task, in a fitting process or here."""
     started = time.perf_counter()
-    results: list[tuple[np.ndarray | None, dict[str, tuple[np.ndarray, np.ndarray]], str | None]] = []
+    results: list[Fit] = []
     for y in chunk.windows:
         try:
             forecast, bounds = forecast_one(chunk.name, y, seasons=seasons, horizon=horizon, levels=levels)
