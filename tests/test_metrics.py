@@ -182,3 +182,24 @@ def test_entities_in_other_time_zones_are_resampled_origin_by_origin() -> None:
     report = backtest.run(data, {"model": lambda f: truth + 1.0}, horizon, 3, {"ref": truth - 2.0})
     assert backtest._origin_times(data, horizon)[1] == 2
     assert report.stretches == 15 and report.ratio_interval("model") is not None
+
+
+def test_status_words_the_range_and_says_when_there_is_none() -> None:
+    from tsops.status import backtest_figures
+
+    figures = {"lstm_mae": 0.9, "seasonal_naive_mae": 1.0, "persistence_mae": 2.0}
+    ranged = backtest_figures(
+        {**figures, "lstm_vs_best_baseline_low": 0.85, "lstm_vs_best_baseline_high": 1.02}, {}
+    )
+    assert ranged["lstm_vs_best_baseline_interval"] == [0.85, 1.02]
+    assert ranged["verdict"].endswith(
+        "MAE ratio 0.900; 90% of resampled origins give 0.850–1.020, "
+        "so this holdout cannot tell the two apart"
+    )
+    few = backtest_figures({**figures, "backtest_stretches": 3.0}, {})
+    assert few["lstm_vs_best_baseline_interval"] is None
+    assert few["verdict"].endswith(
+        "; the origins span 3 horizon(s), too few to say how far this ratio can move"
+    )
+    older = backtest_figures(figures, {})  # a version trained before the ranges
+    assert older["verdict"].endswith("MAE ratio 0.900")

@@ -264,12 +264,7 @@ def train(
     verdict = "beats" if ratio < 1 else "does [bold red]not[/] beat"
     console.print(
         f"the LSTM {verdict} the best baseline ({best_baseline}, MAE {best_mae:.4f}): ratio {ratio:.3f}"
-        + spread_note(*(report.ratio_interval("lstm") or (ratio, ratio)))
-        + (
-            f"; the origins span {report.stretches} horizon(s), too few to say how far this ratio can move"
-            if report.draws is None and report.origins > 1
-            else ""
-        ),
+        + spread_note(report.ratio_interval("lstm"), report.stretches if report.origins > 1 else None),
         highlight=False,
     )
     console.print(

@@ -23,8 +23,14 @@ _SHOWN_SUFFIXES = ("_mae", "_rmse", "_mase", "_fit_seconds")
 _HIDDEN = ("val_mae", "lstm_mae_by_step")
 
 
-def spread_note(low: float, high: float) -> str:
-    """What the ratio's spread over resampled backtest origins says (empty without one)."""
+def spread_note(spread: tuple[float, float] | list[float] | None, stretches: float | None = None) -> str:
+    """What the ratio's spread over resampled backtest origins says; without one, whether the
+    origins were too few to resample (`stretches`: the horizons they span)."""
+    if spread is None:
+        if stretches is None:
+            return ""  # a version older than the ranges, or a single origin
+        return f"; the origins span {int(stretches)} horizon(s), too few to say how far this ratio can move"
+    low, high = spread
     if not (high > low):
         return ""
     note = f"; 90% of resampled origins give {low:.3f}–{high:.3f}"
@@ -58,7 +64,7 @@ def backtest_figures(metrics: dict[str, float], tags: dict[str, str]) -> dict[st
             if ratio < 1.0
             else f"the LSTM does NOT beat the best baseline ({best}): MAE ratio {ratio:.3f}"
         )
-        + (spread_note(*spread) if spread else ""),
+        + spread_note(spread, metrics.get("backtest_stretches") if spread is None else None),
         "baseline_failures": int(tags.get("tsops.baseline_failures", "0") or 0),
         **base,
     }

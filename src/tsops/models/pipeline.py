@@ -154,6 +154,8 @@ def train(
         if spread:
             low, high = spread
             mlflow.log_metrics({"lstm_vs_best_baseline_low": low, "lstm_vs_best_baseline_high": high})
+        elif report.origins > 1:  # too few horizons of origins to resample: status says so
+            mlflow.log_metric("backtest_stretches", report.stretches)
         for name, by_level in report.coverage.items():
             mlflow.log_metrics({f"{name}_coverage_{level}": v for level, v in by_level.items()})
         for level, (low, high) in report.coverage_interval.get("lstm", {}).items():
