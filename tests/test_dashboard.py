@@ -155,6 +155,7 @@ def test_chart_follows_stream_events_without_a_reload(served, dashboard_project,
     table = page.inner_text("#backtest")
     assert "lstm" in table and "seasonal_naive" in table and "mstl" in table and "best baseline" in table
     assert "90% of resampled origins give" in table
+    assert "its network corrects the " in table and " alone" in table  # what the LSTM's network corrects
 
     # the requests' latency is plotted (from the server's own metrics, over a 10 s window)
     page.wait_for_function("document.querySelectorAll('#latency-chart path').length > 0", timeout=15_000)
@@ -316,6 +317,8 @@ def test_backtest_table_shows_the_lstm_beside_every_baseline_with_the_ratio_to_t
     low, high = champion["lstm_vs_best_baseline_interval"]  # over resampled origins
     assert [low, high] == [metrics["lstm_vs_best_baseline_low"], metrics["lstm_vs_best_baseline_high"]]
     assert low <= champion["lstm_vs_best_baseline"] <= high
+    assert champion["lstm_base"] == run.data.tags["tsops.lstm_base"]
+    assert champion["lstm_base_mae"] == float(run.data.tags["tsops.lstm_base_mae"])
     feed.close()
 
 

@@ -136,6 +136,9 @@ def baselines(metrics: dict[str, float], tags: dict[str, str]) -> dict[str, Any]
         "best_baseline": best,
         "lstm_vs_best_baseline": figures.get("lstm_vs_best_baseline"),
         "lstm_vs_best_baseline_interval": figures.get("lstm_vs_best_baseline_interval"),
+        # what the network corrects, and that forecast alone (None on versions older than the tags)
+        "lstm_base": figures.get("lstm_base"),
+        "lstm_base_mae": figures.get("lstm_base_mae"),
         "beats_best_baseline": figures.get("beats_best_baseline"),
     }
 
