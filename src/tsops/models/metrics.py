@@ -48,19 +48,19 @@ def overall(y_true: np.ndarray, y_pred: np.ndarray, scale: np.ndarray) -> dict[s
 
 # Resampling the backtest's origins: how far the holdout's figures can be trusted. Forecasts from
 # nearby origins share actuals and weather, so origins are resampled in blocks of consecutive
-# origin times (a moving-block bootstrap, Künsch 1989), all entities of a time together.
+# origins (a moving-block bootstrap, Künsch 1989), all entities' n-th origins together.
 DRAWS = 2000
 LEVEL = 90.0
-# Fewer disjoint blocks than this, and the draws barely differ from the holdout itself (two
-# years of weekly origins forecasting a year ahead hold two): no interval is given then.
+# Fewer disjoint blocks than this, and the draws barely differ from the holdout itself (origins
+# over two years of weeks, forecasting a year ahead, span one): no interval is given then.
 MIN_STRETCHES = 5
 
 
 def origin_draws(
     times: np.ndarray, block: int, *, draws: int = DRAWS, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(which origin time each row belongs to, shape (rows,); resampled origin-time indices,
-    shape (draws, ≈ T)), for rows at `times` and blocks of `block` consecutive origin times."""
+    """(which origin each row belongs to, shape (rows,); resampled origin indices, shape
+    (draws, T)), for rows at origins `times` (any ordered key) in blocks of `block` of them."""
     unique, row_time = np.unique(times, return_inverse=True)
     count = len(unique)
     block = max(1, min(int(block), count))
